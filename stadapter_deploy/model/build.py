@@ -1,0 +1,108 @@
+"""`build_model`: one entry point from a preset name or weight files to a ready STAdapterViT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import WeightsError
+from . import weights as W
+from .config import ModelConfig, backbone_name, get_preset, presets_with_backbone
+from .vit import STAdapterViT, is_trainable_name
+
+
+def build_model(
+    preset: str | ModelConfig | None = None,
+    *,
+    clip: str | Path | None = None,
+    adapter: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    **overrides,
+) -> STAdapterViT:
+    """Build the model, optionally loading weights.
+
+    build_model("vit_b16_adapter12x384", num_classes=400)            # random init, no weights
+    build_model(clip="ViT-B-16.pt", adapter="checkpoint-11.pth")      # architecture inferred
+    build_model(checkpoint="runs/k400/final")                        # our own format
+    build_model("tiny", clip=...)                                     # preset + backbone weights
+
+    Without a preset the architecture is inferred from the weights. Loading is strict: a missing,
+    unexpected or mis-shaped key raises WeightsError naming the keys and the presets that would fit.
+    """
+    if checkpoint is not None:
+        if clip is not None or adapter is not None:
+            raise ValueError("pass either checkpoint= or clip=/adapter=, not both")
+        cfg, state = W.read_checkpoint(checkpoint)
+        cfg = cfg.replace(**overrides) if overrides else cfg
+        model = STAdapterViT(cfg)
+        load_strict(model, state, source=str(checkpoint))
+        return model
+
+    backbone = W.load_clip_state_dict(clip) if clip is not None else None
+    adapters = W.load_adapter_checkpoint(adapter) if adapter is not None else None
+    cfg = resolve_config(preset, backbone, adapters, overrides)
+    model = STAdapterViT(cfg)
+    if backbone is not None:
+        backbone = {k: v for k, v in backbone.items() if k not in W.UNUSED_CLIP_KEYS}
+        load_strict(model, backbone, source=str(clip), part="backbone")
+    if adapters is not None:
+        load_strict(model, adapters, source=str(adapter), part="trainable")
+    return model
+
+
+def resolve_config(
+    preset: str | ModelConfig | None, backbone: dict | None, adapters: dict | None, overrides: dict
+) -> ModelConfig:
+    if isinstance(preset, ModelConfig):
+        cfg = preset
+    elif preset is not None:
+        cfg = get_preset(preset)
+    else:
+        if backbone is None:
+            raise ValueError("build_model needs a preset name, clip= weights, or checkpoint=")
+        inferred = W.infer_backbone_config(backbone)
+        if adapters is not None:
+            inferred |= W.infer_adapter_config(adapters, inferred["layers"])
+        cfg = ModelConfig(**inferred)
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def load_strict(model: STAdapterViT, state: dict, source: str, part: str = "all") -> None:
+    """Copy `state` into `model`; every expected key must be present with the right shape.
+
+    part: "all" (every parameter), "backbone" (the frozen CLIP part) or "trainable" (adapters + fc).
+    """
+    own = model.state_dict()
+    if part == "backbone":
+        own = {k: v for k, v in own.items() if not is_trainable_name(k)}
+    elif part == "trainable":
+        own = {k: v for k, v in own.items() if is_trainable_name(k)}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise WeightsError(_mismatch_message(model.cfg, state, source, part, missing, unexpected, mismatched))
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v)
+
+
+def _mismatch_message(cfg, state, source, part, missing, unexpected, mismatched) -> str:
+    show = lambda keys: ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+    lines = [f"{source} does not fit the model ({backbone_name(cfg)}, {part} weights):"]
+    if missing:
+        lines.append(f"  missing keys: {show(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys: {show(unexpected)}")
+    if mismatched:
+        lines.append(f"  shape mismatches: {show(mismatched)}")
+    if "conv1.weight" in state and "positional_embedding" in state:
+        fits = ModelConfig(**W.infer_backbone_config(state))
+        names = presets_with_backbone(fits)
+        lines.append(f"  the file holds a {backbone_name(fits)} backbone; presets that fit: {names or 'none'}")
+    return "\n".join(lines)

@@ -1,0 +1,104 @@
+"""Architecture configs and named presets for CLIP ViT + ST-Adapter."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # CLIP vision transformer
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    patch_size: int = 16
+    image_size: int = 224
+    # ST-Adapter: placed in the last `adapter_layers` blocks
+    adapter_width: int = 384
+    adapter_layers: int = 12
+    adapter_pre_attn: bool = False
+    adapter_pre_mlp: bool = True
+    adapter_kernel_t: int = 3
+    # head
+    num_classes: int = 400
+    dropout: float = 0.5
+    # the clip length the recipe trains with; the model itself accepts any T
+    num_frames: int = 8
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if not 0 <= self.adapter_layers <= self.layers:
+            raise ValueError(f"adapter_layers must be in [0, {self.layers}], got {self.adapter_layers}")
+        if self.adapter_kernel_t % 2 != 1:
+            raise ValueError(f"adapter_kernel_t must be odd, got {self.adapter_kernel_t}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid * self.grid + 1
+
+    def adapter_blocks(self) -> range:
+        return range(self.layers - self.adapter_layers, self.layers)
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+VIT_B16 = dict(width=768, layers=12, heads=12, patch_size=16, image_size=224)
+VIT_L14 = dict(width=1024, layers=24, heads=16, patch_size=14, image_size=224)
+
+PRESETS: dict[str, ModelConfig] = {
+    # K400 recipe: one adapter before each MLP in all 12 blocks
+    "vit_b16_adapter12x384": ModelConfig(**VIT_B16, adapter_layers=12, adapter_pre_mlp=True),
+    # SSv2 recipe: one before attention and one before the MLP in all 12 blocks
+    "vit_b16_adapter24x384": ModelConfig(
+        **VIT_B16, adapter_layers=12, adapter_pre_attn=True, adapter_pre_mlp=True, num_classes=174
+    ),
+    "vit_l14_adapter24x384": ModelConfig(**VIT_L14, adapter_layers=24, adapter_pre_mlp=True),
+    "vit_l14_adapter48x384": ModelConfig(
+        **VIT_L14, adapter_layers=24, adapter_pre_attn=True, adapter_pre_mlp=True, num_classes=174
+    ),
+    # Small enough to train on 2 CPU cores in minutes; for tests, the synthetic recipe and the quickstart.
+    "tiny": ModelConfig(
+        width=64, layers=3, heads=2, patch_size=8, image_size=32,
+        adapter_width=32, adapter_layers=3, adapter_pre_attn=True, adapter_pre_mlp=True,
+        num_classes=6, dropout=0.0,
+    ),
+}  # fmt: skip
+
+
+def get_preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+def backbone_name(cfg: ModelConfig) -> str:
+    """A readable name for the backbone part of a config, e.g. 'ViT-B/16'."""
+    known = {(768, 12, 16): "ViT-B/16", (768, 12, 32): "ViT-B/32", (1024, 24, 14): "ViT-L/14"}
+    return known.get((cfg.width, cfg.layers, cfg.patch_size), f"ViT(w={cfg.width},l={cfg.layers},p={cfg.patch_size})")
+
+
+def presets_with_backbone(cfg: ModelConfig) -> list[str]:
+    """Presets whose backbone shape matches `cfg` (used to suggest a fix in error messages)."""
+    keys = ("width", "layers", "patch_size", "image_size")
+    return [n for n, p in PRESETS.items() if all(getattr(p, k) == getattr(cfg, k) for k in keys)]

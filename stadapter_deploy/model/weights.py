@@ -1,0 +1,237 @@
+"""Readers for the weight formats users hold, converted to this package's parameter names.
+
+- OpenAI CLIP TorchScript release files (ViT-B-16.pt, ViT-L-14.pt)
+- plain state dicts (with or without `visual.` prefix / `state_dict` wrapper), open_clip style
+- Hugging Face CLIP safetensors (CLIPModel or CLIPVisionModel)
+- reference ST-Adapter training checkpoints (checkpoint-N.pth: trainable weights only)
+- our own checkpoint: a directory with config.json + model.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..errors import WeightsError
+from .config import ModelConfig
+
+StateDict = dict[str, torch.Tensor]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CHECKPOINT_FORMAT = "stadapter-deploy/checkpoint-v1"
+
+# CLIP keys that exist in release files but that the video model does not use.
+UNUSED_CLIP_KEYS = ("proj",)
+
+
+# ----------------------------------------------------------------------------- file sniffing
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"weight file not found: {path}")
+    return path
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def load_pickle(path: str | Path) -> dict:
+    """torch.load with weights_only=True: a checkpoint from a stranger cannot run code."""
+    path = _existing(path)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zips, random bytes
+        raise WeightsError(f"cannot read {path} as a PyTorch checkpoint: {type(e).__name__}: {e}") from e
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def load_safetensors(path: str | Path) -> StateDict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = _existing(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"cannot read {path} as safetensors: {e}") from e
+
+
+# ----------------------------------------------------------------------------- CLIP backbones
+
+
+def load_clip_state_dict(path: str | Path) -> StateDict:
+    """Read a CLIP vision backbone from any supported format, in our parameter names, float32."""
+    path = _existing(path)
+    if path.is_dir():
+        candidates = sorted(path.glob("*.safetensors"))
+        if not candidates:
+            raise WeightsError(f"{path} is a directory without a .safetensors file")
+        path = candidates[0]
+    if _is_torchscript(path):
+        sd = _load_torchscript(path)
+    elif _is_safetensors(path):
+        sd = load_safetensors(path)
+    else:
+        sd = load_pickle(path)
+    sd = convert_clip_state_dict(sd, source=str(path))
+    return {k: v.float() for k, v in sd.items()}
+
+
+def _load_torchscript(path: Path) -> StateDict:
+    # torch.jit.load deserializes code objects written by whoever made the file; only load
+    # release files from a source you trust (see README, "Security").
+    try:
+        archive = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise WeightsError(f"cannot read {path} as a TorchScript CLIP archive: {e}") from e
+    return dict(archive.state_dict())
+
+
+def convert_clip_state_dict(sd: dict, source: str = "state dict") -> StateDict:
+    """Normalize any CLIP state-dict layout to our names (OpenAI `visual` names without prefix)."""
+    for wrapper in ("state_dict", "model"):
+        if wrapper in sd and isinstance(sd[wrapper], dict):
+            sd = sd[wrapper]
+    if any(k.startswith(("vision_model.", "embeddings.", "encoder.layers.")) for k in sd):
+        return _convert_hf(sd)
+    for prefix in ("module.", "visual.", "image_encoder."):
+        if any(k.startswith(prefix + "conv1.") for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+    if "conv1.weight" not in sd:
+        raise WeightsError(
+            f"{source} does not look like a CLIP vision backbone (no `conv1.weight` / `visual.conv1.weight` / "
+            f"`vision_model.*` keys; first keys: {list(sd)[:5]})"
+        )
+    return {k: v for k, v in sd.items() if torch.is_tensor(v)}
+
+
+def _convert_hf(sd: StateDict) -> StateDict:
+    """Hugging Face CLIPModel / CLIPVisionModel -> OpenAI names; q, k, v packed into in_proj."""
+    sd = {k.removeprefix("vision_model."): v for k, v in sd.items() if not k.startswith("text_model.")}
+    out = {
+        "class_embedding": sd["embeddings.class_embedding"],
+        "conv1.weight": sd["embeddings.patch_embedding.weight"],
+        "positional_embedding": sd["embeddings.position_embedding.weight"],
+    }
+    renames = {"pre_layrnorm": "ln_pre", "post_layernorm": "ln_post"}
+    for src, dst in renames.items():
+        for p in ("weight", "bias"):
+            out[f"{dst}.{p}"] = sd[f"{src}.{p}"]
+    if "visual_projection.weight" in sd:
+        out["proj"] = sd["visual_projection.weight"].t()
+    layer_ids = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.layers\.(\d+)\.", k))})
+    for i in layer_ids:
+        src, dst = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for p in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{p}"] = torch.cat([sd[f"{src}self_attn.{n}_proj.{p}"] for n in "qkv"])
+            out[f"{dst}attn.out_proj.{p}"] = sd[f"{src}self_attn.out_proj.{p}"]
+            out[f"{dst}ln_1.{p}"] = sd[f"{src}layer_norm1.{p}"]
+            out[f"{dst}ln_2.{p}"] = sd[f"{src}layer_norm2.{p}"]
+            out[f"{dst}mlp.c_fc.{p}"] = sd[f"{src}mlp.fc1.{p}"]
+            out[f"{dst}mlp.c_proj.{p}"] = sd[f"{src}mlp.fc2.{p}"]
+    return out
+
+
+def infer_backbone_config(sd: StateDict) -> dict:
+    """Width, layers, heads, patch and resolution from tensor shapes (heads = width / 64, as CLIP)."""
+    width, _, patch, _ = sd["conv1.weight"].shape
+    grid = int(round((sd["positional_embedding"].shape[0] - 1) ** 0.5))
+    layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+    return dict(width=width, layers=layers, heads=max(1, width // 64), patch_size=patch, image_size=grid * patch)
+
+
+# ----------------------------------------------------------------------------- adapter checkpoints
+
+
+_ADAPTER_KEY = re.compile(r"transformer\.resblocks\.(\d+)\.adapter_pre_(attn|mlp)\.fc1\.weight")
+
+
+def load_adapter_checkpoint(path: str | Path) -> StateDict:
+    """A reference checkpoint-N.pth (or any dict holding trainable weights under `model`)."""
+    ckpt = load_pickle(path)
+    sd = ckpt.get("model", ckpt)
+    sd = {k.removeprefix("module."): v for k, v in sd.items() if torch.is_tensor(v)}
+    if "fc.weight" not in sd:
+        raise WeightsError(f"{path} has no `fc.weight`: not an ST-Adapter training checkpoint")
+    return sd
+
+
+def infer_adapter_config(sd: StateDict, layers: int) -> dict:
+    """Adapter width, layer count and placement from adapter keys; classes from `fc`."""
+    found: dict[int, set[str]] = {}
+    width = None
+    for k, v in sd.items():
+        if m := _ADAPTER_KEY.fullmatch(k):
+            found.setdefault(int(m.group(1)), set()).add(m.group(2))
+            width = v.shape[0]
+    cfg = dict(num_classes=sd["fc.weight"].shape[0])
+    if not found:
+        return cfg | dict(adapter_layers=0)
+    blocks = sorted(found)
+    placements = set.union(*found.values())
+    if blocks != list(range(layers - len(blocks), layers)) or any(found[b] != placements for b in blocks):
+        raise WeightsError(
+            f"adapters sit in blocks {blocks} with placements { {b: sorted(found[b]) for b in blocks} }; "
+            f"expected the same placement in the last N of {layers} blocks"
+        )
+    kernel_t = next(v.shape[2] for k, v in sd.items() if k.endswith(".conv.weight"))
+    return cfg | dict(
+        adapter_width=width, adapter_layers=len(blocks), adapter_kernel_t=kernel_t,
+        adapter_pre_attn="attn" in placements, adapter_pre_mlp="mlp" in placements,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- our checkpoint format
+
+
+def save_checkpoint(model: torch.nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Write our format: a directory with config.json and full-weight model.safetensors."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg: ModelConfig = model.cfg
+    meta = {"format": CHECKPOINT_FORMAT, "config": cfg.to_dict(), **(extra or {})}
+    state = {k: v.detach().float().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
+    tmp.replace(path / WEIGHTS_FILE)
+    (path / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[ModelConfig, StateDict]:
+    """Read our format from its directory, its config.json, or its model.safetensors."""
+    path = _existing(path)
+    folder = path if path.is_dir() else path.parent
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config_path.exists() or not weights_path.exists():
+        raise WeightsError(f"{folder} is not a stadapter-deploy checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        meta = json.loads(config_path.read_text())
+        cfg = ModelConfig.from_dict(meta["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{config_path} is not a valid checkpoint config: {e}") from e
+    return cfg, load_safetensors(weights_path)
