@@ -1,0 +1,74 @@
+"""The reference training/eval recipes (DESIGN section 3) and the class-name files, in one place.
+
+Training reads the hyperparameters; export and serving read the preprocessing and class names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from importlib import resources
+
+
+@dataclass(frozen=True)
+class Recipe:
+    dataset: str
+    preset: str
+    num_classes: int
+    # sampling and views
+    num_frames: int = 8
+    sampling_rate: int = 0  # 0 = uniform over the whole video
+    spatial_views: int = 1
+    temporal_views: int = 1
+    train_augment: str = "k400"  # "k400": short-side jitter + crop + flip; "ssv2": RRC + RandAugment, no flip
+    # optimization
+    total_batch: int = 192
+    epochs: int = 12
+    warmup_epochs: float = 2.0
+    lr_per_256: float = 1e-3
+    weight_decay: float = 0.01
+
+    def replace(self, **changes) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+    def preprocessing(self, size: int) -> dict:
+        """What a bundle needs to turn a video into model input the way this recipe evaluates."""
+        from .video.transforms import CLIP_MEAN, CLIP_STD
+
+        return dict(
+            num_frames=self.num_frames, sampling_rate=self.sampling_rate, size=size,
+            mean=list(CLIP_MEAN), std=list(CLIP_STD),
+            spatial_views=self.spatial_views, temporal_views=self.temporal_views,
+        )  # fmt: skip
+
+
+RECIPES: dict[str, Recipe] = {
+    "k400": Recipe(
+        "k400", "vit_b16_adapter12x384", 400, sampling_rate=16, temporal_views=3,
+        train_augment="k400", total_batch=192, epochs=12,
+    ),
+    "ssv2": Recipe(
+        "ssv2", "vit_b16_adapter24x384", 174, sampling_rate=0, spatial_views=3,
+        train_augment="ssv2", total_batch=256, epochs=50,
+    ),
+    # Tiny model on generated motion clips: the smoke test and the quickstart (see video/synthetic.py).
+    "synthetic": Recipe(
+        "synthetic", "tiny", 6, sampling_rate=0, train_augment="none",
+        total_batch=32, epochs=8, warmup_epochs=1.0, lr_per_256=1e-2,
+    ),
+}  # fmt: skip
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dataset recipe {name!r}; choose one of {sorted(RECIPES)}") from None
+
+
+def class_names(dataset: str) -> list[str]:
+    """Class names shipped with the package for `dataset` (index = line number)."""
+    path = resources.files("stadapter_deploy") / "data" / f"{dataset}_classes.txt"
+    if not path.is_file():
+        raise ValueError(f"no class-name file for {dataset!r} in stadapter_deploy/data/")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
