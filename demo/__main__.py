@@ -1,0 +1,68 @@
+"""`python -m demo --bundle BUNDLE`: the Gradio page over a model bundle or a running BentoML service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m demo",
+        description="Gradio page: upload a video, see the top-5 classes, the frames the model looked at, "
+        "and the per-stage timings.",
+    )
+    p.add_argument("--bundle", help="model bundle directory from stadapter-export (needed unless --service)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="predictor backend for --bundle: auto, torch, onnxruntime, tensorrt (default: auto)",
+    )
+    p.add_argument(
+        "--service",
+        metavar="URL",
+        help="classify through a running BentoML service (e.g. http://127.0.0.1:3000), not in this process",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    p.add_argument("--share", action="store_true", help="also make a public gradio.live link (default: off)")
+    args = p.parse_args(argv)
+    if not args.bundle and not args.service:
+        p.error("give --bundle BUNDLE (classify in this process) or --service URL (through a service)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from stadapter_deploy.errors import STAdapterError
+
+    from .app import LocalClassifier, ServiceClassifier, build_demo
+
+    try:
+        if args.service:
+            classifier = ServiceClassifier(args.service)
+            title = f"ST-Adapter video classification ({classifier.model_name()} via {args.service})"
+        else:
+            classifier = LocalClassifier(args.bundle, backend=args.backend)
+            predictor = classifier.predictor  # load now: a bad bundle fails here, with its reason
+            title = f"ST-Adapter video classification ({predictor.model_name}, {predictor.backend})"
+    except (STAdapterError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    demo = build_demo(classifier, title=title)
+    demo.queue(default_concurrency_limit=2)
+    demo.launch(
+        server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True
+    )
+    print(f"Demo running at {demo.local_url}  (Ctrl+C to stop)", flush=True)
+    if demo.share_url:
+        print(f"Public link: {demo.share_url}", flush=True)
+    demo.block_thread()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""The Gradio page: upload a video (or pick an example) and see what the model says and what it looked at.
+
+Two ways to classify behind one page:
+- `LocalClassifier`: a Predictor in this process (`python -m demo --bundle BUNDLE`). The frames shown are the
+  model's own input clips, denormalized, so the page shows exactly the crops the model saw.
+- `ServiceClassifier`: a running BentoML service (`--service URL`, HTTP `POST /classify`). The service sends
+  back the sampled frame indices; the page decodes those frames locally for display (uncropped).
+
+`build_demo(classifier)` returns the Blocks; `python -m demo` launches it, and the BentoML service can mount
+the same Blocks at `/ui` with `bentoml.gradio.mount_gradio_app`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Set before gradio is imported anywhere: its analytics are read from the environment at import time.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+TOP_K = 5
+DEFAULT_TITLE = "ST-Adapter video classification"
+TIMING_STAGES = ("decode", "preprocess", "infer", "total")
+
+
+@dataclass
+class DemoResult:
+    """One classified video, as the page shows it."""
+
+    labels: list[dict]  # [{"label", "index", "score"}], best first
+    frames: np.ndarray  # uint8 [V, T, H, W, 3]: the frames the model looked at
+    frame_indices: list[list[int]]  # [V][T] frame numbers in the video
+    model_name: str
+    backend: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class LocalClassifier:
+    """Classifies in this process with a Predictor, loaded from a bundle on first use if given a path."""
+
+    def __init__(self, predictor_or_bundle: Any, backend: str = "auto"):
+        self._predictor = None if isinstance(predictor_or_bundle, (str, Path)) else predictor_or_bundle
+        self._bundle = predictor_or_bundle if self._predictor is None else None
+        self._backend = backend
+
+    @property
+    def predictor(self):
+        if self._predictor is None:
+            from stadapter_deploy import load_predictor
+
+            self._predictor = load_predictor(self._bundle, backend=self._backend)
+        return self._predictor
+
+    def __call__(self, video: str | Path, top_k: int = TOP_K) -> DemoResult:
+        from stadapter_deploy.video import denormalize
+
+        predictor = self.predictor
+        start = time.perf_counter()
+        views = predictor.preprocess(video)  # decode once; these clips are what the model sees
+        infer_start = time.perf_counter()
+        logits = predictor.predict(views.clips)  # [V, C]
+        infer_ms = (time.perf_counter() - infer_start) * 1000.0
+        labels = predictor.top_k(logits, top_k=min(top_k, len(predictor.labels)))
+        timings = {
+            "decode": views.timings_ms["decode"],
+            "preprocess": views.timings_ms["preprocess"],
+            "infer": infer_ms,
+            "total": (time.perf_counter() - start) * 1000.0,
+        }
+        frame_indices = _indices_per_view(views.frame_indices, views.clips.shape[0])
+        return DemoResult(
+            labels=labels,
+            frames=denormalize(views.clips),  # [V, T, S, S, 3]
+            frame_indices=frame_indices,
+            model_name=predictor.model_name,
+            backend=predictor.backend,
+            timings_ms=timings,
+        )
+
+
+class ServiceClassifier:
+    """Classifies through a running BentoML service (`POST {url}/classify`, multipart field `video`)."""
+
+    def __init__(self, url: str, timeout_s: float = 120.0):
+        self.url = url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._model_name: str | None = None
+
+    def model_name(self) -> str:
+        if self._model_name is None:
+            self._model_name = _service_model_name(self.url, self.timeout_s)
+        return self._model_name
+
+    def __call__(self, video: str | Path, top_k: int = TOP_K) -> DemoResult:
+        import httpx
+
+        from stadapter_deploy.errors import VideoError
+        from stadapter_deploy.video import decode_frames
+
+        path = Path(video)
+        start = time.perf_counter()
+        try:
+            with path.open("rb") as f:
+                response = httpx.post(
+                    f"{self.url}/classify",
+                    files={"video": (path.name, f, "application/octet-stream")},
+                    data={"top_k": str(top_k)},
+                    timeout=self.timeout_s,
+                )
+        except httpx.HTTPError as e:
+            raise ServiceUnavailable(f"The classification service at {self.url} did not answer ({e}).") from e
+        if 400 <= response.status_code < 500:
+            raise VideoError(_error_text(response))
+        if response.status_code >= 500:
+            raise ServiceUnavailable(f"The classification service failed: {_error_text(response)}")
+        body = response.json()
+        timings = {k: float(v) for k, v in body.get("timings_ms", {}).items()}
+        timings["round trip"] = (time.perf_counter() - start) * 1000.0
+        indices = [int(i) for i in body.get("frames", [])]
+        frames = decode_frames(path, indices) if indices else np.zeros((0, 1, 1, 3), np.uint8)
+        return DemoResult(
+            labels=body["labels"],
+            frames=frames[None],  # [1, K, H, W, 3]: the sampled frames, uncropped
+            frame_indices=[indices],
+            model_name=self.model_name(),
+            backend=f"{body.get('backend', '?')} via {self.url}",
+            timings_ms=timings,
+        )
+
+
+class ServiceUnavailable(RuntimeError):
+    """The BentoML service could not be reached or failed on its side."""
+
+
+def _service_model_name(url: str, timeout_s: float) -> str:
+    import httpx
+
+    for method in ("GET", "POST"):  # BentoML API methods are POST; a plain route may be GET
+        try:
+            response = httpx.request(method, f"{url}/metadata", timeout=timeout_s)
+        except httpx.HTTPError:
+            return "unknown (service not reachable)"
+        if response.status_code == 200:
+            body = response.json()
+            return str(body.get("model_name") or body.get("model") or "unknown")
+    return "unknown"
+
+
+def _error_text(response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip() or f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("detail") or body.get("message") or body)
+    return str(body)
+
+
+def _indices_per_view(frame_indices: list[list[int]], num_views: int) -> list[list[int]]:
+    """Views are laid out spatial-major (each crop with all its temporal views); repeat indices to match."""
+    per_crop = len(frame_indices)
+    return [frame_indices[v % per_crop] for v in range(num_views)]
+
+
+def result_outputs(result: DemoResult) -> tuple[dict[str, float], list, str]:
+    """DemoResult -> the values of the page's three outputs: label bars, frame gallery, details."""
+    scores = {item["label"]: float(item["score"]) for item in result.labels}
+    gallery = []
+    num_views = len(result.frame_indices)
+    for v, (clip, indices) in enumerate(zip(result.frames, result.frame_indices, strict=True)):
+        for frame, index in zip(clip, indices, strict=False):
+            caption = f"frame {index}" if num_views == 1 else f"view {v + 1}, frame {index}"
+            gallery.append((frame, caption))
+    return scores, gallery, details_markdown(result)
+
+
+def details_markdown(result: DemoResult) -> str:
+    top = result.labels[0]
+    stages = [s for s in TIMING_STAGES if s in result.timings_ms]
+    stages += [s for s in result.timings_ms if s not in stages]
+    rows = "\n".join(f"| {stage} | {result.timings_ms[stage]:.1f} |" for stage in stages)
+    num_views, num_frames = result.frames.shape[:2]
+    return (
+        f"**{top['label']}** ({top['score']:.1%})\n\n"
+        f"Model: `{result.model_name}` · backend: `{result.backend}` · "
+        f"{num_views} view(s) x {num_frames} frames\n\n"
+        f"| stage | ms |\n|---|---:|\n{rows}"
+    )
+
+
+def friendly_error(error: Exception) -> str:
+    """A message for the page, in words, without a traceback."""
+    from stadapter_deploy.errors import STAdapterError
+
+    if isinstance(error, (STAdapterError, ServiceUnavailable)):
+        return f"Could not classify this file: {error}"
+    return "Could not classify this file: it does not look like a video the model can read."
+
+
+def make_handler(classifier: Callable[..., DemoResult]) -> Callable[[str | None], tuple]:
+    """Wrap a classifier as the page's event handler: bad input becomes a message, never a traceback."""
+
+    def classify(video: str | None) -> tuple[dict[str, float], list, str]:
+        if not video:
+            raise gr.Error("Upload a video first, or pick one of the examples.", print_exception=False)
+        try:
+            result = classifier(video)
+        except Exception as e:  # noqa: BLE001 - any failure on user input becomes a message in the page
+            raise gr.Error(friendly_error(e), duration=None, print_exception=False) from e
+        return result_outputs(result)
+
+    return classify
+
+
+def example_videos() -> list[str]:
+    return sorted(str(p) for p in EXAMPLES_DIR.glob("*.mp4"))
+
+
+def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE) -> gr.Blocks:
+    """The page. `classifier(video_path) -> DemoResult` (a LocalClassifier or a ServiceClassifier)."""
+    classify = make_handler(classifier)
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(
+            f"# {title}\nUpload a short video (mp4, webm, avi, mkv, mov) or pick an example. The page "
+            "shows the top-5 classes, the frames the model looked at, and how long each stage took."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                video = gr.Video(label="Video", sources=["upload"], elem_id="video-input")
+                button = gr.Button("Classify", variant="primary", elem_id="classify-button")
+            with gr.Column(scale=1):
+                label = gr.Label(num_top_classes=TOP_K, label="Top-5", elem_id="top5")
+                details = gr.Markdown(elem_id="details")
+        gallery = gr.Gallery(
+            label="Frames the model looked at (after sampling and cropping)",
+            columns=8, height="auto", object_fit="contain", elem_id="frames",
+        )  # fmt: skip
+        outputs = [label, gallery, details]
+        gr.on([button.click, video.upload], classify, inputs=video, outputs=outputs, api_name="classify")
+        examples = example_videos()
+        if examples:
+            gr.Examples(
+                examples=[[p] for p in examples], inputs=video, outputs=outputs, fn=classify,
+                run_on_click=True, cache_examples=False, api_visibility="private",
+                example_labels=[Path(p).stem.replace("_", " ") for p in examples],
+            )  # fmt: skip
+    return demo
