@@ -1,0 +1,332 @@
+"""The training loop of the ST-Adapter recipes: one process, or one per GPU under torchrun.
+
+run(cfg) does, in order: (synthetic: generate the data if absent) -> check the config -> build the
+model -> resume if asked -> per epoch: train, evaluate, log, plot, checkpoint -> save the final model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from ..errors import ConfigError
+from ..model import build_model, load_strict, save_checkpoint, trainable_state_dict
+from ..model.vit import LayerNorm, STAdapterViT, is_trainable_name
+from . import checkpoint as ckpt
+from . import data
+from . import distributed as D
+from .config import TrainConfig, batch_plan, check_config
+from .evaluate import ShardedSampler, evaluate
+from .optim import build_optimizer, build_scheduler, scaled_lr
+from .plot import plot_curves
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train (or only evaluate) as `cfg` says; returns the last log record (or the eval result)."""
+    dist = D.setup(cfg.device)
+    try:
+        if cfg.dataset == "synthetic":
+            data.ensure_synthetic_dataset(cfg, dist)
+        check_config(cfg)
+        return Trainer(cfg, dist).fit()
+    finally:
+        D.cleanup()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated by tensors; on CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def cast_backbone(model: nn.Module, dtype: torch.dtype) -> None:
+    """Frozen weights to `dtype` (as the reference does on GPU); LayerNorms, adapters and head stay fp32."""
+    for module in model.modules():
+        if isinstance(module, LayerNorm):
+            continue
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad:
+                p.data = p.data.to(dtype)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dist: D.DistInfo):
+        self.cfg, self.dist, self.device = cfg, dist, dist.device
+        self.save_dir = Path(cfg.save_dir)
+        if dist.is_main:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+        self.batch_size, self.accum_steps = batch_plan(cfg.total_batch, dist.world_size, cfg.batch_size)
+        self.precision = self.resolve_precision()
+        self.class_names = data.class_names(cfg)
+
+        seed_everything(cfg.seed)  # the same initial head/adapters on every rank
+        self.model = self.build_model()
+        self.train_set, self.val_set = data.build_datasets(cfg, self.model.cfg.image_size)
+        self.train_loader, self.val_loader = self.build_loaders()
+        self.steps_per_epoch = len(self.train_loader) // self.accum_steps
+        if self.steps_per_epoch < 1 and not cfg.eval_only:
+            raise ConfigError(
+                f"{len(self.train_set)} training videos are fewer than one effective batch of "
+                f"{cfg.total_batch}; lower --total-batch"
+            )
+        self.lr = scaled_lr(cfg.lr_per_256, cfg.total_batch)
+        self.optimizer = build_optimizer(self.model, self.lr, cfg.weight_decay)
+        total_steps = cfg.epochs * self.steps_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, round(cfg.warmup_epochs * self.steps_per_epoch), total_steps)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.start_epoch, self.records = 0, []
+        self.resume()
+        self.ddp_model = self.model
+        if dist.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+
+    # ---- setup -----------------------------------------------------------------------------------
+
+    def resolve_precision(self) -> str:
+        p = self.cfg.precision
+        if p == "auto":
+            return "fp16" if self.device.type == "cuda" else "fp32"
+        if p == "fp16" and self.device.type != "cuda":
+            raise ConfigError("--precision fp16 needs a CUDA GPU; on CPU use fp32 or bf16")
+        return p
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def build_model(self) -> STAdapterViT:
+        cfg = self.cfg
+        overrides = dict(num_classes=cfg.num_classes, num_frames=cfg.num_frames)
+        if cfg.no_adapters:
+            overrides["adapter_layers"] = 0
+        model = build_model(cfg.preset, clip=cfg.clip, **overrides)
+        if cfg.pretrain is not None:
+            load_adapter_weights(model, cfg.pretrain)
+        model.to(self.device)
+        if self.device.type == "cuda" and self.precision in ("fp16", "bf16"):
+            cast_backbone(model, torch.float16 if self.precision == "fp16" else torch.bfloat16)
+        return model
+
+    def build_loaders(self) -> tuple[DataLoader, DataLoader]:
+        cfg, dist = self.cfg, self.dist
+        # DistributedSampler also for one process: the same global order for any world size.
+        sampler = DistributedSampler(
+            self.train_set, dist.world_size, dist.rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+        common = dict(num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+        train_loader = DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True, **common)
+        val_sampler = ShardedSampler(len(self.val_set), dist.rank, dist.world_size)
+        eval_batch = cfg.eval_batch_size or max(1, self.batch_size // (cfg.spatial_views * cfg.temporal_views))
+        val_loader = DataLoader(self.val_set, eval_batch, sampler=val_sampler, **common)
+        return train_loader, val_loader
+
+    def resume(self) -> None:
+        cfg = self.cfg
+        found = None
+        if cfg.resume is not None:
+            found = cfg.resume, ckpt.load_training_checkpoint(cfg.resume)
+        elif cfg.auto_resume:
+            found = ckpt.latest_valid_checkpoint(self.save_dir)
+        if found is None:
+            return
+        path, state = found
+        load_strict(self.model, state["model"], source=str(path), part="trainable")
+        if not cfg.eval_only:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["lr_sched"])
+            if state["loss_scaler"]:
+                self.scaler.load_state_dict(state["loss_scaler"])
+        self.start_epoch = int(state["next_epoch"])
+        self.records = [r for r in state.get("log", []) if r["epoch"] < self.start_epoch]
+        if self.dist.is_main:
+            print(f"resumed from {path} at epoch {self.start_epoch}", flush=True)
+
+    # ---- the loop --------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if cfg.eval_only:
+            return self.eval_only()
+        if self.dist.is_main:
+            self.print_plan()
+        last_epoch = cfg.epochs if cfg.stop_after_epochs is None else min(cfg.epochs, cfg.stop_after_epochs)
+        for epoch in range(self.start_epoch, last_epoch):
+            # Reseeded from (seed, epoch, rank): a resumed run draws exactly what a straight run draws.
+            seed_everything(cfg.seed + 1000 * epoch + self.dist.rank)
+            self.train_loader.sampler.set_epoch(epoch)
+            data.set_epoch(self.train_set, epoch)
+            record = {"epoch": epoch, **self.train_one_epoch(epoch)}
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                record |= self.validate()
+            record["max_mem_mb"] = round(peak_memory_mb(self.device), 1)
+            self.records.append(record)
+            self.end_epoch(epoch, record)
+        if last_epoch == cfg.epochs and self.dist.is_main:
+            self.save_final()
+        D.barrier()
+        return self.records[-1] if self.records else {}
+
+    def train_one_epoch(self, epoch: int) -> dict:
+        self.ddp_model.train()
+        micro_batches = self.steps_per_epoch * self.accum_steps
+        loss_sum = clips = 0.0
+        skipped_before = data.skipped_count(self.train_set)
+        bar = tqdm(
+            total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            disable=not self.dist.is_main, dynamic_ncols=True, leave=False,
+        )  # fmt: skip
+        start = time.perf_counter()
+        for i, (x, labels, _) in enumerate(self.train_loader):
+            if i >= micro_batches:
+                break
+            x, labels = x.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            last_micro = (i + 1) % self.accum_steps == 0
+            sync = contextlib.nullcontext() if last_micro or not self.dist.distributed else self.ddp_model.no_sync()
+            with sync:
+                with self.autocast():
+                    logits = self.ddp_model(x)  # [B, C]
+                loss = F.cross_entropy(logits.float(), labels)
+                self.scaler.scale(loss / self.accum_steps).backward()
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(
+                    f"training loss is {loss.item()} at epoch {epoch}, batch {i}; lower --lr-per-256"
+                )
+            loss_sum += loss.item() * len(labels)
+            clips += len(labels)
+            if last_micro:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scheduler.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.current_lr():.2e}")
+        bar.close()
+        elapsed = time.perf_counter() - start
+        loss_sum, clips, skipped = D.all_reduce_sum(
+            [loss_sum, clips, data.skipped_count(self.train_set) - skipped_before], self.device
+        )
+        return {
+            "train_loss": loss_sum / max(clips, 1),
+            "lr": self.current_lr(),
+            "clips_per_s": round(clips / elapsed, 2),
+            "step": (epoch + 1) * self.steps_per_epoch,
+            "epoch_time_s": round(elapsed, 2),
+            "skipped_videos": int(skipped),
+        }
+
+    def validate(self) -> dict:
+        result = evaluate(self.model, self.val_loader, self.device, self.autocast(), progress=self.dist.is_main)
+        return {
+            "val_acc1": result["acc1"], "val_acc5": result["acc5"],
+            "val_loss": result["loss"], "val_videos": result["count"],
+        }  # fmt: skip
+
+    def current_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    # ---- outputs ---------------------------------------------------------------------------------
+
+    def end_epoch(self, epoch: int, record: dict) -> None:
+        skipped = data.gather_skipped(self.train_set)
+        if not self.dist.is_main:
+            return
+        with open(self.save_dir / "log.jsonl", "w") as f:  # rewritten whole: a resume drops lost epochs
+            f.writelines(json.dumps(r) + "\n" for r in self.records)
+        plot_curves(self.records, self.save_dir / "curves.png")
+        state = {
+            "model": {k: v.float() for k, v in trainable_state_dict(self.model).items()},
+            "optimizer": self.optimizer.state_dict(),
+            "lr_sched": self.scheduler.state_dict(),
+            "loss_scaler": self.scaler.state_dict(),
+            "next_epoch": epoch + 1,
+            "model_config": self.model.cfg.to_dict(),
+            "args": self.cfg.to_dict(),
+            "log": self.records,
+        }
+        ckpt.atomic_torch_save(state, ckpt.checkpoint_path(self.save_dir, epoch))
+        ckpt.prune_checkpoints(self.save_dir, self.cfg.keep_last)
+        if skipped:
+            (self.save_dir / "skipped_videos.txt").write_text("".join(f"{line}\n" for line in skipped))
+        print(self.summary(record) + (f", {len(skipped)} unreadable videos skipped so far" if skipped else ""))
+
+    def summary(self, r: dict) -> str:
+        text = f"epoch {r['epoch'] + 1}/{self.cfg.epochs}: train_loss {r['train_loss']:.4f}, lr {r['lr']:.2e}"
+        if "val_acc1" in r:
+            text += f", val_acc1 {r['val_acc1']:.2f}, val_acc5 {r['val_acc5']:.2f}"
+        return text + f", {r['clips_per_s']:.1f} clips/s, peak mem {r['max_mem_mb']:.0f} MB"
+
+    def print_plan(self) -> None:
+        cfg, m = self.cfg, self.model.cfg
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        print(
+            f"{cfg.dataset}: {len(self.train_set)} train / {len(self.val_set)} val videos, {cfg.num_classes} classes; "
+            f"model {cfg.preset} ({m.adapter_layers} adapter layers, {trainable:,} trainable parameters); "
+            f"batch {cfg.total_batch} = {self.dist.world_size} x {self.batch_size} x {self.accum_steps} accumulation, "
+            f"lr {self.lr:.2e}, {cfg.epochs} epochs x {self.steps_per_epoch} steps, "
+            f"{self.precision} on {self.device}",
+            flush=True,
+        )
+
+    def save_final(self) -> Path:
+        extra = {
+            "recipe": self.cfg.recipe_meta(),
+            "class_names": self.class_names,
+            "training": {k: self.records[-1].get(k) for k in ("epoch", "val_acc1", "val_acc5")},
+        }
+        path = save_checkpoint(self.model, self.save_dir / "final", extra=extra)
+        print(f"final model: {path} (export: stadapter-export --checkpoint {path} --out BUNDLE)", flush=True)
+        return path
+
+    def eval_only(self) -> dict:
+        result = self.validate()
+        if self.dist.is_main:
+            (self.save_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+            print(
+                f"eval: val_acc1 {result['val_acc1']:.2f}, val_acc5 {result['val_acc5']:.2f} "
+                f"over {result['val_videos']} videos",
+                flush=True,
+            )
+        return result
+
+
+def load_adapter_weights(model: STAdapterViT, path: Path) -> None:
+    """--pretrain: the adapter weights of a reference checkpoint (or our final/ directory); the head stays new."""
+    if Path(path).is_dir():
+        from ..model import read_checkpoint
+
+        _, state = read_checkpoint(path)
+    else:
+        state = ckpt.load_training_checkpoint(path)["model"]
+    adapters = {k: v for k, v in state.items() if is_trainable_name(k) and not k.startswith("fc.")}
+    own = {k: v for k, v in model.state_dict().items() if is_trainable_name(k) and not k.startswith("fc.")}
+    wrong = sorted(set(own) ^ set(adapters)) + [k for k in own if k in adapters and own[k].shape != adapters[k].shape]
+    if wrong:
+        from ..errors import WeightsError
+
+        raise WeightsError(f"--pretrain {path}: adapter weights do not fit this model: {wrong[:6]}")
+    with torch.no_grad():
+        for k, v in adapters.items():
+            own[k].copy_(v)

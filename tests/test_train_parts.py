@@ -1,0 +1,177 @@
+"""Training building blocks that need no video: schedule, optimizer groups, config, checkpoints, eval sharding."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from stadapter_deploy.errors import ConfigError, WeightsError
+from stadapter_deploy.model import build_model
+from stadapter_deploy.train import checkpoint as ckpt
+from stadapter_deploy.train.config import batch_plan, build_config, check_config, read_data_config
+from stadapter_deploy.train.evaluate import ShardedSampler, evaluate
+from stadapter_deploy.train.optim import WarmupCosine, build_optimizer, build_scheduler, scaled_lr
+
+
+def test_schedule_warms_up_linearly_then_half_cosine_to_zero():
+    f = WarmupCosine(warmup_steps=4, total_steps=12)
+    assert [f(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4) == 1.0
+    assert f(8) == pytest.approx(0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert f(11) == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    assert f(12) == pytest.approx(0.0)
+    assert [f(s) for s in range(4, 13)] == sorted([f(s) for s in range(4, 13)], reverse=True)
+
+
+def test_scheduler_steps_per_iteration_and_state_round_trips():
+    model = build_model("tiny")
+    opt = build_optimizer(model, lr=0.1, weight_decay=0.01)
+    sched = build_scheduler(opt, warmup_steps=2, total_steps=10)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:2] == [pytest.approx(0.05), pytest.approx(0.1)]
+    state = sched.state_dict()
+    opt2 = build_optimizer(build_model("tiny"), lr=0.1, weight_decay=0.01)
+    sched2 = build_scheduler(opt2, warmup_steps=2, total_steps=10)
+    opt2.load_state_dict(opt.state_dict())  # the lr itself lives in the optimizer's state, as in resume
+    sched2.load_state_dict(state)
+    sched.step()
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
+    assert sched2.last_epoch == 6
+    assert scaled_lr(1e-3, 192) == pytest.approx(0.00075)
+
+
+def test_adamw_has_no_weight_decay_on_biases_and_skips_frozen_weights():
+    model = build_model("tiny")
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    decayed = {by_id[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    plain = {by_id[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert decayed and plain
+    assert all(not n.endswith(".bias") for n in decayed)
+    assert {n for n in plain if n.endswith(".bias")} == {
+        n for n, p in model.named_parameters() if p.requires_grad and n.endswith(".bias")
+    }
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert decayed | plain == trainable
+    assert "fc.weight" in decayed and "conv1.weight" not in decayed | plain
+
+
+def test_batch_plan_reaches_the_effective_batch_exactly():
+    assert batch_plan(192, 1, None) == (64, 3)
+    assert batch_plan(192, 8, None) == (24, 1)
+    assert batch_plan(256, 4, 32) == (32, 2)
+    assert batch_plan(32, 2, 4) == (4, 4)
+    with pytest.raises(ConfigError, match="divisible"):
+        batch_plan(192, 5, None)
+    with pytest.raises(ConfigError, match="batch-size"):
+        batch_plan(192, 1, 50)
+
+
+def test_config_layers_recipe_then_toml_then_flags(tmp_path, monkeypatch):
+    for d in ("train", "val"):
+        (tmp_path / d).mkdir()
+        (tmp_path / f"{d}.txt").write_text("a.mp4 0\n")
+    toml = tmp_path / "data.toml"
+    toml.write_text(
+        '[k400]\ntrain_root = "train"\ntrain_list = "train.txt"\nval_root = "val"\nval_list = "val.txt"\n'
+        "num_classes = 10\n"
+        '[ssv2]\ntrain_root = "/nowhere"\n'
+    )
+    monkeypatch.setenv("STADAPTER_DATA_CONFIG", str(toml))
+    cfg = build_config("k400", tmp_path / "run", epochs=3, lr_per_256=None)
+    check_config(cfg)
+    assert cfg.train_root == tmp_path / "train" and cfg.val_list == tmp_path / "val.txt"
+    assert (cfg.num_classes, cfg.epochs, cfg.sampling_rate, cfg.temporal_views) == (10, 3, 16, 3)
+    assert cfg.lr_per_256 == 1e-3 and cfg.total_batch == 192
+    flagged = build_config("k400", tmp_path / "run", data_config=toml, num_classes=7)
+    assert flagged.num_classes == 7
+
+
+def test_unset_or_missing_data_fails_with_what_to_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("STADAPTER_DATA_CONFIG", raising=False)
+    cfg = build_config("k400", tmp_path / "run")
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg)
+    msg = str(e.value)
+    for key in ("train_root", "train_list", "val_root", "val_list"):
+        assert key in msg
+    assert "--train-list" in msg and "STADAPTER_DATA_CONFIG" in msg and "[k400]" in msg
+    cfg = build_config(
+        "ssv2",
+        tmp_path / "run",
+        train_root=tmp_path,
+        train_list=tmp_path / "nope.txt",
+        val_root=tmp_path / "nodir",
+        val_list=tmp_path / "nope.txt",
+    )
+    with pytest.raises(ConfigError, match="nope.txt does not exist"):
+        check_config(cfg)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[k400]\ntrain_roots = 'x'\n")
+    with pytest.raises(ConfigError, match="unknown keys.*train_roots"):
+        read_data_config(bad, "k400")
+    bad.write_text("[k400\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        read_data_config(bad, "k400")
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config("k400", tmp_path, data_config=tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("size,world", [(7, 2), (10, 3), (2, 4), (0, 2)])
+def test_eval_shards_cover_every_sample_exactly_once(size, world):
+    shards = [list(ShardedSampler(size, rank, world)) for rank in range(world)]
+    flat = sorted(i for s in shards for i in s)
+    assert flat == list(range(size))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_evaluate_averages_softmax_over_views():
+    class Fixed(torch.nn.Module):  # logits = the first pixel of each view, per class
+        def forward(self, x):
+            return x[:, :3, 0, 0, 0]
+
+    # two videos, two views each, three classes
+    views = torch.zeros(2, 2, 3, 1, 1, 1)
+    views[0, 0, :, 0, 0, 0] = torch.tensor([5.0, 0, 0])  # video 0: view 0 says class 0 strongly
+    views[0, 1, :, 0, 0, 0] = torch.tensor([0, 1.0, 0])  # view 1 says class 1 weakly -> average: class 0
+    views[1, 0, :, 0, 0, 0] = torch.tensor([0, 0, 1.0])
+    views[1, 1, :, 0, 0, 0] = torch.tensor([0, 0, 1.0])
+    batches = [(views, torch.tensor([0, 1]), torch.tensor([0, 1]))]
+    out = evaluate(Fixed(), batches, torch.device("cpu"))
+    assert out["count"] == 2
+    assert out["acc1"] == 50.0 and out["acc5"] == 100.0
+
+
+def _fake_state(epoch: int) -> dict:
+    return {
+        "model": {"fc.weight": torch.full((2, 2), float(epoch))},
+        "optimizer": {},
+        "lr_sched": {},
+        "loss_scaler": {},
+        "next_epoch": epoch + 1,
+    }
+
+
+def test_checkpoints_are_atomic_pruned_and_auto_resume_skips_broken(tmp_path):
+    for epoch in range(4):
+        ckpt.atomic_torch_save(_fake_state(epoch), ckpt.checkpoint_path(tmp_path, epoch))
+    assert [e for e, _ in ckpt.list_checkpoints(tmp_path)] == [0, 1, 2, 3]
+    assert not [p for p in os.listdir(tmp_path) if "tmp" in p]
+    ckpt.prune_checkpoints(tmp_path, keep_last=2)
+    assert [e for e, _ in ckpt.list_checkpoints(tmp_path)] == [2, 3]
+    # a torn newest file (as from a crash outside our atomic writer) is skipped
+    newest = ckpt.checkpoint_path(tmp_path, 3)
+    newest.write_bytes(newest.read_bytes()[:100])
+    path, state = ckpt.latest_valid_checkpoint(tmp_path)
+    assert path.name == "checkpoint-2.pth" and state["next_epoch"] == 3
+    with pytest.raises(WeightsError, match="not a readable training checkpoint"):
+        ckpt.load_training_checkpoint(newest)
+    assert ckpt.latest_valid_checkpoint(tmp_path / "empty") is None
