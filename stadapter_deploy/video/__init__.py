@@ -1,0 +1,10 @@
+"""The one preprocessing path: decode -> sample -> transform, shared by training, export, serving and demo."""
+
+from .decode import decode_frames
+from .pipeline import EvalViews, load_eval_views, prepare_eval_views
+from .transforms import CLIP_MEAN, CLIP_STD, denormalize
+
+__all__ = [
+    "CLIP_MEAN", "CLIP_STD", "EvalViews", "decode_frames", "denormalize", "load_eval_views",
+    "prepare_eval_views",
+]  # fmt: skip
