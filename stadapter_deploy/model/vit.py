@@ -6,6 +6,8 @@ state dicts load without renaming. Tokens are kept batch-first: [B*T, L, D].
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,9 +52,11 @@ class Attention(nn.Module):
 class STAdapter(nn.Module):
     """fc1 -> depthwise temporal conv (kernel (k,1,1)) -> fc2, added to the patch tokens.
 
-    The conv keeps its nn.Conv3d parameters (so reference checkpoints load unchanged) but is
-    computed as k shifted multiply-adds on the token layout, which skips the two permute copies
-    that Conv3d needs and is faster on CPU and in ONNX Runtime. `conv3d_forward` is the literal form.
+    The conv keeps its nn.Conv3d parameters, so reference checkpoints load unchanged. It can run in
+    two mathematically identical forms: `conv3d_forward` (permute, nn.Conv3d, permute back) and
+    `temporal_conv` (k shifted multiply-adds on the token layout, no permutes). Eager PyTorch on CPU
+    runs the Conv3d form faster (oneDNN's depthwise kernel; see docs/benchmarks.md); the exporter
+    times both in ONNX Runtime and picks one.
     """
 
     def __init__(self, width: int, adapter_width: int, kernel_t: int = 3):
@@ -80,11 +84,11 @@ class STAdapter(nn.Module):
 
     def conv3d_forward(self, h: torch.Tensor) -> torch.Tensor:
         """The same temporal conv through nn.Conv3d. h: [B, T, P, C] -> [B, T, P, C]."""
-        b, t, p, c = h.shape
-        side = int(round(p**0.5))
-        h = h.permute(0, 3, 1, 2).reshape(b, c, t, side, side)  # [B, C, T, H', W']
+        _, t, p, c = h.shape  # the batch stays symbolic (-1) so exported graphs keep it dynamic
+        side = math.isqrt(int(p))
+        h = h.permute(0, 3, 1, 2).reshape(-1, c, t, side, side)  # [B, C, T, H', W']
         h = self.conv(h)
-        return h.reshape(b, c, t, p).permute(0, 2, 3, 1)  # [B, T, P, C]
+        return h.reshape(-1, c, t, p).permute(0, 2, 3, 1)  # [B, T, P, C]
 
     def forward(self, x: torch.Tensor, num_frames: int, use_conv3d: bool = False) -> torch.Tensor:
         # x: [B*T, L, D]; the class token (index 0) passes through unchanged
@@ -159,8 +163,9 @@ class STAdapterViT(nn.Module):
         nn.init.normal_(self.fc.weight, std=0.02)
         nn.init.zeros_(self.fc.bias)
         self.freeze_backbone()
-        # Literal nn.Conv3d adapter form; a plain attribute, not a switch flipped inside forward.
-        self.use_conv3d = False
+        # Which exact form the adapters' temporal conv runs in (see STAdapter). A plain attribute set
+        # before a run, never flipped inside forward.
+        self.use_conv3d = True
 
     def freeze_backbone(self) -> None:
         """Only the adapters and the head train."""
