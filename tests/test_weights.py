@@ -177,6 +177,14 @@ def test_preset_plus_backbone_only_keeps_fresh_adapters(tmp_path, source):
             assert not v.any(), k  # zero-initialized adapters
 
 
+def test_backbone_only_gets_fresh_adapters_in_every_block(tmp_path, source):
+    _, backbone, *_ = source
+    save_file({k: v.contiguous() for k, v in backbone.items()}, str(tmp_path / "clip.safetensors"))
+    model = build_model(clip=tmp_path / "clip.safetensors", num_classes=5)
+    assert model.cfg.adapter_layers == model.cfg.layers and model.cfg.adapter_pre_mlp
+    assert model.cfg.num_classes == 5
+
+
 def test_inferred_architecture(tmp_path, source):
     model, backbone, trainable, *_ = source
     only_mlp = {k: v for k, v in trainable.items() if "adapter_pre_attn" not in k}

@@ -62,6 +62,8 @@ def resolve_config(
         if backbone is None:
             raise ValueError("build_model needs a preset name, clip= weights, or checkpoint=")
         inferred = W.infer_backbone_config(backbone)
+        # Without an adapter file: fresh pre-MLP adapters in every block (the K400 recipe's layout).
+        inferred["adapter_layers"] = inferred["layers"]
         if adapters is not None:
             inferred |= W.infer_adapter_config(adapters, inferred["layers"])
         cfg = ModelConfig(**inferred)
