@@ -1,0 +1,244 @@
+"""The model bundle: the one contract between export and everything downstream.
+
+A bundle is a directory:
+
+    manifest.json       schema version, architecture, preprocessing, artifacts (+ sha256), parity, versions
+    labels.txt          one class name per line, index = line number
+    config.json         our checkpoint config (the torch backend reads it with model.safetensors)
+    model.safetensors   full fp32 weights
+    model.onnx          fp32 ONNX, dynamic batch
+    model.fp16.onnx     optional: half precision ONNX (LayerNorm and softmax in fp32)
+    *.plan              optional: TensorRT FP16 engine, named after the GPU and TensorRT version
+    README.md           a short model card
+
+`load_bundle` checks the manifest and every artifact's size and sha256; a modified or truncated
+file raises BundleError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BundleError
+from ..model.config import ModelConfig
+
+SCHEMA_VERSION = "stadapter-deploy/bundle-v1"
+MANIFEST_FILE = "manifest.json"
+LABELS_FILE = "labels.txt"
+README_FILE = "README.md"
+INPUT_NAME = "clips"
+OUTPUT_NAME = "logits"
+PREPROCESSING_KEYS = ("num_frames", "sampling_rate", "size", "mean", "std", "spatial_views", "temporal_views")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(folder: Path, name: str) -> dict:
+    """{"file", "sha256", "bytes"} of a file inside the bundle folder."""
+    path = folder / name
+    return {"file": name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def artifact_entry(
+    folder: Path,
+    name: str,
+    *,
+    backend: str,
+    precision: str,
+    batch: tuple[int, int | None] = (1, None),
+    extra_files: list[str] = (),
+    **fields,
+) -> dict:
+    """A manifest artifact: the file with its checksum, how to run it, and the batch range it takes.
+
+    batch: (min, max); max None means any batch size. extra_files: files the artifact needs beside
+    it (ONNX external data, the torch backend's config.json), each checksummed too.
+    """
+    return {
+        **file_entry(folder, name),
+        "backend": backend,
+        "precision": precision,
+        "inputs": [INPUT_NAME],
+        "outputs": [OUTPUT_NAME],
+        "batch": {"min": batch[0], "max": batch[1]},
+        "extra_files": [file_entry(folder, f) for f in extra_files],
+        **fields,
+    }
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict
+    labels: list[str]
+    config: ModelConfig
+
+    @property
+    def preprocessing(self) -> dict:
+        return dict(self.manifest["preprocessing"])
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest.get("model_name", self.path.name)
+
+    @property
+    def artifacts(self) -> list[dict]:
+        return list(self.manifest["artifacts"])
+
+    def find(self, backend: str, precision: str | None = None) -> list[dict]:
+        """Artifacts for `backend`, fp32 first unless a precision is asked for."""
+        found = [a for a in self.artifacts if a["backend"] == backend]
+        if precision is not None:
+            found = [a for a in found if a["precision"] == precision]
+        return sorted(found, key=lambda a: a["precision"] != "fp32")
+
+    def file(self, artifact: dict) -> Path:
+        return self.path / artifact["file"]
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Read a bundle directory; with verify, refuse it if any listed file is missing or changed."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"model bundle not found: {path} is not a directory")
+    manifest_path = path / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise BundleError(f"{path} is not a model bundle: it has no {MANIFEST_FILE} (make one with stadapter-export)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{manifest_path} is not valid JSON: {e}") from e
+    check_manifest(manifest, manifest_path)
+    if verify:
+        for entry in [manifest["labels"], *manifest["artifacts"]]:
+            for f in [entry, *entry.get("extra_files", [])]:
+                verify_file(path, f)
+    labels = read_labels(path / manifest["labels"]["file"])
+    config = ModelConfig.from_dict(manifest["config"])
+    if len(labels) != config.num_classes:
+        raise BundleError(f"{path}: {len(labels)} labels for a model with {config.num_classes} classes")
+    return Bundle(path=path, manifest=manifest, labels=labels, config=config)
+
+
+def check_manifest(manifest: dict, where: Path) -> None:
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        found = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise BundleError(f"{where}: unsupported bundle schema {found!r} (this version reads {SCHEMA_VERSION!r})")
+    missing = [k for k in ("config", "labels", "preprocessing", "artifacts") if k not in manifest]
+    if missing:
+        raise BundleError(f"{where}: manifest lacks {missing}")
+    lacking = [k for k in PREPROCESSING_KEYS if k not in manifest["preprocessing"]]
+    if lacking:
+        raise BundleError(f"{where}: preprocessing lacks {lacking}")
+    if not manifest["artifacts"]:
+        raise BundleError(f"{where}: the bundle lists no artifacts")
+    try:
+        ModelConfig.from_dict(manifest["config"])
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{where}: bad architecture config: {e}") from e
+
+
+def verify_file(folder: Path, entry: dict) -> None:
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise BundleError(f"bundle file missing: {path}")
+    size = path.stat().st_size
+    if "bytes" in entry and size != entry["bytes"]:
+        raise BundleError(
+            f"bundle file {path} is {size} bytes, the manifest says {entry['bytes']}: truncated or modified"
+        )
+    if sha256_file(path) != entry["sha256"]:
+        raise BundleError(f"bundle file {path} fails its sha256 check: it was modified after export")
+
+
+def read_labels(path: Path) -> list[str]:
+    return [line.rstrip("\r") for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+def read_labels_file(path: str | Path, num_classes: int | None = None) -> list[str]:
+    """A user-supplied class-name file (one per line); the count must match the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"labels file not found: {path}")
+    labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if num_classes is not None and len(labels) != num_classes:
+        raise BundleError(f"{path} has {len(labels)} class names but the model has {num_classes} classes")
+    return labels
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+class BundleWriter:
+    """Write a bundle into a temporary folder next to `out`, then move it into place in one rename.
+
+    with BundleWriter(out, overwrite=False) as w:
+        ...write files into w.tmp...
+        w.commit(manifest)
+    An exception inside the block removes the temporary folder; `out` is untouched.
+    """
+
+    def __init__(self, out: str | Path, overwrite: bool = False):
+        self.out = Path(out).absolute()
+        self.overwrite = overwrite
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> BundleWriter:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise BundleError(f"--out {out} exists and is a file, not a directory")
+        if out.is_dir() and any(out.iterdir()) and not self.overwrite:
+            raise BundleError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
+        parent = out.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+        except OSError as e:
+            raise BundleError(f"cannot write the bundle next to {out}: {e.strerror or e}") from e
+        if out.is_dir() and not os.access(out, os.W_OK):
+            raise BundleError(f"--out {out} is not writable")
+        return self
+
+    def commit(self, manifest: dict) -> Path:
+        assert self.tmp is not None
+        manifest_text = json.dumps(manifest, indent=2) + "\n"
+        (self.tmp / MANIFEST_FILE).write_text(manifest_text)  # written last: its presence marks a whole bundle
+        _share(self.tmp)
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            self.out.rename(old)
+            self.tmp.rename(self.out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.tmp.rename(self.out)
+        self.tmp = None
+        return self.out
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+def _share(folder: Path) -> None:
+    """Give the bundle the usual umask permissions (mkdtemp and some writers create owner-only files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o666 & ~umask)

@@ -1,0 +1,44 @@
+"""Helpers the test suite shares: a tiny model bundle made through the real export path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+SYNTHETIC_RECIPE = {
+    "dataset": "synthetic",
+    "num_frames": 8,
+    "sampling_rate": 0,
+    "spatial_views": 1,
+    "temporal_views": 1,
+}
+
+
+def make_tiny_checkpoint(folder: Path, seed: int = 0, recipe: dict | None = SYNTHETIC_RECIPE, **overrides) -> Path:
+    """A tiny-preset model in our checkpoint format, with non-zero adapters so they matter."""
+    from stadapter_deploy import build_model
+    from stadapter_deploy.model import save_checkpoint
+
+    torch.manual_seed(seed)
+    model = build_model("tiny", **overrides)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".adapter_pre_" in name:
+                p.normal_(std=0.05)
+    extra = {"recipe": dict(recipe)} if recipe else {}
+    return save_checkpoint(model, folder, extra=extra)
+
+
+def make_tiny_bundle(tmp_path: Path, name: str = "bundle", fp16: bool = False, verify: bool = True, **kw) -> Path:
+    """Export a tiny synthetic-recipe model to `tmp_path/name` in-process (a few seconds on 2 cores).
+
+    Holds model.safetensors (torch backend) and model.onnx (onnxruntime backend), labels = the 6 synthetic
+    motion classes, preprocessing 8 frames at 32x32, 1 view.
+    """
+    from stadapter_deploy.runtime.exporter import ExportOptions, export_bundle, load_source
+
+    ckpt = make_tiny_checkpoint(Path(tmp_path) / f"{name}-checkpoint", **kw)
+    source = load_source(checkpoint=ckpt)
+    options = ExportOptions(fp16=fp16, verify=verify, progress=False, check_videos=2, check_random=2)
+    return export_bundle(source, Path(tmp_path) / name, options).path
