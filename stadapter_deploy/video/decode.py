@@ -69,7 +69,8 @@ def _open_container(video: VideoSource) -> av.container.InputContainer:
     try:
         return av.open(source, mode="r", metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise VideoError(f"not a readable video file: {_name(video)} ({e})") from None
+        reason = getattr(e, "strerror", None) or str(e)
+        raise VideoError(f"not a readable video file ({reason}): {_name(video)}") from None
 
 
 def _video_stream(container: av.container.InputContainer, video: VideoSource) -> av.video.stream.VideoStream:

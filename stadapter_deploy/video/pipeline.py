@@ -40,6 +40,18 @@ def decode_clip_frames(video: VideoSource, pick, decoder: str | None = None):
         return decode_with_probe(video, info, indices, "pyav"), indices, info
 
 
+def eval_picker(num_frames: int, sampling_rate: int, temporal_views: int):
+    """n -> the flat list of eval frame indices, temporal view after temporal view."""
+    return lambda n: [i for view in eval_indices(n, num_frames, sampling_rate, temporal_views) for i in view]
+
+
+def eval_views_from_frames(frames, num_frames: int, spatial_views: int, temporal_views: int, size: int) -> torch.Tensor:
+    """Decoded frames [V_t * T, H, W, 3] -> [V, 3, T, S, S], each spatial crop's temporal views together."""
+    per_view = [eval_transform(frames[v * num_frames : (v + 1) * num_frames], size, spatial_views)
+                for v in range(temporal_views)]  # [temporal][spatial] -> [3, T, S, S]  # fmt: skip
+    return torch.stack([per_view[t][s] for s in range(spatial_views) for t in range(temporal_views)])
+
+
 def prepare_eval_views(
     video: VideoSource,
     num_frames: int = 8,
@@ -56,12 +68,10 @@ def prepare_eval_views(
                          f"{spatial_views}, {temporal_views}, {size}")  # fmt: skip
     eval_indices(1, num_frames, sampling_rate, temporal_views)  # argument errors before any decoding
     start = time.perf_counter()
-    pick = lambda n: [i for view in eval_indices(n, num_frames, sampling_rate, temporal_views) for i in view]
+    pick = eval_picker(num_frames, sampling_rate, temporal_views)
     frames, flat, info = decode_clip_frames(video, pick, decoder)  # [V_t * T, H, W, 3]
     decoded = time.perf_counter()
-    per_view = [eval_transform(frames[v * num_frames : (v + 1) * num_frames], size, spatial_views)
-                for v in range(temporal_views)]  # [temporal][spatial] -> [3, T, S, S]  # fmt: skip
-    clips = torch.stack([per_view[t][s] for s in range(spatial_views) for t in range(temporal_views)])
+    clips = eval_views_from_frames(frames, num_frames, spatial_views, temporal_views, size)
     done = time.perf_counter()
     return EvalViews(
         clips=clips.contiguous(),  # [V, 3, T, S, S]

@@ -1,0 +1,111 @@
+"""Check a video list before training: decode every entry in parallel, write the clean list and a report.
+
+    python -m stadapter_deploy.video.check_list train.txt --root videos/ --num-classes 400 --out train_clean.txt
+
+An entry is kept when its label is an integer in [0, num_classes) and its video opens and decodes its
+first, middle and last frames. The report (TSV: line, path, reason) lists every dropped entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import VideoError
+from .dataset import parse_list_line
+from .decode import decode_with_probe, probe
+
+
+def check_video(path: str) -> str | None:
+    """None if the video decodes its first, middle and last frames, else the reason in words."""
+    try:
+        info = probe(path)
+        n = info.num_frames
+        decode_with_probe(path, info, sorted({0, n // 2, n - 1}), "pyav")
+    except VideoError as e:
+        return str(e)
+    except Exception as e:  # a checker reports every failure; it never stops on one
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _check_line(job: tuple[int, str, Path, int]) -> tuple[int, str, str | None]:
+    number, line, root, num_classes = job
+    try:
+        parsed = parse_list_line(line)
+    except ValueError:
+        return number, line, "malformed line (expected '<video path> <label>')"
+    path, label = parsed
+    try:
+        label_ok = 0 <= int(label) < num_classes
+    except ValueError:
+        label_ok = False
+    if not label_ok:
+        return number, path, f"label {label!r} is not an integer in [0, {num_classes})"
+    return number, path, check_video(str(root / path))
+
+
+def check_list(
+    list_file: Path, root: Path, num_classes: int, out: Path, report: Path | None = None,
+    workers: int = 4, progress: bool = True,
+) -> tuple[int, int, Path]:  # fmt: skip
+    """Write the kept lines to `out` and the dropped ones to `report`; returns (kept, dropped, report)."""
+    lines = list_file.read_text().splitlines()
+    jobs = [(n, line, root, num_classes) for n, line in enumerate(lines, 1) if _is_entry(line)]
+    report = report or out.with_name(out.name + ".dropped.tsv")
+    results = {}
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        bar = tqdm(pool.map(_check_line, jobs, chunksize=4), total=len(jobs), desc="checking videos",
+                   unit="video", disable=not progress)  # fmt: skip
+        for number, path, reason in bar:
+            results[number] = (path, reason)
+    kept = [lines[n - 1].strip() + "\n" for n, (_, reason) in sorted(results.items()) if reason is None]
+    dropped = [(n, path, reason) for n, (path, reason) in sorted(results.items()) if reason is not None]
+    out.write_text("".join(kept))
+    rows = ["line\tpath\treason\n"] + [f"{n}\t{p}\t{r.replace(chr(9), ' ')}\n" for n, p, r in dropped]
+    report.write_text("".join(rows))
+    return len(kept), len(dropped), report
+
+
+def _is_entry(line: str) -> bool:
+    """True for lines that hold an entry (blank lines and # comments are not entries)."""
+    return bool(line.strip()) and not line.strip().startswith("#")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m stadapter_deploy.video.check_list",
+        description="Decode every video of a '<path> <label>' list in parallel; write the entries that decode "
+        "to a clean list and the dropped ones, with the reason, to a TSV report.",
+    )
+    parser.add_argument("list_file", type=Path, help="the list to check: '<relative video path> <label>' per line")
+    parser.add_argument("--root", type=Path, required=True, help="the folder the list's paths are relative to")
+    parser.add_argument("--num-classes", type=int, required=True, help="labels must lie in [0, NUM_CLASSES)")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the clean list")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="where to write the TSV of dropped entries (default: OUT.dropped.tsv)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=4, help="decoding processes (default: 4)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if not args.list_file.is_file():
+        print(f"error: list file not found: {args.list_file}", file=sys.stderr)
+        return 2
+    if not args.root.is_dir():
+        print(f"error: video root is not a folder: {args.root}", file=sys.stderr)
+        return 2
+    if args.num_classes < 1:
+        print("error: --num-classes must be at least 1", file=sys.stderr)
+        return 2
+    kept, dropped, report = check_list(
+        args.list_file, args.root, args.num_classes, args.out, args.report, args.workers, not args.quiet
+    )
+    print(f"{kept} of {kept + dropped} entries kept -> {args.out}; {dropped} dropped -> {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

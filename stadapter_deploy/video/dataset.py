@@ -1,0 +1,133 @@
+"""List-file datasets (`<relative path> <label>` per line, as the reference's lists) over the one video path.
+
+Each sample's randomness is seeded from (seed, epoch, index, attempt), so a clip is the same whatever
+DataLoader worker builds it. A broken or missing video never stops training: it is logged with its
+path, counted in `skipped` (a shared counter: DataLoader workers add to it too), and another entry is
+drawn in its place (training: a seeded random entry; evaluation: the next entry in the list, so no
+two runs differ). Clean your lists first with `python -m stadapter_deploy.video.check_list`.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import ConfigError, VideoError
+from .augment import AUGMENTS, train_transform
+from .pipeline import decode_clip_frames, eval_picker, eval_views_from_frames
+from .sampling import train_indices
+
+log = logging.getLogger(__name__)
+
+
+def parse_list_line(line: str) -> tuple[str, str] | None:
+    """'<path with maybe spaces> <label>' -> (path, label text); None for blank lines and # comments."""
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    parts = line.rsplit(maxsplit=1)
+    if len(parts) != 2:
+        raise ValueError("expected '<video path> <label>'")
+    return parts[0], parts[1]
+
+
+def read_video_list(list_file: str | os.PathLike, root: str | os.PathLike, num_classes: int) -> list[tuple[Path, int]]:
+    """Entries (root / path, label) of a list file; a malformed line fails naming the file and line."""
+    list_file, root = Path(list_file), Path(root)
+    if not list_file.is_file():
+        raise ConfigError(f"list file not found: {list_file}")
+    entries = []
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        try:
+            parsed = parse_list_line(line)
+            if parsed is None:
+                continue
+            path, label_text = parsed
+            label = int(label_text)
+        except ValueError:
+            raise ConfigError(f"{list_file}:{number}: expected '<video path> <integer label>', got {line!r}") from None
+        if not 0 <= label < num_classes:
+            raise ConfigError(f"{list_file}:{number}: label {label} is outside [0, {num_classes}) for {path!r}")
+        entries.append((root / path, label))
+    if not entries:
+        raise ConfigError(f"list file has no entries: {list_file}")
+    return entries
+
+
+class VideoClipDataset(Dataset):
+    """(clip, label, index): clip [3, T, S, S] in training, [V, 3, T, S, S] in evaluation.
+
+    `index` is the entry the clip came from (differs from the requested one when a broken video was
+    replaced). Evaluation views follow `prepare_eval_views`: each spatial crop's temporal views together.
+    """
+
+    def __init__(
+        self,
+        entries: list[tuple[Path, int]],
+        num_frames: int = 8,
+        sampling_rate: int = 0,
+        size: int = 224,
+        train: bool = True,
+        augment: str = "k400",
+        spatial_views: int = 1,
+        temporal_views: int = 1,
+        seed: int = 0,
+        decoder: str | None = None,
+        max_attempts: int = 20,
+    ):
+        if augment not in AUGMENTS:
+            raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        if not entries:
+            raise ConfigError("a dataset needs at least one video")
+        self.entries = list(entries)
+        self.num_frames, self.sampling_rate, self.size = num_frames, sampling_rate, size
+        self.train, self.augment = train, augment
+        self.spatial_views, self.temporal_views = spatial_views, temporal_views
+        self.seed, self.epoch, self.decoder, self.max_attempts = seed, 0, decoder, max_attempts
+        self._skipped = mp.Value("l", 0)
+        self.skipped_paths: list[str] = []  # this process's skips (workers log theirs)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        """New augmentation and sampling draws each epoch (call before creating the epoch's iterator)."""
+        self.epoch = epoch
+
+    @property
+    def skipped(self) -> int:
+        """Broken videos met so far, in this process and its DataLoader workers."""
+        return self._skipped.value
+
+    def __getitem__(self, index: int):
+        for attempt in range(self.max_attempts):
+            rng = np.random.default_rng([self.seed, self.epoch, index, attempt])
+            path, label = self.entries[index]
+            try:
+                return self._load(path, rng), label, index
+            except VideoError as e:
+                self._skip(path, e)
+            index = int(rng.integers(len(self))) if self.train else (index + 1) % len(self)
+        raise VideoError(f"{self.max_attempts} videos in a row failed to decode; is the dataset root right?")
+
+    def _skip(self, path: Path, error: Exception) -> None:
+        with self._skipped.get_lock():
+            self._skipped.value += 1
+        self.skipped_paths.append(str(path))
+        log.warning("skipping broken video %s: %s", path, error)
+
+    def _load(self, path: Path, rng: np.random.Generator) -> torch.Tensor:
+        T = self.num_frames
+        if self.train:
+            pick = lambda n: train_indices(n, T, self.sampling_rate, rng)
+            frames, _, _ = decode_clip_frames(path, pick, self.decoder)
+            return train_transform(frames, self.size, self.augment, rng)  # [3, T, S, S]
+        pick = eval_picker(T, self.sampling_rate, self.temporal_views)
+        frames, _, _ = decode_clip_frames(path, pick, self.decoder)
+        return eval_views_from_frames(frames, T, self.spatial_views, self.temporal_views, self.size)
