@@ -1,0 +1,166 @@
+"""An ASGI middleware that checks upload requests before BentoML parses them.
+
+BentoML's own multipart parsing would read any body size, and it fetches a URL that is sent in a
+file field as text. This guard lets through only what the upload endpoints take:
+- a multipart/form-data body (else 415) no larger than the limit (else 413, after reading a little
+  past the limit so that the client hears the answer rather than a reset connection);
+- the video field(s) as real file parts (never a path or URL as text), of a video or binary type
+  (else 415), not empty, with a sane name;
+- the option fields as JSON integers (or null), and no other fields.
+Every refusal is a JSON {"error": "..."} in words. The body is held in a spooled temporary file
+(anonymous on disk past 1 MB) and replayed to the app; it is closed on every path.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+
+from starlette.datastructures import Headers, UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+CHUNK = 1 << 16
+DRAIN_BYTES = 32 << 20  # read at most this much past the limit before answering 413
+MAX_NAME = 200  # file names become temp-file suffixes; longer ones are refused
+
+
+class Refusal(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class UploadRoute:
+    file_field: str  # the multipart field that carries the video(s)
+    max_files: int
+    options: tuple[str, ...] = ("top_k", "views")
+
+
+class UploadGuard:
+    def __init__(self, app, routes: dict[str, UploadRoute], max_bytes: int):
+        self.app, self.routes, self.max_bytes = app, routes, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        route = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if route is None or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        body = tempfile.SpooledTemporaryFile(max_size=1 << 20)
+        try:
+            try:
+                await self._read_body(scope, receive, body)
+                await check_form(scope, body, route)
+            except Refusal as r:
+                return await JSONResponse({"error": str(r)}, status_code=r.status)(scope, receive, send)
+            body.seek(0)
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            body.close()
+
+    async def _read_body(self, scope, receive, body) -> None:
+        headers = Headers(scope=scope)
+        media_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "multipart/form-data":
+            raise Refusal(
+                415,
+                f"send the request as multipart/form-data with the video as a file upload "
+                f"(got Content-Type {media_type or 'none'!r})",
+            )
+        limit_mb = f"{self.max_bytes / 2**20:g} MB"
+        declared = headers.get("content-length", "")
+        too_big = declared.isdigit() and int(declared) > self.max_bytes
+        total = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Refusal(400, "the client closed the connection before the upload finished")
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            too_big = too_big or total > self.max_bytes
+            if not too_big:
+                body.write(chunk)
+            if not message.get("more_body", False) or total > self.max_bytes + DRAIN_BYTES:
+                break
+        if too_big:
+            raise Refusal(413, f"the upload is larger than the server's limit of {limit_mb}")
+        if total == 0:
+            raise Refusal(400, "the request body is empty: send the video as a file upload")
+
+
+async def check_form(scope, body, route: UploadRoute) -> None:
+    """Parse the buffered multipart body once to check its fields; raise Refusal on the first problem."""
+    body.seek(0)
+    request = Request(scope, _replay(body, None))
+    try:
+        form = await request.form(max_files=route.max_files + 1, max_fields=len(route.options) + 1)
+    except Exception as e:  # malformed multipart: starlette and python-multipart raise several kinds
+        raise Refusal(400, f"the request body is not valid multipart/form-data ({e})") from None
+    try:
+        unknown = sorted(set(form.keys()) - {route.file_field, *route.options})
+        if unknown:
+            raise Refusal(400, f"unknown field(s) {unknown}; this endpoint takes "
+                               f"{[route.file_field, *route.options]}")  # fmt: skip
+        files = form.getlist(route.file_field)
+        if not files:
+            raise Refusal(400, f"no video: upload the file in the multipart field {route.file_field!r}")
+        if len(files) > route.max_files:
+            raise Refusal(400, f"too many videos: at most {route.max_files} per request")
+        for item in files:
+            check_file(item, route.file_field)
+        for name in route.options:
+            values = form.getlist(name)
+            if len(values) > 1:
+                raise Refusal(400, f"the field {name!r} is given {len(values)} times")
+            if values:
+                check_integer(name, values[0])
+    finally:
+        await form.close()
+
+
+def check_file(item, field: str) -> None:
+    if not isinstance(item, UploadFile):
+        raise Refusal(
+            400,
+            f"the field {field!r} must be a file upload (a server-side path or a URL is not accepted); "
+            f"e.g. curl -F {field}=@clip.mp4",
+        )
+    name = item.filename or ""
+    if len(name) > MAX_NAME or "\x00" in name:
+        raise Refusal(400, f"the file name is too long or invalid (at most {MAX_NAME} characters)")
+    media_type = (item.content_type or "").split(";")[0].strip().lower()
+    if media_type and not (media_type.startswith("video/") or media_type == "application/octet-stream"):
+        raise Refusal(
+            415,
+            f"the file {name!r} was sent as {media_type}; send a video (video/* or application/octet-stream)",
+        )
+    if item.size == 0:
+        raise Refusal(400, f"the uploaded file {name!r} is empty (0 bytes)")
+
+
+def check_integer(name: str, value) -> None:
+    if isinstance(value, UploadFile):
+        raise Refusal(400, f"the field {name!r} must be a number, not a file")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    if parsed is not None and (isinstance(parsed, bool) or not isinstance(parsed, int)):
+        raise Refusal(400, f"{name} must be a whole number, got {value!r}")
+
+
+def _replay(body, receive):
+    """An ASGI receive that yields the buffered body, then defers to the real one (for disconnects)."""
+    size = body.seek(0, 2)
+    body.seek(0)
+
+    async def replay():
+        if body.tell() >= size and replay.sent:
+            return await receive() if receive is not None else {"type": "http.disconnect"}
+        replay.sent = True
+        chunk = body.read(CHUNK)
+        return {"type": "http.request", "body": chunk, "more_body": body.tell() < size}
+
+    replay.sent = False
+    return replay

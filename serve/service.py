@@ -1,0 +1,271 @@
+"""The BentoML service: `bentoml serve` in the repository root starts it (see bentofile.yaml).
+
+Two services in one server:
+- `STAdapter` (the API, public): takes uploads, checks them (serve/guard.py), decodes and preprocesses
+  them in a pool of worker processes (serve/workers.py), sends the clips to the model, and answers
+  with the JSON that `Predictor.classify` returns.
+- `STAdapterModel` (internal, reached through `bentoml.depends`): one batchable `predict`; BentoML's
+  adaptive batching concatenates the clips of concurrent requests along dim 0 into one model call.
+
+Configuration: environment variables, see serve/settings.py and the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+
+import bentoml
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from serve.guard import UploadGuard, UploadRoute
+from serve.settings import Settings, load_settings
+from serve.workers import JobFailed, JobRejected, ProcessPool
+from stadapter_deploy.errors import STAdapterError
+from stadapter_deploy.runtime import Bundle, Predictor, load_bundle
+
+log = logging.getLogger("stadapter.serve")
+
+
+def _startup() -> tuple[Settings, Bundle]:
+    """Settings and the bundle, checked on import: a bad setup stops `bentoml serve` with one line."""
+    try:
+        settings = load_settings()
+        return settings, load_bundle(settings.bundle, verify=True)
+    except (STAdapterError, ValueError, OSError) as e:
+        raise SystemExit(f"stadapter serve: cannot start: {e}") from None
+
+
+SETTINGS, BUNDLE = _startup()
+DEFAULT_TOP_K = 5
+
+BATCH_CLIPS = bentoml.metrics.Histogram(
+    name="stadapter_model_batch_clips",
+    documentation="Clips in each model call (requests batched together, times their views)",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128),
+)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@bentoml.service(name="stadapter_model", workers=1, traffic={"timeout": SETTINGS.request_timeout_s})
+class STAdapterModel:
+    """Holds the Predictor; `predict` is batched across requests."""
+
+    def __init__(self) -> None:
+        from stadapter_deploy import load_predictor
+
+        self.predictor = load_predictor(BUNDLE, backend=SETTINGS.backend)
+        log.info("model %s on %s", self.predictor.model_name, self.predictor.backend)
+
+    @bentoml.api(
+        batchable=True, batch_dim=0, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
+    )
+    def predict(self, clips: np.ndarray) -> np.ndarray:
+        """Logits [N, C] for clips [N, 3, T, S, S] gathered from concurrent requests."""
+        BATCH_CLIPS.observe(len(clips))
+        log.debug("model call: %d clips", len(clips))
+        return self.predictor.predict(clips)
+
+    @bentoml.api
+    def backend(self) -> str:
+        return self.predictor.backend
+
+
+# ----------------------------------------------------------------------------- decoding (in worker processes)
+
+
+def make_decoder(bundle_path: str):
+    """Runs in each decode process: the bundle's preprocessing (no model), one torch thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    layout = Predictor(load_bundle(bundle_path, verify=False))
+
+    def decode(path: str, views: int | None) -> dict:
+        ev = layout.preprocess(path, views)
+        return {
+            "clips": ev.clips.numpy(),  # [V, 3, T, S, S]
+            "frames": [int(i) for view in ev.frame_indices for i in view],
+            "timings_ms": {k: float(v) for k, v in ev.timings_ms.items()},
+        }
+
+    return decode
+
+
+# ----------------------------------------------------------------------------- the public API
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def metadata(_: Request) -> JSONResponse:
+    return JSONResponse(await bentoml.get_current_service().metadata())
+
+
+@bentoml.service(
+    name="stadapter",
+    workers=SETTINGS.api_workers,
+    traffic={"timeout": SETTINGS.request_timeout_s},
+)
+@bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")
+class STAdapter:
+    """Classifies uploaded videos: POST /classify, POST /classify_batch, GET /metadata."""
+
+    model = bentoml.depends(STAdapterModel)
+
+    def __init__(self) -> None:
+        self.layout = Predictor(BUNDLE)  # preprocessing, labels and top-k; the model runs elsewhere
+        self.pool = ProcessPool(make_decoder, (str(BUNDLE.path),), SETTINGS.decode_workers, SETTINGS.decode_timeout_s)
+        self._backend: str | None = None
+
+    @bentoml.on_startup
+    async def start_decoders(self) -> None:
+        await self.pool.start()
+
+    @bentoml.on_shutdown
+    def stop_decoders(self) -> None:
+        self.pool.close()
+
+    def __is_ready__(self) -> bool:
+        return self.pool.alive > 0
+
+    @bentoml.api(route="/classify")
+    async def classify(self, video: Path, top_k: int | None = None, views: int | None = None) -> dict:
+        """Top-k classes of one uploaded video (multipart field `video`)."""
+        try:
+            top_k = self._check_options(top_k, views)
+            start = time.perf_counter()
+            decoded = await self._decode(video, views, "the video")
+            return await self._finish([decoded], top_k, start)
+        except BadRequest as e:
+            return error(e.status, str(e))
+
+    @bentoml.api(route="/classify_batch")
+    async def classify_batch(self, videos: list[Path], top_k: int | None = None, views: int | None = None) -> dict:
+        """Top-k classes of each uploaded video (multipart field `videos`, repeated): {"results": [...]}."""
+        try:
+            top_k = self._check_options(top_k, views)
+            start = time.perf_counter()
+            decoded = await asyncio.gather(
+                *(self._decode(v, views, f"video {i + 1} of {len(videos)}") for i, v in enumerate(videos)),
+                return_exceptions=True,
+            )
+            for d in decoded:
+                if isinstance(d, BaseException):
+                    raise d
+            return {"results": await self._finish(decoded, top_k, start, single=False)}
+        except BadRequest as e:
+            return error(e.status, str(e))
+
+    # -------------------------------------------------------------- steps
+
+    def _check_options(self, top_k: int | None, views: int | None) -> int:
+        num_classes = len(self.layout.labels)
+        top_k = min(DEFAULT_TOP_K, num_classes) if top_k is None else top_k
+        if not 1 <= top_k <= num_classes:
+            raise BadRequest(400, f"top_k must be between 1 and {num_classes} (the number of classes), got {top_k}")
+        try:
+            self.layout.view_layout(views)
+        except ValueError as e:
+            raise BadRequest(400, str(e)) from None
+        return top_k
+
+    async def _decode(self, video: Path, views: int | None, what: str) -> dict:
+        try:
+            return await self.pool.run(str(video), views)
+        except JobRejected as e:  # VideoError and friends: the file is at fault
+            message = str(e).replace(str(video), "the upload")
+            raise BadRequest(422, f"cannot use {what}: {message}") from None
+        except JobFailed as e:
+            if e.timed_out:
+                raise BadRequest(
+                    422, f"decoding {what} {e}, the server's limit; send a shorter or smaller video"
+                ) from None
+            raise BadRequest(422, f"cannot decode {what}: the decoder failed on it") from None
+
+    async def _finish(self, decoded: list[dict], top_k: int, start: float, single: bool = True):
+        clips = np.concatenate([d["clips"] for d in decoded])  # [sum of V, 3, T, S, S]
+        t0 = time.perf_counter()
+        try:
+            logits = await self.model.to_async.predict(clips)  # [sum of V, C]
+        except bentoml.exceptions.BentoMLException as e:
+            log.error("model call failed: %s", e)
+            raise BadRequest(503, "the model is overloaded or unavailable right now; try again shortly") from None
+        infer_ms = (time.perf_counter() - t0) * 1e3
+        backend = await self.backend()
+        results, offset = [], 0
+        for d in decoded:
+            views = len(d["clips"])
+            results.append({
+                "labels": self.layout.top_k(logits[offset : offset + views], top_k),
+                "backend": backend,
+                "frames": d["frames"],
+                "timings_ms": {
+                    "decode": d["timings_ms"]["decode"],
+                    "preprocess": d["timings_ms"]["preprocess"],
+                    "infer": infer_ms,
+                    "total": (time.perf_counter() - start) * 1e3,
+                },
+            })  # fmt: skip
+            offset += views
+        return results[0] if single else results
+
+    async def backend(self) -> str:
+        if self._backend is None:
+            self._backend = await self.model.to_async.backend()
+        return self._backend
+
+    async def metadata(self) -> dict:
+        manifest = self.layout.manifest
+        return {
+            "model_name": self.layout.model_name,
+            "num_classes": len(self.layout.labels),
+            "classes": self.layout.labels,
+            "preprocessing": self.layout.preprocessing,
+            "backend": await self.backend(),
+            "bundle": {
+                "path": BUNDLE.path.name,
+                "schema_version": manifest.get("schema_version"),
+                "artifacts": [
+                    {k: a.get(k) for k in ("file", "backend", "precision", "bytes", "batch")}
+                    for a in manifest.get("artifacts", [])
+                ],
+                **{k: manifest[k] for k in ("architecture", "parity", "versions", "created") if k in manifest},
+            },
+            "limits": {
+                "max_upload_mb": SETTINGS.max_upload_mb,
+                "max_videos": SETTINGS.max_videos,
+                "decode_timeout_s": SETTINGS.decode_timeout_s,
+                "max_batch_size": SETTINGS.max_batch_size,
+                "max_latency_ms": SETTINGS.max_latency_ms,
+            },
+        }
+
+
+STAdapter.add_asgi_middleware(
+    UploadGuard,
+    routes={
+        "/classify": UploadRoute("video", max_files=1),
+        "/classify_batch": UploadRoute("videos", max_files=SETTINGS.max_videos),
+    },
+    max_bytes=SETTINGS.max_upload_bytes,
+)
+
+if __name__ == "__main__":
+    sys.exit("start the service with `bentoml serve` in the repository root")

@@ -1,0 +1,89 @@
+"""The service's configuration: environment variables, read once, checked, with defaults that work.
+
+| variable                        | default                   | meaning                                              |
+|---------------------------------|---------------------------|------------------------------------------------------|
+| STADAPTER_BUNDLE                | ./bundle, else quickstart | model bundle directory (stadapter-export --out ...)  |
+| STADAPTER_BACKEND               | auto                      | auto, torch, onnxruntime, tensorrt (+ -cpu / -cuda)  |
+| STADAPTER_MAX_UPLOAD_MB         | 200                       | larger request bodies get 413                        |
+| STADAPTER_DECODE_TIMEOUT_S      | 30                        | a decode past this is stopped (its process killed)   |
+| STADAPTER_DECODE_WORKERS        | 2                         | decode processes per API worker                      |
+| STADAPTER_API_WORKERS           | 1                         | API (upload + decode) worker processes               |
+| STADAPTER_MAX_BATCH_SIZE        | 16                        | most clips in one model call                         |
+| STADAPTER_MAX_LATENCY_MS        | 30000                     | longest a clip may queue for the model before a 503  |
+| STADAPTER_MAX_VIDEOS            | 16                        | most videos in one /classify_batch request           |
+| STADAPTER_REQUEST_TIMEOUT_S     | 300                       | whole-request limit of each service                  |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from stadapter_deploy.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+# Where a bundle is looked for when STADAPTER_BUNDLE is unset: the one a built bento carries, then
+# the one ./quickstart.sh writes.
+DEFAULT_BUNDLES = (ROOT / "bundle", ROOT / "runs" / "quickstart" / "bundle")
+
+
+@dataclass(frozen=True)
+class Settings:
+    bundle: Path
+    backend: str = "auto"
+    max_upload_mb: float = 200.0
+    decode_timeout_s: float = 30.0
+    decode_workers: int = 2
+    api_workers: int = 1
+    max_batch_size: int = 16
+    max_latency_ms: int = 30000
+    max_videos: int = 16
+    request_timeout_s: float = 300.0
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def _number(name: str, default, kind: type, low: float):
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
+    if value < low:
+        raise ConfigError(f"{name}={raw!r} must be at least {low}")
+    return value
+
+
+def find_bundle() -> Path:
+    """STADAPTER_BUNDLE, else the first default bundle that exists; ConfigError saying what to do if none."""
+    raw = os.environ.get("STADAPTER_BUNDLE", "").strip()
+    if raw:
+        return Path(raw).expanduser().resolve()
+    for candidate in DEFAULT_BUNDLES:
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    raise ConfigError(
+        "no model bundle: set STADAPTER_BUNDLE to a bundle directory (make one with stadapter-export), "
+        "or run ./quickstart.sh to make runs/quickstart/bundle"
+    )
+
+
+def load_settings() -> Settings:
+    """Read and check every variable; ConfigError (one line) on the first bad one."""
+    return Settings(
+        bundle=find_bundle(),
+        backend=os.environ.get("STADAPTER_BACKEND", "").strip() or "auto",
+        max_upload_mb=_number("STADAPTER_MAX_UPLOAD_MB", 200.0, float, 0.001),
+        decode_timeout_s=_number("STADAPTER_DECODE_TIMEOUT_S", 30.0, float, 0.01),
+        decode_workers=_number("STADAPTER_DECODE_WORKERS", 2, int, 1),
+        api_workers=_number("STADAPTER_API_WORKERS", 1, int, 1),
+        max_batch_size=_number("STADAPTER_MAX_BATCH_SIZE", 16, int, 1),
+        max_latency_ms=_number("STADAPTER_MAX_LATENCY_MS", 30000, int, 1),
+        max_videos=_number("STADAPTER_MAX_VIDEOS", 16, int, 1),
+        request_timeout_s=_number("STADAPTER_REQUEST_TIMEOUT_S", 300.0, float, 1),
+    )
