@@ -74,6 +74,8 @@ def _open_container(video: VideoSource) -> av.container.InputContainer:
 
 
 def _video_stream(container: av.container.InputContainer, video: VideoSource) -> av.video.stream.VideoStream:
+    if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # png_pipe, jpeg_pipe...
+        raise VideoError(f"this is a still image ({container.format.name}), not a video: {_name(video)}")
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         raise VideoError(f"no video stream in {_name(video)} (it holds: {', '.join(kinds)})")
