@@ -104,7 +104,7 @@ def _mismatch_message(cfg, state, source, part, missing, unexpected, mismatched)
     if mismatched:
         lines.append(f"  shape mismatches: {show(mismatched)}")
     if "conv1.weight" in state and "positional_embedding" in state:
-        fits = ModelConfig(**W.infer_backbone_config(state))
+        fits = ModelConfig(**W.infer_backbone_config(state), adapter_layers=0)  # the backbone part only
         names = presets_with_backbone(fits)
         lines.append(f"  the file holds a {backbone_name(fits)} backbone; presets that fit: {names or 'none'}")
     return "\n".join(lines)
