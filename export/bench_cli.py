@@ -1,0 +1,118 @@
+"""`stadapter-export bench BUNDLE`: time every backend this machine can run on the bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stadapter-export bench",
+        description="Measure each available backend on BUNDLE at several batch sizes: clips/s, p50/p99 latency "
+        "and the share of the FLOP floor (the machine's fp32 matmul rate, measured in the same run). Prints a "
+        "markdown table and writes a PNG plot.",
+    )
+    p.add_argument("bundle", type=Path, help="model bundle directory made by stadapter-export")
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="which to time, e.g. torch-cpu onnxruntime-cpu torch-cuda onnxruntime-cuda tensorrt "
+                   "(default: every one this machine can run on the bundle)")  # fmt: skip
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32], help="batch sizes (default 1 8 32)")
+    p.add_argument("--iters", type=int, default=10, help="timed calls per backend and batch, at most (default 10)")
+    p.add_argument("--budget", type=float, default=60.0,
+                   help="seconds per backend and batch after which no further call starts (default 60; "
+                   "at least one call always runs)")  # fmt: skip
+    p.add_argument("--repeats", type=int, default=1, help="sweeps over all backends, interleaved; medians reported")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch and ONNX Runtime")
+    p.add_argument(
+        "--png", type=Path, default=Path("bench_backends.png"), help="plot file (default bench_backends.png)"
+    )
+    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    return p
+
+
+def candidates(bundle) -> list[str]:
+    from stadapter_deploy.runtime.predictor import runnable
+
+    order = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "torch-cpu")
+    return [name for name in order if runnable(bundle, name) is None]
+
+
+def make_predictor(bundle, name: str, threads: int):
+    from stadapter_deploy.runtime import load_predictor
+    from stadapter_deploy.runtime.backends.ort_backend import OrtPredictor
+
+    if name.startswith("onnxruntime"):
+        return OrtPredictor(bundle, device=name.split("-")[1], threads=threads)
+    return load_predictor(bundle, backend=name)
+
+
+def run_bench(argv: list[str]) -> int:
+    args = bench_parser().parse_args(argv)
+    import torch
+
+    from stadapter_deploy.runtime import bench
+    from stadapter_deploy.runtime.bundle import load_bundle
+
+    if min(args.batches) < 1 or args.iters < 1 or args.repeats < 1 or args.threads < 1:
+        raise ValueError("--batches, --iters, --repeats and --threads must be positive")
+    torch.set_num_threads(args.threads)
+    b = load_bundle(args.bundle)
+    names = args.backends or candidates(b)
+    predictors = [make_predictor(b, n, args.threads) for n in names]
+    gflop = bench.model_gflops(b.config, b.preprocessing["num_frames"])
+    peak = bench.matmul_gflops(args.threads)
+    print(f"# {b.model_name}: {gflop:.1f} GFLOP per clip; machine fp32 matmul {peak:.1f} GFLOP/s "
+          f"({args.threads} threads) -> FLOP floor {gflop / peak * 1e3:.0f} ms per clip", flush=True)  # fmt: skip
+    rows = []
+    for _ in range(args.repeats):
+        for batch in args.batches:
+            for p in predictors:
+                row = bench.time_predictor(p, batch, args.iters, args.budget, gflop, peak)
+                print(f"  {row.backend:<18} batch {batch:>3}: {row.clips_per_s:8.2f} clips/s, "
+                      f"p50 {row.p50_ms:8.0f} ms ({row.iters} calls)", flush=True)  # fmt: skip
+                rows.append(row)
+    rows = median_rows(rows)
+    info = bench.machine_info(args.threads)
+    print()
+    print(f"Machine: {info['cpu']}, {info['cores']} cores, {args.threads} threads" + (
+        f", GPU {info['gpu']}" if "gpu" in info else ", no GPU"))  # fmt: skip
+    print(f"fp32 matmul: {peak:.1f} GFLOP/s; model: {gflop:.1f} GFLOP/clip; medians over {args.repeats} sweep(s)")
+    print()
+    print(bench.markdown_table(rows))
+    print(ratios(rows))
+    bench.plot(rows, args.png, f"{b.model_name} - {info['cpu']}, {args.threads} threads, matmul {peak:.0f} GFLOP/s")
+    print(f"\nplot: {args.png}")
+    if args.json:
+        payload = {"machine": info, "matmul_gflops": peak, "gflop_per_clip": gflop, "rows": bench.rows_to_dicts(rows)}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+def median_rows(rows):
+    from stadapter_deploy.runtime.bench import Row
+
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r.backend, r.precision, r.batch), []).append(r)
+    out = []
+    for (backend, precision, batch), rs in groups.items():
+        med = lambda field: statistics.median(getattr(r, field) for r in rs)  # noqa: B023
+        out.append(Row(backend, precision, batch, sum(r.iters for r in rs), med("clips_per_s"), med("p50_ms"),
+                       med("p99_ms"), med("gflops"), med("floor_share")))  # fmt: skip
+    return sorted(out, key=lambda r: (r.backend, r.batch))
+
+
+def ratios(rows) -> str:
+    """Throughput of each backend relative to torch eager on the same device and batch."""
+    by = {(r.backend, r.batch): r.clips_per_s for r in rows}
+    lines = []
+    for (backend, batch), rate in by.items():
+        device = backend.rsplit("-", 1)[-1] if "-" in backend else "cuda"
+        base = by.get((f"torch-{device}", batch))
+        if base and not backend.startswith("torch"):
+            lines.append(f"{backend} / torch-{device} at batch {batch}: {rate / base:.2f}x")
+    return "\n".join(lines)
