@@ -28,17 +28,32 @@ from starlette.routing import Route
 from serve.guard import UploadGuard, UploadRoute
 from serve.settings import Settings, load_settings
 from serve.workers import JobFailed, JobRejected, ProcessPool
-from stadapter_deploy.errors import STAdapterError
-from stadapter_deploy.runtime import Bundle, Predictor, load_bundle
+from stadapter_deploy.errors import ConfigError, STAdapterError
+from stadapter_deploy.runtime import BACKENDS, Bundle, Predictor, choose_backend, load_bundle
+from stadapter_deploy.runtime.predictor import runnable
 
 log = logging.getLogger("stadapter.serve")
+
+
+def check_backend(bundle: Bundle, backend: str) -> None:
+    """Refuse, before any worker starts, a backend that is unknown or cannot run this bundle here."""
+    if backend == "auto":
+        choose_backend(bundle)  # raises when nothing can run it
+        return
+    base, _, device = backend.partition("-")
+    if base not in BACKENDS or device not in ("", "cpu", "cuda"):
+        raise ConfigError(f"STADAPTER_BACKEND={backend!r}: choose auto or one of {', '.join(BACKENDS)} (+ -cpu/-cuda)")
+    if reason := runnable(bundle, backend):
+        raise ConfigError(f"STADAPTER_BACKEND={backend!r} cannot run here: {reason}")
 
 
 def _startup() -> tuple[Settings, Bundle]:
     """Settings and the bundle, checked on import: a bad setup stops `bentoml serve` with one line."""
     try:
         settings = load_settings()
-        return settings, load_bundle(settings.bundle, verify=True)
+        bundle = load_bundle(settings.bundle, verify=True)
+        check_backend(bundle, settings.backend)
+        return settings, bundle
     except (STAdapterError, ValueError, OSError) as e:
         raise SystemExit(f"stadapter serve: cannot start: {e}") from None
 

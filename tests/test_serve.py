@@ -1,0 +1,342 @@
+"""The BentoML service, for real: `bentoml serve` in a subprocess on a free loopback port, real HTTP.
+
+One server (module scope) serves a tiny exported bundle; every test talks to it over HTTP and
+compares with `Predictor.classify` in this process. The server is stopped by its process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from stadapter_deploy import load_predictor
+from stadapter_deploy.video.synthetic import write_motion_video
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_UPLOAD_MB = 1
+STARTUP_TIMEOUT_S = 180
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    return process, f"http://127.0.0.1:{port}"
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def wait_ready(process: subprocess.Popen, url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"bentoml serve exited ({process.returncode}):\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"bentoml serve not ready after {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve-videos")
+    return {
+        "mp4": write_motion_video(root / "clip.mp4", label=2, seed=0),
+        "webm": write_motion_video(root / "clip.webm", label=5, seed=1),
+        "mp4b": write_motion_video(root / "other.mp4", label=0, seed=2),
+    }
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle, tmp_path_factory):
+    """A running `bentoml serve` with the tiny bundle; yields (url, its TMPDIR)."""
+    root = tmp_path_factory.mktemp("serve")
+    server_tmp = root / "tmp"
+    server_tmp.mkdir()
+    env = {
+        "STADAPTER_BUNDLE": str(tiny_bundle),
+        "STADAPTER_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
+        "STADAPTER_DECODE_WORKERS": "2",
+        "STADAPTER_MAX_VIDEOS": "4",
+        "TMPDIR": str(server_tmp),  # every temp file the server makes lands here, so the test can look
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    log_path = root / "server.log"
+    process, url = start_server(env, log_path)
+    try:
+        wait_ready(process, url, log_path)
+        (root / "baseline.txt").write_text("\n".join(map(str, tmp_files(server_tmp))))
+        yield url, server_tmp
+    finally:
+        stop_server(process)
+
+
+def tmp_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def local(tiny_bundle, server):
+    """A Predictor in this process on the backend the server chose."""
+    backend = httpx.get(f"{server[0]}/metadata", timeout=30).json()["backend"]
+    return load_predictor(tiny_bundle, backend=backend)
+
+
+def post_video(url: str, path: Path, endpoint: str = "/classify", **fields) -> httpx.Response:
+    with open(path, "rb") as f:
+        return httpx.post(f"{url}{endpoint}", files={"video": (path.name, f, "video/mp4")}, data=fields, timeout=60)
+
+
+def assert_same_labels(served: list[dict], expected: list[dict]) -> None:
+    assert [x["index"] for x in served] == [x["index"] for x in expected]
+    assert [x["label"] for x in served] == [x["label"] for x in expected]
+    np.testing.assert_allclose([x["score"] for x in served], [x["score"] for x in expected], atol=1e-5)
+
+
+def metric_samples(url: str, name: str) -> dict[str, float]:
+    """{label-string: value} for one metric in /metrics (labels kept as written)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    found = {}
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}(\{{[^}}]*\}})?\s+(\S+)$", line)
+        if m:
+            found[m.group(1) or ""] = float(m.group(2))
+    return found
+
+
+# ----------------------------------------------------------------------------- good requests
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm"])
+def test_classify_matches_predictor_in_process(server, local, videos, kind):
+    url, _ = server
+    response = post_video(url, videos[kind], top_k=3)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = local.classify(videos[kind], top_k=3)
+    assert set(body) == set(expected)
+    assert set(body["timings_ms"]) == {"decode", "preprocess", "infer", "total"}
+    assert body["backend"] == expected["backend"]
+    assert body["frames"] == expected["frames"]
+    assert_same_labels(body["labels"], expected["labels"])
+
+
+def test_three_views_and_default_top_k(server, local, videos):
+    url, _ = server
+    body = post_video(url, videos["mp4"], views=3).json()
+    expected = local.classify(videos["mp4"], views=3)
+    assert len(body["labels"]) == 5  # default top_k: 5 (6 classes here)
+    assert_same_labels(body["labels"], expected["labels"])
+
+
+def test_classify_batch(server, local, videos):
+    url, _ = server
+    paths = [videos["mp4"], videos["webm"], videos["mp4b"]]
+    files = [("videos", (p.name, p.read_bytes(), "application/octet-stream")) for p in paths]
+    response = httpx.post(f"{url}/classify_batch", files=files, data={"top_k": "2"}, timeout=60)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 3
+    for result, path in zip(results, paths, strict=True):
+        assert_same_labels(result["labels"], local.classify(path, top_k=2)["labels"])
+
+
+def test_sync_http_client(server, local, videos):
+    import bentoml
+
+    url, _ = server
+    with bentoml.SyncHTTPClient(url) as client:
+        result = client.classify(video=videos["webm"], top_k=2)
+    assert_same_labels(result["labels"], local.classify(videos["webm"], top_k=2)["labels"])
+
+
+def test_concurrent_requests_are_batched(server, videos):
+    url, _ = server
+    name = "bentoml_service_adaptive_batch_size"  # BentoML's histogram: requests merged per model call
+    before = metric_samples(url, name + "_count"), metric_samples(url, name + "_bucket")
+    data = videos["mp4"].read_bytes()
+
+    async def run() -> list[int]:
+        async with httpx.AsyncClient(timeout=120) as client:
+
+            async def one() -> int:
+                files = {"video": ("clip.mp4", data, "video/mp4")}
+                return (await client.post(f"{url}/classify", files=files)).status_code
+
+            return await asyncio.gather(*(one() for _ in range(16)))
+
+    assert asyncio.run(run()) == [200] * 16
+    counts, buckets = metric_samples(url, name + "_count"), metric_samples(url, name + "_bucket")
+    calls = sum(counts.values()) - sum(before[0].values())
+    single = sum(v for k, v in buckets.items() if 'le="1.0"' in k) - sum(
+        v for k, v in before[1].items() if 'le="1.0"' in k
+    )
+    assert 1 <= calls < 16, "every request went to the model alone"
+    assert calls - single >= 1, "no model call held more than one request"
+    clips = metric_samples(url, "stadapter_model_batch_clips_count")
+    assert sum(clips.values()) >= calls
+
+
+def test_metadata(server, tiny_bundle):
+    url, _ = server
+    body = httpx.get(f"{url}/metadata", timeout=30).json()
+    manifest = load_predictor(tiny_bundle, backend="torch").manifest
+    assert body["model_name"] == manifest["model_name"]
+    assert body["num_classes"] == 6 and len(body["classes"]) == 6
+    assert body["preprocessing"]["num_frames"] == 8
+    assert body["backend"] in ("onnxruntime-cpu", "torch-cpu")
+    assert {a["file"] for a in body["bundle"]["artifacts"]} >= {"model.onnx", "model.safetensors"}
+    assert body["limits"]["max_upload_mb"] == MAX_UPLOAD_MB
+
+
+def test_health_and_metrics(server):
+    url, _ = server
+    for path in ("/healthz", "/livez", "/readyz"):
+        assert httpx.get(f"{url}{path}", timeout=10).status_code == 200
+    metrics = httpx.get(f"{url}/metrics", timeout=10)
+    assert metrics.status_code == 200
+    assert "stadapter_model_batch_clips" in metrics.text
+    assert "bentoml_service_request_total" in metrics.text
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def bad_videos(folder: Path, good: Path) -> dict[str, bytes]:
+    import av
+
+    data = good.read_bytes()
+    mdat, moov = data.index(b"mdat") + 4, data.index(b"moov") - 4
+    noise = np.random.default_rng(0).integers(0, 256, moov - mdat, dtype=np.uint8).tobytes()
+    audio = folder / "audio.m4a"
+    with av.open(str(audio), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return {
+        "not a video": b"GIF89a this is not a video at all " * 20,
+        "truncated": data[: len(data) // 2],
+        "no decodable frame": data[:mdat] + noise + data[moov:],  # packets present, every one garbage
+        "unsupported codec": data.replace(b"avc1", b"zzzz"),  # a codec tag no decoder knows
+        "no video stream": audio.read_bytes(),
+    }
+
+
+BAD_VIDEO_CASES = ["not a video", "truncated", "no decodable frame", "unsupported codec", "no video stream"]
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, videos) -> dict[str, bytes]:
+    return bad_videos(tmp_path_factory.mktemp("bad-videos"), videos["mp4"])
+
+
+@pytest.mark.parametrize("case", BAD_VIDEO_CASES)
+def test_bad_video_is_a_4xx_in_words(server, bad, case):
+    url, _ = server
+    files = {"video": ("upload.mp4", bad[case], "video/mp4")}
+    response = httpx.post(f"{url}/classify", files=files, timeout=60)
+    assert 400 <= response.status_code < 500, response.text
+    message = response.json()["error"]
+    assert "Traceback" not in message and str(url) not in message
+    assert "/tmp" not in message and "bentoml-request" not in message  # no server paths
+
+
+def test_bad_requests(server, videos):
+    url, _ = server
+    clip = videos["mp4"].read_bytes()
+    post = lambda **kw: httpx.post(f"{url}/classify", timeout=60, **kw)
+    cases = {
+        "empty file": (post(files={"video": ("a.mp4", b"", "video/mp4")}), 400, "empty"),
+        "missing field": (post(files={"clip": ("a.mp4", clip, "video/mp4")}), 400, "unknown field"),
+        "no file at all": (post(data={"top_k": "2"}, files={}), 415, "multipart"),
+        "only options": (post(files={"top_k": (None, "2")}), 400, "no video"),
+        "top_k 0": (post(files={"video": ("a.mp4", clip)}, data={"top_k": "0"}), 400, "top_k"),
+        "top_k > classes": (post(files={"video": ("a.mp4", clip)}, data={"top_k": "7"}), 400, "between 1 and 6"),
+        "top_k text": (post(files={"video": ("a.mp4", clip)}, data={"top_k": "five"}), 400, "whole number"),
+        "views 2": (post(files={"video": ("a.mp4", clip)}, data={"views": "2"}), 400, "views"),
+        "views 0": (post(files={"video": ("a.mp4", clip)}, data={"views": "0"}), 400, "views"),
+        "json body": (post(json={"video": "/etc/passwd"}), 415, "multipart"),
+        "raw video body": (post(content=clip, headers={"content-type": "video/mp4"}), 415, "multipart"),
+        "text part": (post(files={"video": ("a.txt", b"hello", "text/plain")}), 415, "text/plain"),
+        "server path": (post(files={"video": (None, "/etc/passwd")}), 400, "path or a URL"),
+        "url": (post(files={"video": (None, "http://127.0.0.1:1/x.mp4")}), 400, "path or a URL"),
+        "two videos": (post(files=[("video", ("a.mp4", clip)), ("video", ("b.mp4", clip))]), 400, "too many"),
+        "broken multipart": (
+            post(content=b"--x\r\nnonsense", headers={"content-type": "multipart/form-data; boundary=x"}),
+            400,
+            "",
+        ),
+    }
+    for name, (response, status, words) in cases.items():
+        assert response.status_code == status, (name, response.status_code, response.text)
+        assert words in response.json()["error"], (name, response.text)
+    batch = httpx.post(f"{url}/classify_batch", files=[("videos", ("a.mp4", clip))] * 5, timeout=60)
+    assert batch.status_code == 400 and "at most 4" in batch.json()["error"]
+    assert post_video(url, videos["mp4"]).status_code == 200  # still serving
+
+
+def test_oversize_upload_is_413(server, videos):
+    url, _ = server
+    big = os.urandom(MAX_UPLOAD_MB * 2**20 + 4096)
+    response = httpx.post(f"{url}/classify", files={"video": ("big.mp4", big, "video/mp4")}, timeout=60)
+    assert response.status_code == 413, response.text
+    assert "limit" in response.json()["error"]
+    assert post_video(url, videos["mp4"]).status_code == 200
+
+
+def test_temp_files_are_removed(server, bad, videos):
+    """After good and bad uploads, the server's TMPDIR holds no file it did not hold at startup."""
+    url, server_tmp = server
+    post_video(url, videos["mp4"])
+    httpx.post(f"{url}/classify", files={"video": ("x.mp4", bad["truncated"], "video/mp4")}, timeout=60)
+    time.sleep(0.5)  # BentoML empties a request's temp directory after the response is sent
+    at_startup = (server_tmp.parent / "baseline.txt").read_text().splitlines()
+    left = [p for p in tmp_files(server_tmp) if str(p) not in at_startup]
+    assert left == [], left
+
+
+def test_startup_fails_in_one_line_on_a_bad_bundle(tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    result = subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
+        cwd=ROOT, env={**os.environ, "STADAPTER_BUNDLE": str(tmp_path)}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("stadapter serve: cannot start:") and "schema" in lines[-1]
+    assert "Traceback" not in result.stderr
