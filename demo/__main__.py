@@ -22,6 +22,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="predictor backend for --bundle: auto, torch, onnxruntime, tensorrt (default: auto)",
     )
     p.add_argument(
+        "--views",
+        type=int,
+        help="clips per video for --bundle (default: the bundle's recipe, e.g. 3 temporal views for K400)",
+    )
+    p.add_argument(
         "--service",
         metavar="URL",
         help="classify through a running BentoML service (e.g. http://127.0.0.1:3000), not in this process",
@@ -37,26 +42,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from stadapter_deploy.errors import STAdapterError
-
     from .app import LocalClassifier, ServiceClassifier, build_demo
 
     try:
         if args.service:
             classifier = ServiceClassifier(args.service)
-            title = f"ST-Adapter video classification ({classifier.model_name()} via {args.service})"
+            subtitle = f"Model `{classifier.model_name()}`, classified by the service at {args.service}"
         else:
-            classifier = LocalClassifier(args.bundle, backend=args.backend)
+            classifier = LocalClassifier(args.bundle, backend=args.backend, views=args.views)
             predictor = classifier.predictor  # load now: a bad bundle fails here, with its reason
-            title = f"ST-Adapter video classification ({predictor.model_name}, {predictor.backend})"
-    except (STAdapterError, OSError) as e:
+            predictor.view_layout(args.views)  # and so does a --views this model cannot use
+            subtitle = f"Model `{predictor.model_name}` on `{predictor.backend}`, in this process"
+    except (ValueError, OSError) as e:  # STAdapterError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    demo = build_demo(classifier, title=title)
+    demo = build_demo(classifier, subtitle=subtitle)
     demo.queue(default_concurrency_limit=2)
-    demo.launch(
-        server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True
-    )
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
     print(f"Demo running at {demo.local_url}  (Ctrl+C to stop)", flush=True)
     if demo.share_url:
         print(f"Public link: {demo.share_url}", flush=True)

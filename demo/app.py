@@ -44,12 +44,16 @@ class DemoResult:
 
 
 class LocalClassifier:
-    """Classifies in this process with a Predictor, loaded from a bundle on first use if given a path."""
+    """Classifies in this process with a Predictor, loaded from a bundle on first use if given a path.
 
-    def __init__(self, predictor_or_bundle: Any, backend: str = "auto"):
+    `views=None` uses the bundle's own eval views; an int asks for that many (see `Predictor.preprocess`).
+    """
+
+    def __init__(self, predictor_or_bundle: Any, backend: str = "auto", views: int | None = None):
         self._predictor = None if isinstance(predictor_or_bundle, (str, Path)) else predictor_or_bundle
         self._bundle = predictor_or_bundle if self._predictor is None else None
         self._backend = backend
+        self.views = views
 
     @property
     def predictor(self):
@@ -64,7 +68,7 @@ class LocalClassifier:
 
         predictor = self.predictor
         start = time.perf_counter()
-        views = predictor.preprocess(video)  # decode once; these clips are what the model sees
+        views = predictor.preprocess(video, views=self.views)  # decode once; these clips are what the model sees
         infer_start = time.perf_counter()
         logits = predictor.predict(views.clips)  # [V, C]
         infer_ms = (time.perf_counter() - infer_start) * 1000.0
@@ -214,7 +218,8 @@ def make_handler(classifier: Callable[..., DemoResult]) -> Callable[[str | None]
         try:
             result = classifier(video)
         except Exception as e:  # noqa: BLE001 - any failure on user input becomes a message in the page
-            raise gr.Error(friendly_error(e), duration=None, print_exception=False) from e
+            message = friendly_error(e).replace(str(video), Path(video).name)  # no server paths in the page
+            raise gr.Error(message, duration=15, print_exception=False) from e
         return result_outputs(result)
 
     return classify
@@ -224,32 +229,36 @@ def example_videos() -> list[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.glob("*.mp4"))
 
 
-def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE) -> gr.Blocks:
+def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE, subtitle: str = "") -> gr.Blocks:
     """The page. `classifier(video_path) -> DemoResult` (a LocalClassifier or a ServiceClassifier)."""
     classify = make_handler(classifier)
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(
-            f"# {title}\nUpload a short video (mp4, webm, avi, mkv, mov) or pick an example. The page "
-            "shows the top-5 classes, the frames the model looked at, and how long each stage took."
+            f"# {title}\n{subtitle}\n\nUpload a short video (mp4, webm, avi, mkv, mov) or pick an example. "
+            "The page shows the top-5 classes, the frames the model looked at, and how long each stage took."
         )
+        # Outputs are made first (unrendered) so the examples, placed under the upload, can name them.
+        label = gr.Label(num_top_classes=TOP_K, label="Top-5", elem_id="top5", render=False)
+        details = gr.Markdown(elem_id="details", render=False)
+        gallery = gr.Gallery(
+            label="Frames the model looked at (after sampling and cropping)", render=False,
+            columns=8, object_fit="contain", format="png", elem_id="frames",
+        )  # fmt: skip
+        outputs = [label, gallery, details]
         with gr.Row():
             with gr.Column(scale=1):
                 video = gr.Video(label="Video", sources=["upload"], elem_id="video-input")
                 button = gr.Button("Classify", variant="primary", elem_id="classify-button")
+                examples = example_videos()
+                if examples:
+                    gr.Examples(
+                        examples=[[p] for p in examples], inputs=video, outputs=outputs, fn=classify,
+                        run_on_click=True, cache_examples=False, api_visibility="private",
+                        example_labels=[Path(p).stem.replace("_", " ") for p in examples],
+                    )  # fmt: skip
             with gr.Column(scale=1):
-                label = gr.Label(num_top_classes=TOP_K, label="Top-5", elem_id="top5")
-                details = gr.Markdown(elem_id="details")
-        gallery = gr.Gallery(
-            label="Frames the model looked at (after sampling and cropping)",
-            columns=8, height="auto", object_fit="contain", elem_id="frames",
-        )  # fmt: skip
-        outputs = [label, gallery, details]
+                label.render()
+                details.render()
+        gallery.render()
         gr.on([button.click, video.upload], classify, inputs=video, outputs=outputs, api_name="classify")
-        examples = example_videos()
-        if examples:
-            gr.Examples(
-                examples=[[p] for p in examples], inputs=video, outputs=outputs, fn=classify,
-                run_on_click=True, cache_examples=False, api_visibility="private",
-                example_labels=[Path(p).stem.replace("_", " ") for p in examples],
-            )  # fmt: skip
     return demo

@@ -1,0 +1,199 @@
+"""The Gradio demo: a real `python -m demo` server on a loopback port, driven by gradio_client and chromium."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"demo exited with code {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"demo did not answer at {url} within {timeout_s:.0f} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def demo_url(tiny_bundle):
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "demo", "--bundle", str(tiny_bundle), "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url, proc)
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_bundle):
+    from stadapter_deploy import load_predictor
+
+    return load_predictor(tiny_bundle)
+
+
+@pytest.fixture(scope="module")
+def clips_dir(tmp_path_factory) -> Path:
+    from stadapter_deploy.video.synthetic import write_motion_video
+
+    folder = tmp_path_factory.mktemp("demo-clips")
+    write_motion_video(folder / "good.mp4", label=1, seed=123)
+    (folder / "bad.mp4").write_bytes(b"this is a text file, not a video\n" * 20)
+    return folder
+
+
+def read_image(path: str) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_client_classify_matches_predictor(demo_url, predictor, clips_dir):
+    from gradio_client import Client, handle_file
+
+    from stadapter_deploy.video import denormalize
+
+    video = clips_dir / "good.mp4"
+    client = Client(demo_url, verbose=False)
+    top5, gallery, details = client.predict(handle_file(str(video)), api_name="/classify")
+
+    expected = predictor.classify(video, top_k=5)
+    got = [(c["label"], c["confidence"]) for c in top5["confidences"]]
+    assert [label for label, _ in got] == [e["label"] for e in expected["labels"]]
+    np.testing.assert_allclose([s for _, s in got], [e["score"] for e in expected["labels"]], rtol=1e-5)
+    assert top5["label"] == expected["labels"][0]["label"]
+
+    # The gallery holds exactly the model's input frames (after sampling and cropping), in order.
+    model_frames = denormalize(predictor.preprocess(video).clips)[0]  # [T, S, S, 3]
+    assert [item["caption"] for item in gallery] == [f"frame {i}" for i in expected["frames"]]
+    shown = np.stack([read_image(item["image"]) for item in gallery])
+    np.testing.assert_array_equal(shown, model_frames)
+
+    assert predictor.backend in details and predictor.model_name in details
+    for stage in ("decode", "preprocess", "infer", "total"):
+        assert f"| {stage} |" in details
+
+
+def test_client_bad_file_gives_message_and_app_keeps_working(demo_url, clips_dir):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(demo_url, verbose=False)
+    with pytest.raises(AppError, match="Could not classify this file") as info:
+        client.predict(handle_file(str(clips_dir / "bad.mp4")), api_name="/classify")
+    assert "Traceback" not in str(info.value)
+    assert "/gradio/" not in str(info.value)  # no server-side upload path in the message
+    top5, _, _ = client.predict(handle_file(str(clips_dir / "good.mp4")), api_name="/classify")
+    assert len(top5["confidences"]) == 5
+
+
+def test_page_has_examples_and_no_analytics(demo_url):
+    import httpx
+
+    config = httpx.get(f"{demo_url}config", timeout=10).json()
+    assert config["analytics_enabled"] is False
+    datasets = [c["props"] for c in config["components"] if c["type"] == "dataset"]
+    assert len(datasets) == 1
+    assert sorted(datasets[0]["sample_labels"]) == sorted(
+        name.replace("_", " ") for name in (p.stem for p in (ROOT / "demo" / "examples").glob("*.mp4"))
+    )
+    assert len(datasets[0]["sample_labels"]) == 6
+
+
+def test_local_classifier_shows_every_view(tiny_bundle, predictor, clips_dir):
+    """With 3 spatial crops the strip shows 3 x T frames, each the crop the model saw."""
+    from demo.app import LocalClassifier, result_outputs
+    from stadapter_deploy.video import denormalize
+
+    result = LocalClassifier(predictor, views=3)(clips_dir / "good.mp4")
+    expected = predictor.classify(clips_dir / "good.mp4", views=3)
+    assert [x["label"] for x in result.labels] == [x["label"] for x in expected["labels"]]
+    assert result.frames.shape == (3, 8, 32, 32, 3)
+    np.testing.assert_array_equal(result.frames, denormalize(predictor.preprocess(clips_dir / "good.mp4", 3).clips))
+    scores, gallery, details = result_outputs(result)
+    assert len(gallery) == 24 and gallery[8][1].startswith("view 2, frame ")
+    assert "3 view(s) x 8 frames" in details
+
+
+def test_cli_rejects_a_missing_bundle(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "demo", "--bundle", str(tmp_path / "nope")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error:")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (/usr/bin/chromium) is not installed")
+def test_browser_upload_bad_then_good(demo_url, predictor, clips_dir, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    expected_top = predictor.classify(clips_dir / "good.mp4")["labels"][0]["label"]
+    file_input = "#video-input input[type=file]"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(demo_url)
+            page.wait_for_selector(file_input, state="attached", timeout=60_000)
+
+            page.set_input_files(file_input, str(clips_dir / "bad.mp4"))
+            page.get_by_text("Could not classify this file").first.wait_for(timeout=60_000)
+            assert page.get_by_text("Traceback").count() == 0
+
+            # The first "Clear" dismisses the error on the video; the second empties the upload.
+            clear = page.locator("#video-input button[aria-label='Clear']")
+            clear.first.click()
+            clear.last.click()
+            page.wait_for_selector(file_input, state="attached", timeout=30_000)
+            page.set_input_files(file_input, str(clips_dir / "good.mp4"))
+            heading = page.locator("#top5 [data-testid='label-output-value']", has_text=expected_top)
+            heading.first.wait_for(timeout=60_000)
+            page.locator("#frames img").nth(7).wait_for(timeout=30_000)
+            assert page.locator("#frames img").count() == 8
+            page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
