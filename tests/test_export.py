@@ -236,3 +236,16 @@ def test_synthetic_recipe_constant_matches_recipes():
 
     r = get_recipe("synthetic")
     assert SYNTHETIC_RECIPE["num_frames"] == r.num_frames and SYNTHETIC_RECIPE["sampling_rate"] == r.sampling_rate
+
+
+def test_large_models_keep_weights_in_external_data(tmp_path, monkeypatch):
+    from helpers import make_tiny_bundle
+
+    from stadapter_deploy.runtime import onnx_export
+
+    monkeypatch.setattr(onnx_export, "INLINE_LIMIT", 0)  # treat the tiny model as if it were over 2 GB
+    bundle = make_tiny_bundle(tmp_path)
+    onnx_artifact = load_bundle(bundle).find("onnxruntime")[0]
+    assert [f["file"] for f in onnx_artifact["extra_files"]] == ["model.onnx.data"]
+    assert (bundle / "model.onnx").stat().st_size < 300_000 < (bundle / "model.onnx.data").stat().st_size
+    assert onnx_artifact["parity"]["passed"]  # onnxruntime ran it with its external data

@@ -19,7 +19,8 @@ from .bundle import INPUT_NAME, OUTPUT_NAME
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 18
-TWO_GB = 2**31
+# Protobuf cannot hold more than 2 GB: bigger models (ViT-L) keep their weights in one external file.
+INLINE_LIMIT = 2**31 - (64 << 20)
 # The adapter's temporal conv: 3 shifted multiply-adds on the token layout ("shift") or the literal
 # Conv3d between two permutes ("conv3d"). Identical maths; "shift" ran faster in ONNX Runtime on CPU
 # (docs/benchmarks.md, section export).
@@ -142,7 +143,7 @@ def save_onnx(proto, path: Path) -> None:
     data_file = path.with_name(path.name + ".data")
     data_file.unlink(missing_ok=True)
     size = sum(t.ByteSize() for t in proto.graph.initializer)
-    if size < TWO_GB - (64 << 20):
+    if size < INLINE_LIMIT:
         onnx.save_model(proto, str(path))
     else:
         onnx.save_model(

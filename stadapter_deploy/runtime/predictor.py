@@ -26,6 +26,7 @@ class Predictor:
     """Runs a bundle's model. Subclasses set `backend` and implement `_infer`."""
 
     backend: str = "none"
+    selection: str = ""  # how load_predictor picked the backend
 
     def __init__(self, bundle: Bundle, max_batch: int | None = None):
         self.bundle = bundle
@@ -181,31 +182,38 @@ def load_predictor(
     """Load a bundle and return a Predictor.
 
     backend: "auto", "torch", "onnxruntime", "tensorrt", or one with its device ("onnxruntime-cpu",
-    "torch-cuda", ...). device: "cpu" or "cuda" (default: cuda when available for the backend).
+    "torch-cuda", "onnxruntime-tensorrt", ...). device: "cpu" or "cuda" (default: cuda when available for
+    the backend), or "tensorrt" for ONNX Runtime's TensorRT execution provider.
     precision: "fp32" or "fp16" (default: fp32 on CPU, fp16 on CUDA where the bundle holds it).
     """
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle, verify=verify)
     name = backend
+    selection = f"asked for {backend}"
     if name == "auto":
         name, skipped = choose_backend(bundle)
-        log.info("auto backend: %s (passed over: %s)", name, "; ".join(skipped) or "none")
+        selection = f"auto chose {name}" + (f" (passed over: {'; '.join(skipped)})" if skipped else "")
+        log.info(selection)
     base, _, dev = name.partition("-")
     if base not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     device = dev or device
-    if device not in (None, "cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; choose cpu or cuda")
+    devices = ("cpu", "cuda", "tensorrt") if base == "onnxruntime" else ("cpu", "cuda")
+    if device is not None and device not in devices:
+        raise ValueError(f"unknown device {device!r} for {base}; choose one of {', '.join(devices)}")
     if precision not in (None, "fp32", "fp16"):
         raise ValueError(f"unknown precision {precision!r}; choose fp32 or fp16")
     if base == "torch":
         from .backends.torch_backend import TorchPredictor
 
-        return TorchPredictor(bundle, device=device, precision=precision)
-    if base == "onnxruntime":
+        predictor = TorchPredictor(bundle, device=device, precision=precision)
+    elif base == "onnxruntime":
         from .backends.ort_backend import OrtPredictor
 
-        return OrtPredictor(bundle, device=device, precision=precision)
-    from .backends.trt_backend import TensorRTPredictor
+        predictor = OrtPredictor(bundle, device=device, precision=precision)
+    else:
+        from .backends.trt_backend import TensorRTPredictor
 
-    return TensorRTPredictor(bundle)
+        predictor = TensorRTPredictor(bundle)
+    predictor.selection = selection  # why this backend, e.g. for a service's startup log
+    return predictor
