@@ -16,8 +16,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import VideoError
-from .dataset import parse_list_line
 from .decode import decode_with_probe, probe
+from .listfile import parse_list_line
 
 
 def check_video(path: str) -> str | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,44 +19,11 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, VideoError
 from .augment import AUGMENTS, train_transform
+from .listfile import parse_list_line, read_video_list  # noqa: F401  (re-exported: the dataset's list reader)
 from .pipeline import decode_clip_frames, eval_picker, eval_views_from_frames
 from .sampling import train_indices
 
 log = logging.getLogger(__name__)
-
-
-def parse_list_line(line: str) -> tuple[str, str] | None:
-    """'<path with maybe spaces> <label>' -> (path, label text); None for blank lines and # comments."""
-    line = line.strip()
-    if not line or line.startswith("#"):
-        return None
-    parts = line.rsplit(maxsplit=1)
-    if len(parts) != 2:
-        raise ValueError("expected '<video path> <label>'")
-    return parts[0], parts[1]
-
-
-def read_video_list(list_file: str | os.PathLike, root: str | os.PathLike, num_classes: int) -> list[tuple[Path, int]]:
-    """Entries (root / path, label) of a list file; a malformed line fails naming the file and line."""
-    list_file, root = Path(list_file), Path(root)
-    if not list_file.is_file():
-        raise ConfigError(f"list file not found: {list_file}")
-    entries = []
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
-        try:
-            parsed = parse_list_line(line)
-            if parsed is None:
-                continue
-            path, label_text = parsed
-            label = int(label_text)
-        except ValueError:
-            raise ConfigError(f"{list_file}:{number}: expected '<video path> <integer label>', got {line!r}") from None
-        if not 0 <= label < num_classes:
-            raise ConfigError(f"{list_file}:{number}: label {label} is outside [0, {num_classes}) for {path!r}")
-        entries.append((root / path, label))
-    if not entries:
-        raise ConfigError(f"list file has no entries: {list_file}")
-    return entries
 
 
 class VideoClipDataset(Dataset):
