@@ -78,9 +78,10 @@ step 1 "Python environment in $VENV"
 if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
-# -I: ignore the current directory, so this only succeeds when the project is really installed.
-if "$VENV/bin/python" -I -c "import stadapter_deploy, onnxruntime, gradio, demo, train, export" 2>/dev/null \
-    && [[ -x "$VENV/bin/stadapter-export" ]]; then
+# -I ignores the current directory, so this finds the packages only when the project is really installed.
+INSTALLED_CHECK='import importlib.util as u, sys
+sys.exit(any(u.find_spec(m) is None for m in ("stadapter_deploy", "onnxruntime", "gradio", "demo", "train", "export")))'
+if "$VENV/bin/python" -I -c "$INSTALLED_CHECK" 2>/dev/null && [[ -x "$VENV/bin/stadapter-export" ]]; then
   skip "project already installed in $VENV"
 else
   "$VENV/bin/python" -m pip install --progress-bar on -e ".[cpu]"
