@@ -176,7 +176,7 @@ def _decode_decord(video: VideoSource, info: Probe, wanted: list[int]) -> dict[i
         return None
     source = io.BytesIO(video) if isinstance(video, bytes | bytearray) else os.fspath(video)
     try:
-        reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1)
+        reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=0)  # 0: FFmpeg picks
         if not _decord_agrees(reader, info):
             return None
         batch = reader.get_batch(wanted).asnumpy()  # [K, H, W, 3]
