@@ -45,14 +45,25 @@ def start_server(env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
 
 
 def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group; then SIGKILL whatever of it and its workers is left."""
+    import psutil
+
     try:
+        family = psutil.Process(process.pid).children(recursive=True)  # workers run in their own groups
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        return
+    for child in family:
+        try:
+            child.wait(timeout=10)
+        except psutil.TimeoutExpired:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def wait_ready(process: subprocess.Popen, url: str, log_path: Path) -> None:

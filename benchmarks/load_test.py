@@ -1,0 +1,325 @@
+"""Load test of the BentoML service against the same model in-process, in one run.
+
+    python benchmarks/load_test.py --bundle BUNDLE [--requests 500] [--low-requests 100] [--views N]
+
+Starts `bentoml serve` on a free loopback port with BUNDLE, makes a 10 s 640x360 video, then:
+1. warm-up, server RSS (the server and all its worker processes);
+2. 1 client, each request paired with `Predictor.classify` of the same video in this process (same
+   backend), so the service overhead is measured under the same machine load;
+3. 4 and 16 concurrent clients (async httpx): p50/p95/p99 latency, throughput, errors, and the
+   batch sizes the server formed (from /metrics);
+4. server RSS again; raw `Predictor.predict` throughput at the batch size formed with 16 clients.
+Prints a markdown table and the target checks; --json writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+def start_server(bundle: Path, env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env={**os.environ, "STADAPTER_BUNDLE": str(bundle), **env},
+        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"bentoml serve exited:\n{log_path.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_server(process)
+    sys.exit("bentoml serve did not become ready in 600 s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    family = psutil.Process(process.pid).children(recursive=True)
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    psutil.wait_procs(family, timeout=15)
+    for child in family:
+        if child.is_running():
+            child.kill()
+
+
+def server_rss_mb(process: subprocess.Popen) -> float:
+    """Resident memory of the server and all its descendants (services, decode processes)."""
+    family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    total = 0
+    for p in family:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def batch_counters(url: str) -> dict[str, float]:
+    """Model calls, clips and requests batched so far (summed over label sets)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    out = {}
+    for key, name in [
+        ("calls", "stadapter_model_batch_clips_count"),
+        ("clips", "stadapter_model_batch_clips_sum"),
+        ("requests", "bentoml_service_adaptive_batch_size_sum"),
+    ]:
+        values = [float(m.group(1)) for m in re.finditer(rf"^{name}(?:\{{[^}}]*\}})?\s+(\S+)$", text, re.M)]
+        out[key] = sum(values)
+    return out
+
+
+# ----------------------------------------------------------------------------- load
+
+
+async def run_level(url: str, video: bytes, clients: int, requests: int, fields: dict) -> dict:
+    latencies, errors, done = [], [], 0
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal done
+        while done < requests:
+            done += 1
+            start = time.perf_counter()
+            try:
+                files = {"video": ("load.mp4", video, "video/mp4")}
+                r = await client.post(f"{url}/classify", files=files, data=fields)
+                ok = r.status_code == 200
+                if not ok:
+                    errors.append(f"{r.status_code}: {r.text[:200]}")
+            except httpx.HTTPError as e:
+                ok = False
+                errors.append(repr(e))
+            if ok:
+                latencies.append((time.perf_counter() - start) * 1e3)
+
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(timeout=3600, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    return {
+        "clients": clients,
+        "requests": requests,
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+        "throughput_rps": len(latencies) / wall,
+        "wall_s": wall,
+    }
+
+
+def paired_level(url: str, video: bytes, video_path: Path, predictor, requests: int, views) -> tuple[dict, list]:
+    """One client, each request followed by the same classify in this process, so that both see the
+    same machine load. Also the part of each request's latency the server did not spend in its own
+    decode/preprocess/infer timings (HTTP, upload, parsing, hand-offs)."""
+    fields = {} if views is None else {"views": str(views)}
+    latencies, baseline, outside, errors = [], [], [], []
+    with httpx.Client(timeout=3600) as client:
+        for _ in range(requests):
+            start = time.perf_counter()
+            r = client.post(f"{url}/classify", files={"video": ("load.mp4", video, "video/mp4")}, data=fields)
+            elapsed = (time.perf_counter() - start) * 1e3
+            if r.status_code != 200:
+                errors.append(f"{r.status_code}: {r.text[:200]}")
+            else:
+                latencies.append(elapsed)
+                t = r.json()["timings_ms"]
+                outside.append(elapsed - t["decode"] - t["preprocess"] - t["infer"])
+            start = time.perf_counter()
+            predictor.classify(video_path, views=views)
+            baseline.append((time.perf_counter() - start) * 1e3)
+    wall = sum(latencies) / 1e3
+    level = {
+        "clients": 1,
+        "requests": requests,
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+        "throughput_rps": len(latencies) / wall if wall else 0.0,
+        "wall_s": wall,
+        "outside_server_timings_p50_ms": percentile(outside, 50),
+    }
+    return level, baseline
+
+
+def make_video(folder: Path) -> Path:
+    from stadapter_deploy.video.synthetic import write_motion_video
+
+    return write_motion_video(folder / "load.mp4", label=0, seed=0, size=(640, 360), num_frames=300, fps=30)
+
+
+def time_ms(fn, runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1e3)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle to serve")
+    p.add_argument("--requests", type=int, default=500, help="requests at the highest concurrency (default 500)")
+    p.add_argument("--low-requests", type=int, default=100, help="requests at each lower concurrency (default 100)")
+    p.add_argument(
+        "--clients",
+        type=int,
+        nargs="+",
+        default=[1, 4, 16],
+        help="concurrency levels, starting with 1 (paired with the in-process baseline; default 1 4 16)",
+    )
+    p.add_argument("--warmup", type=int, default=16, help="warm-up requests at the highest concurrency")
+    p.add_argument("--views", type=int, default=None, help="views per video (default: the bundle's)")
+    p.add_argument("--backend", default="auto", help="STADAPTER_BACKEND for the server (default auto)")
+    p.add_argument("--decode-workers", type=int, default=2, help="STADAPTER_DECODE_WORKERS (default 2)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="STADAPTER_MAX_BATCH_SIZE (default 16)")
+    p.add_argument("--raw-runs", type=int, default=3, help="timed raw predict calls at the formed batch (default 3)")
+    p.add_argument("--json", type=Path, help="write every figure here")
+    args = p.parse_args(argv)
+    if args.clients[0] != 1:
+        p.error("--clients must start with 1")
+
+    from stadapter_deploy import load_predictor
+
+    fields = {} if args.views is None else {"views": str(args.views)}
+    env = {
+        "STADAPTER_BACKEND": args.backend,
+        "STADAPTER_DECODE_WORKERS": str(args.decode_workers),
+        "STADAPTER_MAX_BATCH_SIZE": str(args.max_batch_size),
+        "STADAPTER_MAX_LATENCY_MS": "600000",  # measure throughput, never shed load
+        "STADAPTER_REQUEST_TIMEOUT_S": "3600",
+        "BENTOML_DO_NOT_TRACK": "True",
+    }
+    with tempfile.TemporaryDirectory(prefix="stadapter-load-") as tmp:
+        video_path = make_video(Path(tmp))
+        video = video_path.read_bytes()
+        process, url = start_server(args.bundle, env, Path(tmp) / "server.log")
+        try:
+            backend = httpx.get(f"{url}/metadata", timeout=60).json()["backend"]
+            print(f"server up at {url} on {backend}; video {len(video) / 1e6:.2f} MB", file=sys.stderr)
+
+            predictor = load_predictor(args.bundle, backend=backend)
+            predictor.classify(video_path, views=args.views)  # warm-up
+            views = len(predictor.preprocess(video_path, args.views).clips)
+
+            top = max(args.clients)
+            asyncio.run(run_level(url, video, top, args.warmup, fields))
+            rss_before = server_rss_mb(process)
+            levels = []
+            for clients in args.clients:
+                before = batch_counters(url)
+                n = args.requests if clients == top else args.low_requests
+                if clients == 1:
+                    level, baseline = paired_level(url, video, video_path, predictor, n, args.views)
+                else:
+                    level = asyncio.run(run_level(url, video, clients, n, fields))
+                after = batch_counters(url)
+                calls = max(after["calls"] - before["calls"], 1)
+                level["clips_per_call"] = (after["clips"] - before["clips"]) / calls
+                level["requests_per_call"] = (after["requests"] - before["requests"]) / calls
+                levels.append(level)
+                print(json.dumps(level), file=sys.stderr)
+            rss_after = server_rss_mb(process)
+            total = args.warmup + sum(lv["requests"] for lv in levels)
+        finally:
+            stop_server(process)
+
+    formed = max(1, round(levels[-1]["clips_per_call"]))
+    clips = np.random.default_rng(0).standard_normal((formed, *predictor.input_shape), dtype=np.float32)
+    predictor.predict(clips)
+    raw_ms = statistics.median(time_ms(lambda: predictor.predict(clips), args.raw_runs))
+    raw_rps = formed / (raw_ms / 1e3) / views
+    result = {
+        "bundle": str(args.bundle),
+        "model": predictor.model_name,
+        "backend": backend,
+        "views": views,
+        "video": "10 s, 640x360, 30 fps, H.264 (synthetic)",
+        "baseline_classify_p50_ms": statistics.median(baseline),
+        "levels": levels,
+        "rss_mb_before": rss_before,
+        "rss_mb_after": rss_after,
+        "requests_between_rss": total - args.warmup,
+        "raw_predict_batch": formed,
+        "raw_predict_ms": raw_ms,
+        "raw_predict_rps": raw_rps,
+    }
+    overhead = levels[0]["p50_ms"] - result["baseline_classify_p50_ms"]
+    ratio = levels[-1]["throughput_rps"] / raw_rps
+    growth = rss_after / rss_before - 1
+    result.update(overhead_p50_ms=overhead, throughput_vs_raw=ratio, rss_growth=growth)
+
+    print(f"\n{predictor.model_name} on {backend}, {views} view(s) per video\n")
+    print("| clients | requests | p50 ms | p95 ms | p99 ms | req/s | errors | clips/call | requests/call |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for lv in levels:
+        print(
+            f"| {lv['clients']} | {lv['requests']} | {lv['p50_ms']:.0f} | {lv['p95_ms']:.0f} | {lv['p99_ms']:.0f} "
+            f"| {lv['throughput_rps']:.2f} | {lv['errors']} | {lv['clips_per_call']:.1f} "
+            f"| {lv['requests_per_call']:.1f} |"
+        )
+    print(f"\nin-process Predictor.classify p50: {result['baseline_classify_p50_ms']:.0f} ms")
+    print(f"service overhead at 1 client (p50 - in-process p50): {overhead:.0f} ms (target <= 30)")
+    print(
+        "latency outside the server's own decode/preprocess/infer timings, 1 client, p50: "
+        f"{levels[0]['outside_server_timings_p50_ms']:.0f} ms"
+    )
+    print(
+        f"raw predict at batch {formed}: {raw_ms:.0f} ms = {raw_rps:.2f} videos/s; "
+        f"service at {levels[-1]['clients']} clients: {ratio:.2f}x of it (target >= 0.9)"
+    )
+    print(
+        f"server RSS: {rss_before:.0f} MB after warm-up, {rss_after:.0f} MB after "
+        f"{result['requests_between_rss']} more requests ({growth:+.1%}, target <= +10%)"
+    )
+    print(f"errors: {sum(lv['errors'] for lv in levels)} (target 0)")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
