@@ -41,8 +41,12 @@ def check_backend(bundle: Bundle, backend: str) -> None:
         choose_backend(bundle)  # raises when nothing can run it
         return
     base, _, device = backend.partition("-")
-    if base not in BACKENDS or device not in ("", "cpu", "cuda"):
-        raise ConfigError(f"STADAPTER_BACKEND={backend!r}: choose auto or one of {', '.join(BACKENDS)} (+ -cpu/-cuda)")
+    devices = ("", "cpu", "cuda", "tensorrt") if base == "onnxruntime" else ("", "cpu", "cuda")
+    if base not in BACKENDS or device not in devices:
+        raise ConfigError(
+            f"STADAPTER_BACKEND={backend!r}: choose auto, torch, onnxruntime or tensorrt, optionally with "
+            "a device (-cpu, -cuda; onnxruntime also -tensorrt)"
+        )
     if reason := runnable(bundle, backend):
         raise ConfigError(f"STADAPTER_BACKEND={backend!r} cannot run here: {reason}")
 

@@ -188,9 +188,13 @@ def test_sync_http_client(server, local, videos):
     import bentoml
 
     url, _ = server
-    with bentoml.SyncHTTPClient(url) as client:
+    with bentoml.SyncHTTPClient(url) as client:  # as in the README
         result = client.classify(video=videos["webm"], top_k=2)
+        results = client.classify_batch(videos=[videos["mp4"], videos["webm"]])["results"]
     assert_same_labels(result["labels"], local.classify(videos["webm"], top_k=2)["labels"])
+    assert [r["labels"][0]["index"] for r in results] == [
+        local.classify(videos[k])["labels"][0]["index"] for k in ("mp4", "webm")
+    ]
 
 
 def test_concurrent_requests_are_batched(server, videos):
