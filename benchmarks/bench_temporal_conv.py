@@ -26,6 +26,18 @@ from stadapter_deploy.runtime.onnx_export import export_onnx
 FORMS = ("shift", "conv3d")
 
 
+class ConvOnly(torch.nn.Module):
+    """Just the temporal conv on hidden tokens [B, T, P, C]: the only part where the forms differ."""
+
+    def __init__(self, use_conv3d: bool):
+        super().__init__()
+        self.adapter, self.use_conv3d = STAdapter(768, 384), use_conv3d
+        torch.nn.init.normal_(self.adapter.conv.weight, std=0.1)
+
+    def forward(self, h):
+        return self.adapter.conv3d_forward(h) if self.use_conv3d else self.adapter.temporal_conv(h)
+
+
 class OneAdapter(torch.nn.Module):
     def __init__(self, use_conv3d: bool, frames: int):
         super().__init__()
@@ -52,12 +64,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=30, help="timed runs of the single adapter per form")
     ap.add_argument("--full-repeats", type=int, default=5, help="timed runs of the whole model per form")
+    ap.add_argument("--skip-model", action="store_true", help="time the conv and one adapter only")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1, help="clips per run")
     args = ap.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        # the temporal conv alone, B/16 12x384 hidden shapes
+        h = torch.randn(args.batch, 8, 196, 384)
+        sessions = {}
+        for form in FORMS:
+            path = tmp / f"conv_{form}.onnx"
+            torch.onnx.export(ConvOnly(form == "conv3d").eval(), (h,), str(path), input_names=["h"],
+                              opset_version=18, dynamo=False)  # fmt: skip
+            sessions[form] = make_session(path, ["CPUExecutionProvider"], args.threads)
+        conv_ms = time_sessions(sessions, h.numpy(), args.repeats * 5)
         # one adapter, B/16 token shapes
         x = torch.randn(args.batch * 8, 197, 768)
         sessions = {}
@@ -67,21 +89,24 @@ def main() -> None:
             torch.onnx.export(net, (x,), str(path), input_names=["x"], opset_version=18, dynamo=False)
             sessions[form] = make_session(path, ["CPUExecutionProvider"], args.threads)
         adapter_ms = time_sessions(sessions, x.numpy(), args.repeats)
-        # the whole B/16 12x384 model
-        model = build_model("vit_b16_adapter12x384").eval()
-        clips = torch.randn(args.batch, 3, 8, 224, 224).numpy()
-        sessions = {}
-        for form in FORMS:
-            path = export_onnx(model, tmp / f"model_{form}.onnx", form=form)
-            sessions[form] = make_session(path, ["CPUExecutionProvider"], args.threads)
-        full_ms = time_sessions(sessions, clips, args.full_repeats)
-    print(f"ONNX Runtime CPU, {args.threads} threads, batch {args.batch}, medians")
-    print("| form | one adapter (ms) | B/16 12x384 model (ms/batch) |")
-    print("|---|---|---|")
+        full_ms = {form: float("nan") for form in FORMS} if args.skip_model else time_full_model(tmp, args)
+    print(f"ONNX Runtime CPU, {args.threads} threads, batch {args.batch}, medians of interleaved runs")
+    print("| form | temporal conv alone (ms) | one adapter (ms) | B/16 12x384 model (ms/batch) |")
+    print("|---|---|---|---|")
     for form in FORMS:
-        print(f"| {form} | {adapter_ms[form]:.3f} | {full_ms[form]:.0f} |")
-    print(f"conv3d / shift: adapter {adapter_ms['conv3d'] / adapter_ms['shift']:.2f}x, "
-          f"model {full_ms['conv3d'] / full_ms['shift']:.3f}x")  # fmt: skip
+        print(f"| {form} | {conv_ms[form]:.3f} | {adapter_ms[form]:.3f} | {full_ms[form]:.0f} |")
+    ratio = lambda d: d["conv3d"] / d["shift"]
+    print(f"conv3d / shift: conv {ratio(conv_ms):.2f}x, adapter {ratio(adapter_ms):.2f}x, model {ratio(full_ms):.3f}x")
+
+
+def time_full_model(tmp: Path, args) -> dict[str, float]:
+    model = build_model("vit_b16_adapter12x384").eval()
+    clips = torch.randn(args.batch, 3, 8, 224, 224).numpy()
+    sessions = {}
+    for form in FORMS:
+        path = export_onnx(model, tmp / f"model_{form}.onnx", form=form)
+        sessions[form] = make_session(path, ["CPUExecutionProvider"], args.threads)
+    return time_sessions(sessions, clips, args.full_repeats)
 
 
 if __name__ == "__main__":
