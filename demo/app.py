@@ -120,11 +120,11 @@ class ServiceClassifier:
                     timeout=self.timeout_s,
                 )
         except httpx.HTTPError as e:
-            raise ServiceUnavailable(f"The classification service at {self.url} did not answer ({e}).") from e
+            raise ServiceUnavailable(f"{self.url} did not answer ({e}).") from e
         if 400 <= response.status_code < 500:
             raise VideoError(_error_text(response))
         if response.status_code >= 500:
-            raise ServiceUnavailable(f"The classification service failed: {_error_text(response)}")
+            raise ServiceUnavailable(f"{self.url} failed: {_error_text(response)}")
         body = response.json()
         timings = {k: float(v) for k, v in body.get("timings_ms", {}).items()}
         timings["round trip"] = (time.perf_counter() - start) * 1000.0
@@ -204,7 +204,9 @@ def friendly_error(error: Exception) -> str:
     """A message for the page, in words, without a traceback."""
     from stadapter_deploy.errors import STAdapterError
 
-    if isinstance(error, (STAdapterError, ServiceUnavailable)):
+    if isinstance(error, ServiceUnavailable):
+        return f"The classification service is not available: {error}"
+    if isinstance(error, STAdapterError):
         return f"Could not classify this file: {error}"
     return "Could not classify this file: it does not look like a video the model can read."
 
@@ -261,4 +263,17 @@ def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE
                 details.render()
         gallery.render()
         gr.on([button.click, video.upload], classify, inputs=video, outputs=outputs, api_name="classify")
+    ready_to_mount(demo)
     return demo
+
+
+def ready_to_mount(demo: gr.Blocks) -> None:
+    """Give the Blocks the theme that Gradio 6 otherwise sets only in `launch()` or `gr.mount_gradio_app`.
+
+    `bentoml.gradio.mount_gradio_app` skips both, and the page then fails to render (HTTP 500).
+    """
+    if getattr(demo, "theme", None) is None:
+        demo.theme = gr.themes.Default()
+        for name, empty in (("css", ""), ("js", ""), ("head", ""), ("css_paths", []), ("head_paths", [])):
+            setattr(demo, name, getattr(demo, name, None) or empty)
+        demo._set_html_css_theme_variables()
