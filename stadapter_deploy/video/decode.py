@@ -138,24 +138,38 @@ def _decode_pyav(video: VideoSource, info: Probe, wanted: list[int]) -> dict[int
     out: dict[int, np.ndarray] = {}
     with _open_container(video) as container:
         stream = _video_stream(container, video)
-        frames = None
-        last_pts = None  # pts of the last frame decoded
-        for index in wanted:
-            target = info.pts[index]
-            key = info.keyframe_pts[bisect.bisect_right(info.keyframe_pts, target) - 1]
-            if frames is None or last_pts is None or last_pts < key or last_pts > target:
-                container.seek(key, stream=stream, backward=True)
-                frames, last_pts, held = _decoded(container, stream), None, None
+        frames, last_pts = None, None  # the decoding position: iterator and pts of the last frame decoded
+
+        def seek(pts: int) -> None:
+            nonlocal frames, last_pts
+            container.seek(pts, stream=stream, backward=True)
+            frames, last_pts = _decoded(container, stream), None
+
+        def frame_at(target: int):
+            """Decode forward to `target`; the frame with exactly that pts, or None."""
+            nonlocal last_pts
+            held = None
             while last_pts is None or last_pts < target:
                 frame = next(frames, None)
                 if frame is None:
                     break
-                if frame.pts is not None and frame.pts <= target:
-                    held = frame  # the latest frame at or before the target
+                if frame.pts == target:
+                    held = frame
                 last_pts = frame.pts if frame.pts is not None else target
-            if held is None or held.pts is None or held.pts != target:
+            return held
+
+        for index in wanted:
+            target = info.pts[index]
+            key = info.keyframe_pts[bisect.bisect_right(info.keyframe_pts, target) - 1]
+            if frames is None or last_pts is None or last_pts < key or last_pts >= target:
+                seek(key)
+            frame = frame_at(target)
+            if frame is None and key != info.pts[0]:  # the seek landed past the target: go from the start
+                seek(info.pts[0])
+                frame = frame_at(target)
+            if frame is None:
                 break  # the packets promised a frame that does not decode
-            out[index] = held.to_ndarray(format="rgb24")
+            out[index] = frame.to_ndarray(format="rgb24")
     return out
 
 
