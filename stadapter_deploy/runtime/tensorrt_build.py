@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import BundleError
 from .bundle import INPUT_NAME
 
 DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "stadapter-deploy" / "tensorrt-timing.cache"
@@ -87,7 +88,7 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        raise BundleError(f"TensorRT cannot parse {onnx_path}: {errors}")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
@@ -105,7 +106,7 @@ def build_engine(
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
+        raise BundleError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     plan_path.write_bytes(memoryview(plan))
     if timing_cache:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
