@@ -58,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     demo = build_demo(classifier, subtitle=subtitle)
     demo.queue(default_concurrency_limit=2)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
+    try:
+        demo.launch(
+            server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True
+        )
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        print(f"error: cannot listen on {args.host}:{args.port} ({e}); pick another with --port", file=sys.stderr)
+        return 2
     print(f"Demo running at {demo.local_url}  (Ctrl+C to stop)", flush=True)
     if demo.share_url:
         print(f"Public link: {demo.share_url}", flush=True)

@@ -197,3 +197,16 @@ def test_browser_upload_bad_then_good(demo_url, predictor, clips_dir, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+def test_cli_says_when_the_port_is_taken(tiny_bundle):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "demo", "--bundle", str(tiny_bundle), "--port", str(port)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and f"cannot listen on 127.0.0.1:{port}" in proc.stderr
