@@ -18,7 +18,9 @@ Usage: ./quickstart.sh [options]
   --epochs N        train for N epochs instead of the recipe's default (also: QUICKSTART_EPOCHS)
   --fast            the shortened form CI runs: a small dataset and 1 epoch (also: QUICKSTART_FAST=1)
   --clip PATH       train on real CLIP weights (OpenAI .pt or Hugging Face safetensors) instead of the
-                    tiny random backbone
+                    tiny random backbone; uses --preset (default vit_b16_adapter12x384; a GPU makes
+                    this practical, on 2 CPU cores it takes hours)
+  --preset NAME     model preset for --clip, e.g. vit_l14_adapter24x384 for ViT-L/14 weights
   --dir DIR         run directory (default: runs/quickstart; the bundle goes to DIR/bundle)
   --data DIR        synthetic dataset directory (default: runs/synthetic-data)
   --host HOST       demo address (default: 127.0.0.1)
@@ -33,6 +35,7 @@ SERVE="${QUICKSTART_SERVE:-1}"
 EPOCHS="${QUICKSTART_EPOCHS:-}"
 FAST="${QUICKSTART_FAST:-0}"
 CLIP=""
+PRESET=""
 RUN_DIR="runs/quickstart"
 DATA_DIR="runs/synthetic-data"
 HOST="127.0.0.1"
@@ -46,6 +49,7 @@ while [[ $# -gt 0 ]]; do
     --epochs) EPOCHS="$2"; shift ;;
     --fast) FAST=1 ;;
     --clip) CLIP="$2"; shift ;;
+    --preset) PRESET="$2"; shift ;;
     --dir) RUN_DIR="$2"; shift ;;
     --data) DATA_DIR="$2"; shift ;;
     --host) HOST="$2"; shift ;;
@@ -111,7 +115,11 @@ if [[ -f "$RUN_DIR/final/config.json" ]]; then
 else
   train_args=(synthetic --save-dir "$RUN_DIR" --data-root "$DATA_DIR")
   [[ -n "$EPOCHS" ]] && train_args+=(--epochs "$EPOCHS")
-  [[ -n "$CLIP" ]] && train_args+=(--clip "$CLIP")
+  if [[ -n "$CLIP" ]]; then
+    train_args+=(--clip "$CLIP" --preset "${PRESET:-vit_b16_adapter12x384}")
+  elif [[ -n "$PRESET" ]]; then
+    train_args+=(--preset "$PRESET")
+  fi
   "$PY" -m train "${train_args[@]}"
 fi
 
