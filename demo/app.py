@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 TOP_K = 5
 DEFAULT_TITLE = "ST-Adapter video classification"
+GALLERY_COLUMNS = 8
 TIMING_STAGES = ("decode", "preprocess", "infer", "total")
 
 
@@ -200,6 +201,12 @@ def details_markdown(result: DemoResult) -> str:
     )
 
 
+def gallery_height(num_frames: int) -> int:
+    """Pixels for the frame strip: as many rows as the frames fill, no empty space (about 150 px a row)."""
+    rows = max(1, -(-num_frames // GALLERY_COLUMNS))
+    return 60 + 150 * rows
+
+
 def friendly_error(error: Exception) -> str:
     """A message for the page, in words, without a traceback."""
     from stadapter_deploy.errors import STAdapterError
@@ -222,7 +229,8 @@ def make_handler(classifier: Callable[..., DemoResult]) -> Callable[[str | None]
         except Exception as e:  # noqa: BLE001 - any failure on user input becomes a message in the page
             message = friendly_error(e).replace(str(video), Path(video).name)  # no server paths in the page
             raise gr.Error(message, duration=15, print_exception=False) from e
-        return result_outputs(result)
+        scores, frames, details = result_outputs(result)
+        return scores, gr.Gallery(value=frames, height=gallery_height(len(frames))), details
 
     return classify
 
@@ -244,7 +252,8 @@ def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE
         details = gr.Markdown(elem_id="details", render=False)
         gallery = gr.Gallery(
             label="Frames the model looked at (after sampling and cropping)", render=False,
-            columns=8, object_fit="contain", format="png", elem_id="frames",
+            columns=GALLERY_COLUMNS, height=gallery_height(8), object_fit="contain", format="png",
+            elem_id="frames",
         )  # fmt: skip
         outputs = [label, gallery, details]
         with gr.Row():
