@@ -64,6 +64,12 @@ class LocalClassifier:
             self._predictor = load_predictor(self._bundle, backend=self._backend)
         return self._predictor
 
+    @property
+    def frames_shown(self) -> int:
+        """How many frames the strip shows per video: views x frames per clip."""
+        spatial, temporal = self.predictor.view_layout(self.views)
+        return spatial * temporal * self.predictor.preprocessing["num_frames"]
+
     def __call__(self, video: str | Path, top_k: int = TOP_K) -> DemoResult:
         from stadapter_deploy.video import denormalize
 
@@ -202,7 +208,7 @@ def details_markdown(result: DemoResult) -> str:
 
 
 def gallery_height(num_frames: int) -> int:
-    """Pixels for the frame strip: as many rows as the frames fill, no empty space (about 150 px a row)."""
+    """Pixels for the frame strip: room for the rows the frames fill (about 150 px a row at 1280 px wide)."""
     rows = max(1, -(-num_frames // GALLERY_COLUMNS))
     return 60 + 150 * rows
 
@@ -229,8 +235,7 @@ def make_handler(classifier: Callable[..., DemoResult]) -> Callable[[str | None]
         except Exception as e:  # noqa: BLE001 - any failure on user input becomes a message in the page
             message = friendly_error(e).replace(str(video), Path(video).name)  # no server paths in the page
             raise gr.Error(message, duration=15, print_exception=False) from e
-        scores, frames, details = result_outputs(result)
-        return scores, gr.Gallery(value=frames, height=gallery_height(len(frames))), details
+        return result_outputs(result)
 
     return classify
 
@@ -242,6 +247,7 @@ def example_videos() -> list[str]:
 def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE, subtitle: str = "") -> gr.Blocks:
     """The page. `classifier(video_path) -> DemoResult` (a LocalClassifier or a ServiceClassifier)."""
     classify = make_handler(classifier)
+    strip_height = gallery_height(getattr(classifier, "frames_shown", 8))
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(
             f"# {title}\n{subtitle}\n\nUpload a short video (mp4, webm, avi, mkv, mov) or pick an example. "
@@ -252,7 +258,7 @@ def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE
         details = gr.Markdown(elem_id="details", render=False)
         gallery = gr.Gallery(
             label="Frames the model looked at (after sampling and cropping)", render=False,
-            columns=GALLERY_COLUMNS, height=gallery_height(8), object_fit="contain", format="png",
+            columns=GALLERY_COLUMNS, height=strip_height, object_fit="contain", format="png",
             elem_id="frames",
         )  # fmt: skip
         outputs = [label, gallery, details]
