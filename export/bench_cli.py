@@ -30,6 +30,8 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--png", type=Path, default=Path("bench_backends.png"), help="plot file (default bench_backends.png)"
     )
+    p.add_argument("--matmul-seconds", type=float, default=1.0,
+                   help="seconds of matmul timing before each row (the FLOP-floor reference; default 1)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     return p
 
@@ -64,14 +66,14 @@ def run_bench(argv: list[str]) -> int:
     names = args.backends or candidates(b)
     predictors = [make_predictor(b, n, args.threads) for n in names]
     gflop = bench.model_gflops(b.config, b.preprocessing["num_frames"])
-    peak = bench.matmul_gflops(args.threads)
+    peak = bench.matmul_gflops(args.threads, *bench.matmul_shape(b.config, b.preprocessing["num_frames"]))
     print(f"# {b.model_name}: {gflop:.1f} GFLOP per clip; machine fp32 matmul {peak:.1f} GFLOP/s "
           f"({args.threads} threads) -> FLOP floor {gflop / peak * 1e3:.0f} ms per clip", flush=True)  # fmt: skip
     rows = []
     for _ in range(args.repeats):
         for batch in args.batches:
             for p in predictors:
-                row = bench.time_predictor(p, batch, args.iters, args.budget, gflop, peak)
+                row = bench.time_predictor(p, batch, args.iters, args.budget, gflop, args.threads, args.matmul_seconds)
                 print(f"  {row.backend:<18} batch {batch:>3}: {row.clips_per_s:8.2f} clips/s, "
                       f"p50 {row.p50_ms:8.0f} ms ({row.iters} calls)", flush=True)  # fmt: skip
                 rows.append(row)
@@ -80,7 +82,12 @@ def run_bench(argv: list[str]) -> int:
     print()
     print(f"Machine: {info['cpu']}, {info['cores']} cores, {args.threads} threads" + (
         f", GPU {info['gpu']}" if "gpu" in info else ", no GPU"))  # fmt: skip
-    print(f"fp32 matmul: {peak:.1f} GFLOP/s; model: {gflop:.1f} GFLOP/clip; medians over {args.repeats} sweep(s)")
+    rates = [r.matmul_gflops for r in rows]
+    print(
+        f"fp32 matmul: {peak:.1f} GFLOP/s at the start, {statistics.median(rates):.1f} median before the rows "
+        f"(range {min(rates):.1f}-{max(rates):.1f}); model: {gflop:.1f} GFLOP/clip; "
+        f"medians over {args.repeats} sweep(s)"
+    )
     print()
     print(bench.markdown_table(rows))
     print(ratios(rows))
@@ -102,7 +109,7 @@ def median_rows(rows):
     for (backend, precision, batch), rs in groups.items():
         med = lambda field: statistics.median(getattr(r, field) for r in rs)  # noqa: B023
         out.append(Row(backend, precision, batch, sum(r.iters for r in rs), med("clips_per_s"), med("p50_ms"),
-                       med("p99_ms"), med("gflops"), med("floor_share")))  # fmt: skip
+                       med("p99_ms"), med("gflops"), med("matmul_gflops"), med("floor_share")))  # fmt: skip
     return sorted(out, key=lambda r: (r.backend, r.batch))
 
 

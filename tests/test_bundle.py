@@ -149,7 +149,7 @@ def test_bench_cli_prints_a_table_and_writes_a_plot(tiny_bundle, tmp_path):
     png, js = tmp_path / "bench.png", tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "export", "bench", str(tiny_bundle), "--batches", "1", "2", "--iters", "2",
-         "--png", str(png), "--json", str(js), "--threads", "1"],
+         "--png", str(png), "--json", str(js), "--threads", "1", "--matmul-seconds", "0.1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
