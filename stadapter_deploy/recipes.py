@@ -54,7 +54,7 @@ RECIPES: dict[str, Recipe] = {
     # Tiny model on generated motion clips: the smoke test and the quickstart (see video/synthetic.py).
     "synthetic": Recipe(
         "synthetic", "tiny", 6, sampling_rate=0, train_augment="none",
-        total_batch=32, epochs=8, warmup_epochs=1.0, lr_per_256=1e-2,
+        total_batch=32, epochs=8, warmup_epochs=1.0, lr_per_256=0.12,
     ),
 }  # fmt: skip
 

@@ -6,10 +6,13 @@ transforms frames itself.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..recipes import class_names as shipped_class_names
+from ..video.dataset import VideoClipDataset, read_video_list
 from . import distributed as D
 from .config import TrainConfig
 
@@ -40,3 +43,47 @@ def class_names(cfg: TrainConfig) -> list[str]:
     if len(names) != cfg.num_classes:
         raise ConfigError(f"{source} has {len(names)} class names but num_classes is {cfg.num_classes}")
     return names
+
+
+SKIP_LOGGER = "stadapter_deploy.video.dataset"  # where VideoClipDataset logs each broken video
+
+
+def build_datasets(cfg: TrainConfig, size: int) -> tuple[VideoClipDataset, VideoClipDataset]:
+    """Training (random clips, the recipe's augmentation) and evaluation (all views) datasets."""
+    train = read_video_list(cfg.train_list, cfg.train_root, cfg.num_classes)
+    val = read_video_list(cfg.val_list, cfg.val_root, cfg.num_classes)
+    common = dict(num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate, size=size, seed=cfg.seed)
+    train_set = VideoClipDataset(train, train=True, augment=cfg.train_augment, **common)
+    val_set = VideoClipDataset(
+        val, train=False, spatial_views=cfg.spatial_views, temporal_views=cfg.temporal_views, **common
+    )
+    return train_set, val_set
+
+
+class SkipLog(logging.FileHandler):
+    """Appends '<path>\t<why>' for each video the dataset skips; every process (workers too) appends."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.args, tuple) and len(record.args) == 2:
+            path, why = record.args
+            return f"{path}\t{why}".replace("\n", " ")
+        return record.getMessage().replace("\n", " ")
+
+
+def log_skipped_videos(path: Path) -> None:
+    """Record the dataset's skipped videos in `path` (idempotent; also a DataLoader worker_init_fn target)."""
+    logger = logging.getLogger(SKIP_LOGGER)
+    target = os.path.abspath(path)
+    for h in [h for h in logger.handlers if isinstance(h, SkipLog)]:
+        if h.baseFilename == target:
+            return
+        logger.removeHandler(h)  # left by an earlier run in this process
+        h.close()
+    logger.addHandler(SkipLog(target, mode="a", delay=True))  # opened lazily, in each process
+
+
+def read_skipped(path: Path) -> list[str]:
+    """Distinct skipped videos recorded in `path` ('<path>\t<why>'), in the order first met."""
+    if not path.is_file():
+        return []
+    return list(dict.fromkeys(line for line in path.read_text().splitlines() if line.strip()))

@@ -12,6 +12,7 @@ import math
 import random
 import resource
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,11 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def worker_init(worker_id: int, skip_log: Path) -> None:
+    torch.set_num_threads(1)  # workers decode; the main process computes
+    data.log_skipped_videos(skip_log)  # already inherited under fork; needed under spawn
+
+
 def cast_backbone(model: nn.Module, dtype: torch.dtype) -> None:
     """Frozen weights to `dtype` (as the reference does on GPU); LayerNorms, adapters and head stay fp32."""
     for module in model.modules():
@@ -73,8 +79,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, dist: D.DistInfo):
         self.cfg, self.dist, self.device = cfg, dist, dist.device
         self.save_dir = Path(cfg.save_dir)
-        if dist.is_main:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
+        self.save_dir.mkdir(parents=True, exist_ok=True)
         self.batch_size, self.accum_steps = batch_plan(cfg.total_batch, dist.world_size, cfg.batch_size)
         self.precision = self.resolve_precision()
         self.class_names = data.class_names(cfg)
@@ -96,6 +101,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.start_epoch, self.records = 0, []
         self.resume()
+        if self.start_epoch == 0 and dist.is_main:
+            self.skip_log.unlink(missing_ok=True)  # a fresh run starts a fresh list
+        D.barrier()
         self.ddp_model = self.model
         if dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -136,7 +144,11 @@ class Trainer:
         sampler = DistributedSampler(
             self.train_set, dist.world_size, dist.rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
-        common = dict(num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda")
+        # Broken videos met by any process or DataLoader worker are appended to one file.
+        self.skip_log = self.save_dir / "skipped_videos.txt"
+        data.log_skipped_videos(self.skip_log)
+        init = partial(worker_init, skip_log=self.skip_log)
+        common = dict(num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda", worker_init_fn=init)
         train_loader = DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True, **common)
         val_sampler = ShardedSampler(len(self.val_set), dist.rank, dist.world_size)
         eval_batch = cfg.eval_batch_size or max(1, self.batch_size // (cfg.spatial_views * cfg.temporal_views))
@@ -177,7 +189,7 @@ class Trainer:
             # Reseeded from (seed, epoch, rank): a resumed run draws exactly what a straight run draws.
             seed_everything(cfg.seed + 1000 * epoch + self.dist.rank)
             self.train_loader.sampler.set_epoch(epoch)
-            data.set_epoch(self.train_set, epoch)
+            self.train_set.set_epoch(epoch)
             record = {"epoch": epoch, **self.train_one_epoch(epoch)}
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 record |= self.validate()
@@ -193,7 +205,7 @@ class Trainer:
         self.ddp_model.train()
         micro_batches = self.steps_per_epoch * self.accum_steps
         loss_sum = clips = 0.0
-        skipped_before = data.skipped_count(self.train_set)
+        skipped_before = self.train_set.skipped
         bar = tqdm(
             total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
             disable=not self.dist.is_main, dynamic_ncols=True, leave=False,
@@ -226,7 +238,7 @@ class Trainer:
         bar.close()
         elapsed = time.perf_counter() - start
         loss_sum, clips, skipped = D.all_reduce_sum(
-            [loss_sum, clips, data.skipped_count(self.train_set) - skipped_before], self.device
+            [loss_sum, clips, self.train_set.skipped - skipped_before], self.device
         )
         return {
             "train_loss": loss_sum / max(clips, 1),
@@ -241,7 +253,7 @@ class Trainer:
         result = evaluate(self.model, self.val_loader, self.device, self.autocast(), progress=self.dist.is_main)
         return {
             "val_acc1": result["acc1"], "val_acc5": result["acc5"],
-            "val_loss": result["loss"], "val_videos": result["count"],
+            "val_loss": result["loss"], "val_videos": result["count"], "val_skipped": result["skipped"],
         }  # fmt: skip
 
     def current_lr(self) -> float:
@@ -250,9 +262,10 @@ class Trainer:
     # ---- outputs ---------------------------------------------------------------------------------
 
     def end_epoch(self, epoch: int, record: dict) -> None:
-        skipped = data.gather_skipped(self.train_set)
+        D.barrier()  # every rank's skipped-video lines are on disk
         if not self.dist.is_main:
             return
+        skipped = data.read_skipped(self.skip_log)
         with open(self.save_dir / "log.jsonl", "w") as f:  # rewritten whole: a resume drops lost epochs
             f.writelines(json.dumps(r) + "\n" for r in self.records)
         plot_curves(self.records, self.save_dir / "curves.png")
@@ -268,9 +281,8 @@ class Trainer:
         }
         ckpt.atomic_torch_save(state, ckpt.checkpoint_path(self.save_dir, epoch))
         ckpt.prune_checkpoints(self.save_dir, self.cfg.keep_last)
-        if skipped:
-            (self.save_dir / "skipped_videos.txt").write_text("".join(f"{line}\n" for line in skipped))
-        print(self.summary(record) + (f", {len(skipped)} unreadable videos skipped so far" if skipped else ""))
+        note = f" ({len(skipped)} broken videos skipped so far, listed in {self.skip_log})" if skipped else ""
+        print(self.summary(record) + note, flush=True)
 
     def summary(self, r: dict) -> str:
         text = f"epoch {r['epoch'] + 1}/{self.cfg.epochs}: train_loss {r['train_loss']:.4f}, lr {r['lr']:.2e}"
