@@ -181,7 +181,7 @@ def main() -> None:
 
     ours = build_model(args.preset, num_frames=args.frames)
     with torch.no_grad():  # non-zero adapters, so the parity check exercises them
-        for name, prm in ours.named_parameters():
+        for prm in ours.parameters():
             if prm.requires_grad:
                 prm.normal_(0, 0.02)
     plain = PlainViT(ours)
