@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -249,3 +250,17 @@ def test_large_models_keep_weights_in_external_data(tmp_path, monkeypatch):
     assert [f["file"] for f in onnx_artifact["extra_files"]] == ["model.onnx.data"]
     assert (bundle / "model.onnx").stat().st_size < 300_000 < (bundle / "model.onnx.data").stat().st_size
     assert onnx_artifact["parity"]["passed"]  # onnxruntime ran it with its external data
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write into read-only folders")
+def test_unwritable_output_dir(tmp_path, checkpoint, capsys):
+    parent = tmp_path / "read-only"
+    (parent / "bundle").mkdir(parents=True)
+    parent.chmod(0o555)
+    (parent / "bundle").chmod(0o555)
+    try:
+        code = main(["--checkpoint", str(checkpoint), "--out", str(parent / "bundle"), "--quiet", "--no-verify"])
+    finally:
+        parent.chmod(0o755)
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "cannot write the bundle" in err and len(err.splitlines()) == 1
