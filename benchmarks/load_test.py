@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-workers", type=int, default=2, help="STADAPTER_DECODE_WORKERS (default 2)")
     p.add_argument("--max-batch-size", type=int, default=16, help="STADAPTER_MAX_BATCH_SIZE (default 16)")
     p.add_argument("--raw-runs", type=int, default=3, help="timed raw predict calls at the formed batch (default 3)")
+    p.add_argument("--server-log", type=Path, help="keep the server's log here (default: a temporary file)")
     p.add_argument("--json", type=Path, help="write every figure here")
     args = p.parse_args(argv)
     if args.clients[0] != 1:
@@ -236,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="stadapter-load-") as tmp:
         video_path = make_video(Path(tmp))
         video = video_path.read_bytes()
-        process, url = start_server(args.bundle, env, Path(tmp) / "server.log")
+        log_path = args.server_log or Path(tmp) / "server.log"
+        process, url = start_server(args.bundle, env, log_path)
         try:
             backend = httpx.get(f"{url}/metadata", timeout=60).json()["backend"]
             print(f"server up at {url} on {backend}; video {len(video) / 1e6:.2f} MB", file=sys.stderr)
@@ -266,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
             total = args.warmup + sum(lv["requests"] for lv in levels)
         finally:
             stop_server(process)
+        if any(lv["errors"] for lv in levels):
+            errors = [line for line in log_path.read_text().splitlines() if "ERROR" in line or "Error" in line]
+            print("server log, errors:\n" + "\n".join(errors[-40:]), file=sys.stderr)
 
     formed = max(1, round(levels[-1]["clips_per_call"]))
     clips = np.random.default_rng(0).standard_normal((formed, *predictor.input_shape), dtype=np.float32)

@@ -128,6 +128,8 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 class BadRequest(Exception):
+    """An answer other than 200: a status and a message in words (4xx, or 503 when the model is away)."""
+
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
@@ -223,8 +225,8 @@ class STAdapter:
         t0 = time.perf_counter()
         try:
             logits = await self.model.to_async.predict(clips)  # [sum of V, C]
-        except bentoml.exceptions.BentoMLException as e:
-            log.error("model call failed: %s", e)
+        except Exception as e:  # queue past max latency, or the model worker restarting: retryable
+            log.error("model call failed: %s: %s", type(e).__name__, e)
             raise BadRequest(503, "the model is overloaded or unavailable right now; try again shortly") from None
         infer_ms = (time.perf_counter() - t0) * 1e3
         backend = await self.backend()
