@@ -200,3 +200,26 @@ def test_help_explains_every_option():
     text = parser.format_help()
     for needle in ("--data-config", "--clip", "--no-adapters", "--auto-resume", "--eval-only", "k400", "torchrun"):
         assert needle in text
+
+
+def test_bf16_autocast_runs_on_cpu(motion_data, tmp_path):
+    lists = dict(
+        train_list=sub_list(motion_data, "train", 8, tmp_path), val_list=sub_list(motion_data, "val", 3, tmp_path)
+    )
+    last = train_synthetic(tmp_path / "bf16", motion_data, **lists, epochs=1, total_batch=8, precision="bf16")
+    assert last["val_videos"] == 3 and last["train_loss"] == pytest.approx(1.79, abs=0.3)
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        train_synthetic(tmp_path / "fp16", motion_data, **lists, epochs=1, total_batch=8, precision="fp16")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_fp16_on_gpu_keeps_a_half_backbone_and_fp32_adapters(motion_data, tmp_path):
+    lists = dict(
+        train_list=sub_list(motion_data, "train", 16, tmp_path), val_list=sub_list(motion_data, "val", 6, tmp_path)
+    )
+    last = train_synthetic(tmp_path / "gpu", motion_data, **lists, epochs=2, total_batch=8, device="cuda")
+    assert last["val_videos"] == 6 and last["max_mem_mb"] > 0
+    state = torch.load(tmp_path / "gpu" / "checkpoint-1.pth", map_location="cpu", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state["model"].values())
+    assert state["loss_scaler"]["scale"] > 0
