@@ -355,3 +355,18 @@ def test_startup_fails_in_one_line_on_a_bad_bundle(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("stadapter serve: cannot start:") and "schema" in lines[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_bentoml_build_packs_the_bundle(tiny_bundle, tmp_path):
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    build = [sys.executable, "-m", "serve.build", "--bundle", str(tiny_bundle), "--version", "test"]
+    result = subprocess.run(build, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    src = tmp_path / "bentoml" / "bentos" / "stadapter" / "test" / "src"
+    assert (src / "serve" / "service.py").is_file()
+    assert (src / "bundle" / "manifest.json").read_bytes() == (tiny_bundle / "manifest.json").read_bytes()
+    assert (src / "bundle" / "model.onnx").stat().st_size == (tiny_bundle / "model.onnx").stat().st_size
+    bad = subprocess.run(
+        [*build[:3], "--bundle", str(tmp_path / "nowhere")], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("serve.build:")
