@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             classifier = LocalClassifier(args.bundle, backend=args.backend, views=args.views)
             predictor = classifier.predictor  # load now: a bad bundle fails here, with its reason
             predictor.view_layout(args.views)  # and so does a --views this model cannot use
+            classifier.warm_up()
             subtitle = f"Model `{predictor.model_name}` on `{predictor.backend}`, in this process"
     except (ValueError, OSError) as e:  # STAdapterError is a ValueError
         print(f"error: {e}", file=sys.stderr)

@@ -64,6 +64,12 @@ class LocalClassifier:
             self._predictor = load_predictor(self._bundle, backend=self._backend)
         return self._predictor
 
+    def warm_up(self) -> None:
+        """Classify one bundled example so the first visitor does not pay for lazy imports and first runs."""
+        examples = example_videos()
+        if examples:
+            self(examples[0])
+
     @property
     def frames_shown(self) -> int:
         """How many frames the strip shows per video: views x frames per clip."""
