@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         "BENTOML_DO_NOT_TRACK": "True",
     }
     with tempfile.TemporaryDirectory(prefix="stadapter-load-") as tmp:
+        # A private BentoML home: every `bentoml serve` start empties $BENTOML_HOME/prometheus_multiproc_dir,
+        # which would wipe this server's batch metrics if another server started meanwhile.
+        env["BENTOML_HOME"] = str(Path(tmp) / "bentoml")
         video_path = make_video(Path(tmp))
         video = video_path.read_bytes()
         log_path = args.server_log or Path(tmp) / "server.log"

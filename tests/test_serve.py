@@ -102,6 +102,9 @@ def server(tiny_bundle, tmp_path_factory):
         "STADAPTER_DECODE_WORKERS": "2",
         "STADAPTER_MAX_VIDEOS": "4",
         "TMPDIR": str(server_tmp),  # every temp file the server makes lands here, so the test can look
+        # Each `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts: a private
+        # home keeps another server on this machine from wiping this one's metrics.
+        "BENTOML_HOME": str(root / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "True",
     }
     log_path = root / "server.log"
