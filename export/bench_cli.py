@@ -66,7 +66,12 @@ def run_bench(argv: list[str]) -> int:
     names = args.backends or candidates(b)
     predictors = [make_predictor(b, n, args.threads) for n in names]
     gflop = bench.model_gflops(b.config, b.preprocessing["num_frames"])
-    peak = bench.matmul_gflops(args.threads, *bench.matmul_shape(b.config, b.preprocessing["num_frames"]))
+    shape = bench.matmul_shape(b.config, b.preprocessing["num_frames"])
+    peak = bench.matmul_gflops(args.threads, *shape)
+    by_lib = {"torch.mm": bench.torch_matmul_gflops(args.threads, *shape),
+              "onnxruntime MatMul": bench.ort_matmul_gflops(args.threads, *shape)}  # fmt: skip
+    libs = ", ".join(f"{k} {v:.1f}" for k, v in by_lib.items() if v is not None)
+    print(f"# fp32 GEMM {shape[0]}x{shape[1]}x{shape[2]}, {args.threads} threads: {libs} GFLOP/s", flush=True)
     print(f"# {b.model_name}: {gflop:.1f} GFLOP per clip; machine fp32 matmul {peak:.1f} GFLOP/s "
           f"({args.threads} threads) -> FLOP floor {gflop / peak * 1e3:.0f} ms per clip", flush=True)  # fmt: skip
     rows = []
@@ -94,7 +99,10 @@ def run_bench(argv: list[str]) -> int:
     bench.plot(rows, args.png, f"{b.model_name} - {info['cpu']}, {args.threads} threads, matmul {peak:.0f} GFLOP/s")
     print(f"\nplot: {args.png}")
     if args.json:
-        payload = {"machine": info, "matmul_gflops": peak, "gflop_per_clip": gflop, "rows": bench.rows_to_dicts(rows)}
+        payload = {
+            "machine": info, "matmul_gflops": peak, "matmul_by_library": by_lib, "gemm_shape": shape,
+            "gflop_per_clip": gflop, "rows": bench.rows_to_dicts(rows),
+        }  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
