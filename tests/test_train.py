@@ -66,7 +66,15 @@ def test_short_synthetic_run_learns_and_writes_every_output(motion_data, tmp_pat
     out = tmp_path / "run"
     task = left_right_lists(motion_data, tmp_path)  # 96 train / 16 val clips, 2 classes
     last = train_synthetic(
-        out, motion_data, **task, epochs=4, warmup_epochs=0.25, total_batch=8, lr_per_256=0.64, keep_last=2
+        out,
+        motion_data,
+        **task,
+        epochs=4,
+        warmup_epochs=0.25,
+        total_batch=8,
+        lr_per_256=0.64,
+        keep_last=2,
+        num_workers=2,
     )
     log = read_log(out)
     assert [r["epoch"] for r in log] == list(range(4))
@@ -100,8 +108,9 @@ def test_short_synthetic_run_learns_and_writes_every_output(motion_data, tmp_pat
     assert json.loads((out / "eval.json").read_text())["val_videos"] == 16
 
     # --pretrain takes the adapters, not the head (here: a 6-class head on 2-class adapters)
-    pre = train_synthetic(tmp_path / "pre", motion_data, pretrain=out / "final", eval_only=True)
-    assert pre["val_videos"] == 48
+    val_only = {"val_list": task["val_list"]}
+    pre = train_synthetic(tmp_path / "pre", motion_data, **val_only, pretrain=out / "final", eval_only=True)
+    assert pre["val_videos"] == 16
     with pytest.raises(WeightsError, match="--pretrain"):
         train_synthetic(tmp_path / "pre2", motion_data, pretrain=out / "final", no_adapters=True)
 
