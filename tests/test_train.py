@@ -221,6 +221,23 @@ def test_bf16_autocast_runs_on_cpu(motion_data, tmp_path):
         train_synthetic(tmp_path / "fp16", motion_data, **lists, epochs=1, total_batch=8, precision="fp16")
 
 
+def test_clip_weights_become_the_frozen_backbone(motion_data, tmp_path):
+    torch.manual_seed(123)
+    backbone = {
+        k: v
+        for k, v in build_model("tiny").state_dict().items()
+        if ".adapter_pre_" not in k and not k.startswith("fc.")
+    }
+    torch.save({"visual." + k: v for k, v in backbone.items()}, tmp_path / "clip.pt")  # open_clip-style keys
+    lists = dict(
+        train_list=sub_list(motion_data, "train", 8, tmp_path), val_list=sub_list(motion_data, "val", 3, tmp_path)
+    )
+    train_synthetic(tmp_path / "run", motion_data, **lists, epochs=1, total_batch=8, clip=tmp_path / "clip.pt")
+    final = weights(tmp_path / "run" / "final")
+    for k, v in backbone.items():
+        assert torch.equal(final[k], v), k
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 def test_fp16_on_gpu_keeps_a_half_backbone_and_fp32_adapters(motion_data, tmp_path):

@@ -23,9 +23,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from ..errors import ConfigError
-from ..model import build_model, load_strict, save_checkpoint, trainable_state_dict
+from ..errors import ConfigError, WeightsError
+from ..model import ModelConfig, build_model, load_clip_state_dict, load_strict, save_checkpoint, trainable_state_dict
+from ..model.config import backbone_name, presets_with_backbone
 from ..model.vit import LayerNorm, STAdapterViT, is_trainable_name
+from ..model.weights import infer_backbone_config
+from ..recipes import get_recipe
 from . import checkpoint as ckpt
 from . import data
 from . import distributed as D
@@ -130,7 +133,7 @@ class Trainer:
         overrides = dict(num_classes=cfg.num_classes, num_frames=cfg.num_frames)
         if cfg.no_adapters:
             overrides["adapter_layers"] = 0
-        model = build_model(cfg.preset, clip=cfg.clip, **overrides)
+        model = build_model(synthetic_preset(cfg), clip=cfg.clip, **overrides)
         if cfg.pretrain is not None:
             load_adapter_weights(model, cfg.pretrain)
         model.to(self.device)
@@ -324,6 +327,19 @@ class Trainer:
         return result
 
 
+def synthetic_preset(cfg: TrainConfig) -> str:
+    """The preset to build: the synthetic recipe's `tiny` stands for a random backbone, so real `--clip`
+    weights without an explicit --preset get the first preset whose backbone they fit (e.g. ViT-B/16)."""
+    if cfg.dataset != "synthetic" or cfg.clip is None or cfg.preset != get_recipe("synthetic").preset:
+        return cfg.preset
+    shape = infer_backbone_config(load_clip_state_dict(cfg.clip))
+    backbone = ModelConfig(**shape, adapter_layers=shape["layers"])
+    fits = presets_with_backbone(backbone)
+    if not fits:
+        raise WeightsError(f"--clip {cfg.clip} holds a {backbone_name(backbone)} backbone that no preset fits")
+    return fits[0]
+
+
 def load_adapter_weights(model: STAdapterViT, path: Path) -> None:
     """--pretrain: the adapter weights of a reference checkpoint (or our final/ directory); the head stays new."""
     if Path(path).is_dir():
@@ -336,8 +352,6 @@ def load_adapter_weights(model: STAdapterViT, path: Path) -> None:
     own = {k: v for k, v in model.state_dict().items() if is_trainable_name(k) and not k.startswith("fc.")}
     wrong = sorted(set(own) ^ set(adapters)) + [k for k in own if k in adapters and own[k].shape != adapters[k].shape]
     if wrong:
-        from ..errors import WeightsError
-
         raise WeightsError(f"--pretrain {path}: adapter weights do not fit this model: {wrong[:6]}")
     with torch.no_grad():
         for k, v in adapters.items():
