@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sampling-rate", type=int, help="frame stride; 0 = uniform over the whole video")
     g.add_argument("--spatial-views", type=int, help="eval spatial crops (1 or 3)")
     g.add_argument("--temporal-views", type=int, help="eval temporal clips")
-    g.add_argument("--train-augment", help="training augmentation: k400, ssv2 or none")
+    g.add_argument("--train-augment", choices=["k400", "ssv2", "none"],
+                   help="training augmentation: k400 (jitter, crop, flip), ssv2 (RRC + RandAugment), none")  # fmt: skip
     g.add_argument("--total-batch", type=int,
                    help="effective batch per optimizer step (= processes x --batch-size x accumulation)")  # fmt: skip
     g.add_argument("--epochs", type=int, help="training epochs")

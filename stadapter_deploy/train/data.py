@@ -82,6 +82,14 @@ def log_skipped_videos(path: Path) -> None:
     logger.addHandler(SkipLog(target, mode="a", delay=True))  # opened lazily, in each process
 
 
+def stop_logging_skipped() -> None:
+    """Detach and close the skipped-video file (run() ends; the logger is process-global)."""
+    logger = logging.getLogger(SKIP_LOGGER)
+    for h in [h for h in logger.handlers if isinstance(h, SkipLog)]:
+        logger.removeHandler(h)
+        h.close()
+
+
 def read_skipped(path: Path) -> list[str]:
     """Distinct skipped videos recorded in `path` ('<path>\t<why>'), in the order first met."""
     if not path.is_file():

@@ -47,6 +47,7 @@ def run(cfg: TrainConfig) -> dict:
         check_config(cfg)
         return Trainer(cfg, dist).fit()
     finally:
+        data.stop_logging_skipped()
         D.cleanup()
 
 
