@@ -73,11 +73,3 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 
-
-def all_gather_objects(obj) -> list:
-    """Every rank's `obj`, in rank order (small Python objects only)."""
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
