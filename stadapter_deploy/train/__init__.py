@@ -1,0 +1,6 @@
+"""The ST-Adapter training loop and its helpers; `python -m train` (train/cli.py) is the command line."""
+
+from .config import TrainConfig, build_config, check_config
+from .loop import run
+
+__all__ = ["TrainConfig", "build_config", "check_config", "run"]
