@@ -75,7 +75,14 @@ BATCH_CLIPS = bentoml.metrics.Histogram(
 # ----------------------------------------------------------------------------- the model
 
 
-@bentoml.service(name="stadapter_model", workers=1, traffic={"timeout": SETTINGS.request_timeout_s})
+@bentoml.service(
+    name="stadapter_model",
+    workers=1,
+    traffic={"timeout": SETTINGS.request_timeout_s},
+    # BentoML's client to this service replaces its HTTP session every 100 requests or 300 s and
+    # closes the old one, cutting off calls still waiting in the batch queue ("Server disconnected").
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+)
 class STAdapterModel:
     """Holds the Predictor; `predict` is batched across requests."""
 

@@ -227,6 +227,30 @@ def test_concurrent_requests_are_batched(server, videos):
     assert sum(clips.values()) >= calls
 
 
+def test_hundreds_of_concurrent_requests_all_succeed(server, videos):
+    """Past 100 model calls BentoML's stock client to a dependency swaps its HTTP session and cuts off
+    the calls in flight; the service configures that away. 150 requests, 16 at a time, all 200."""
+    url, _ = server
+    data = videos["mp4b"].read_bytes()
+
+    async def run() -> list[int]:
+        codes, sent = [], 0
+        async with httpx.AsyncClient(timeout=120) as client:
+
+            async def worker() -> None:
+                nonlocal sent
+                while sent < 150:
+                    sent += 1
+                    files = {"video": ("clip.mp4", data, "video/mp4")}
+                    codes.append((await client.post(f"{url}/classify", files=files)).status_code)
+
+            await asyncio.gather(*(worker() for _ in range(16)))
+        return codes
+
+    codes = asyncio.run(run())
+    assert len(codes) == 150 and set(codes) == {200}, sorted(set(codes))
+
+
 def test_metadata(server, tiny_bundle):
     url, _ = server
     body = httpx.get(f"{url}/metadata", timeout=30).json()
