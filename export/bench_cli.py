@@ -96,7 +96,10 @@ def run_bench(argv: list[str]) -> int:
     print()
     print(bench.markdown_table(rows))
     print(ratios(rows))
-    bench.plot(rows, args.png, f"{b.model_name} - {info['cpu']}, {args.threads} threads, matmul {peak:.0f} GFLOP/s")
+    title = (
+        f"{b.model_name} - {info['cpu']}, {args.threads} threads, median matmul {statistics.median(rates):.0f} GFLOP/s"
+    )
+    bench.plot(rows, args.png, title)
     print(f"\nplot: {args.png}")
     if args.json:
         payload = {
