@@ -105,6 +105,10 @@ def _torch_export(net: nn.Module, example: torch.Tensor, path: Path, opset: int,
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )  # fmt: skip
     elif exporter == "dynamo":
+        try:
+            import onnxscript  # noqa: F401  (the dynamo exporter translates through it)
+        except ImportError:
+            raise ValueError("--exporter dynamo needs onnxscript (pip install onnxscript)") from None
         batch = torch.export.Dim("batch", min=1, max=4096)
         torch.onnx.export(
             net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
