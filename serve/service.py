@@ -91,6 +91,10 @@ class STAdapterModel:
 
         self.predictor = load_predictor(BUNDLE, backend=SETTINGS.backend)
         log.info("model %s on %s", self.predictor.model_name, self.predictor.backend)
+        if SETTINGS.warmup:  # the largest batch once, so memory (e.g. ONNX Runtime's arena) peaks before serving
+            start = time.perf_counter()
+            self.predictor.predict(np.zeros((SETTINGS.max_batch_size, *self.predictor.input_shape), np.float32))
+            log.info("warm-up batch of %d clips: %.0f ms", SETTINGS.max_batch_size, (time.perf_counter() - start) * 1e3)
 
     @bentoml.api(
         batchable=True, batch_dim=0, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms

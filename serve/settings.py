@@ -12,6 +12,7 @@
 | STADAPTER_MAX_LATENCY_MS        | 30000                     | longest a clip may queue for the model before a 503  |
 | STADAPTER_MAX_VIDEOS            | 16                        | most videos in one /classify_batch request           |
 | STADAPTER_REQUEST_TIMEOUT_S     | 300                       | whole-request limit of each service                  |
+| STADAPTER_WARMUP                | 1                         | 1: run one full batch at startup (memory peaks then) |
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Settings:
     max_latency_ms: int = 30000
     max_videos: int = 16
     request_timeout_s: float = 300.0
+    warmup: bool = True
 
     @property
     def max_upload_bytes(self) -> int:
@@ -57,6 +59,15 @@ def _number(name: str, default, kind: type, low: float):
     if value < low:
         raise ConfigError(f"{name}={raw!r} must be at least {low}")
     return value
+
+
+def _flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("0", "1", "true", "false", "yes", "no"):
+        raise ConfigError(f"{name}={raw!r} must be 1 or 0")
+    return raw in ("1", "true", "yes")
 
 
 def find_bundle() -> Path:
@@ -86,4 +97,5 @@ def load_settings() -> Settings:
         max_latency_ms=_number("STADAPTER_MAX_LATENCY_MS", 30000, int, 1),
         max_videos=_number("STADAPTER_MAX_VIDEOS", 16, int, 1),
         request_timeout_s=_number("STADAPTER_REQUEST_TIMEOUT_S", 300.0, float, 1),
+        warmup=_flag("STADAPTER_WARMUP", True),
     )
