@@ -99,7 +99,7 @@ def server(tiny_bundle, tmp_path_factory):
     env = {
         "STADAPTER_BUNDLE": str(tiny_bundle),
         "STADAPTER_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
-        "STADAPTER_DECODE_WORKERS": "2",
+        "STADAPTER_DECODE_WORKERS": "4",  # decodes finish in fours, so they meet at the model
         "STADAPTER_MAX_VIDEOS": "4",
         "TMPDIR": str(server_tmp),  # every temp file the server makes lands here, so the test can look
         # Each `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts: a private
@@ -201,9 +201,12 @@ def test_sync_http_client(server, local, videos):
 
 
 def test_concurrent_requests_are_batched(server, videos):
+    """16 concurrent requests all succeed, and model calls hold more than one request.
+
+    Whether two requests meet at the model depends on timing (a tiny-model call takes ~2 ms), so the
+    16 are sent up to 5 times until one model call has merged requests."""
     url, _ = server
     name = "bentoml_service_adaptive_batch_size"  # BentoML's histogram: requests merged per model call
-    before = metric_samples(url, name + "_count"), metric_samples(url, name + "_bucket")
     data = videos["mp4"].read_bytes()
 
     async def run() -> list[int]:
@@ -215,14 +218,19 @@ def test_concurrent_requests_are_batched(server, videos):
 
             return await asyncio.gather(*(one() for _ in range(16)))
 
-    assert asyncio.run(run()) == [200] * 16
-    counts, buckets = metric_samples(url, name + "_count"), metric_samples(url, name + "_bucket")
-    calls = sum(counts.values()) - sum(before[0].values())
-    single = sum(v for k, v in buckets.items() if 'le="1.0"' in k) - sum(
-        v for k, v in before[1].items() if 'le="1.0"' in k
-    )
-    assert 1 <= calls < 16, "every request went to the model alone"
-    assert calls - single >= 1, "no model call held more than one request"
+    def totals() -> tuple[float, float]:
+        counts, buckets = metric_samples(url, name + "_count"), metric_samples(url, name + "_bucket")
+        return sum(counts.values()), sum(v for k, v in buckets.items() if 'le="1.0"' in k)
+
+    calls0, single0 = totals()
+    for _ in range(5):
+        assert asyncio.run(run()) == [200] * 16
+        calls, single = totals()
+        merged = (calls - calls0) - (single - single0)  # model calls since the start with > 1 request
+        if merged > 0:
+            break
+    assert calls > calls0, "the model was never called"
+    assert merged >= 1, "no model call held more than one request"
     clips = metric_samples(url, "stadapter_model_batch_clips_count")
     assert sum(clips.values()) >= calls
 
