@@ -33,13 +33,19 @@ class Recipe:
 
     def preprocessing(self, size: int) -> dict:
         """What a bundle needs to turn a video into model input the way this recipe evaluates."""
-        from .video.transforms import CLIP_MEAN, CLIP_STD
+        return make_preprocessing(size, self.num_frames, self.sampling_rate, self.spatial_views, self.temporal_views)
 
-        return dict(
-            num_frames=self.num_frames, sampling_rate=self.sampling_rate, size=size,
-            mean=list(CLIP_MEAN), std=list(CLIP_STD),
-            spatial_views=self.spatial_views, temporal_views=self.temporal_views,
-        )  # fmt: skip
+
+def make_preprocessing(
+    size: int, num_frames: int = 8, sampling_rate: int = 0, spatial_views: int = 1, temporal_views: int = 1
+) -> dict:
+    """A bundle's preprocessing entry: how `load_eval_views` turns a video into model input."""
+    from .video.transforms import CLIP_MEAN, CLIP_STD
+
+    return dict(
+        num_frames=num_frames, sampling_rate=sampling_rate, size=size, mean=list(CLIP_MEAN), std=list(CLIP_STD),
+        spatial_views=spatial_views, temporal_views=temporal_views,
+    )  # fmt: skip
 
 
 RECIPES: dict[str, Recipe] = {

@@ -20,7 +20,7 @@ from ..errors import BundleError
 from ..model import build_model, save_checkpoint
 from ..model.config import backbone_name
 from ..model.weights import CONFIG_FILE, WEIGHTS_FILE
-from ..recipes import class_names, get_recipe
+from ..recipes import class_names, get_recipe, make_preprocessing
 from . import bundle as B
 from .onnx_export import DEFAULT_CONV_FORM, DEFAULT_OPSET, count_ops, export_onnx, external_data_file
 from .parity import check_artifact, check_inputs, reference_logits
@@ -116,15 +116,13 @@ def load_source(
 
 
 def _preprocessing(cfg, recipe: dict) -> dict:
-    from ..video.transforms import CLIP_MEAN, CLIP_STD
-
-    return dict(
+    return make_preprocessing(
+        cfg.image_size,
         num_frames=int(recipe.get("num_frames", cfg.num_frames)),
         sampling_rate=int(recipe.get("sampling_rate", 0)),
-        size=cfg.image_size, mean=list(CLIP_MEAN), std=list(CLIP_STD),
         spatial_views=int(recipe.get("spatial_views", 1)),
         temporal_views=int(recipe.get("temporal_views", 1)),
-    )  # fmt: skip
+    )
 
 
 def resolve_labels(
