@@ -150,6 +150,18 @@ async def metadata(_: Request) -> JSONResponse:
     return JSONResponse(await bentoml.get_current_service().metadata())
 
 
+def mount_ui(service_class):
+    """With STADAPTER_UI_URL set, serve the Gradio demo at /ui. The page posts each upload to this
+    service's own /classify, so it gets the same checks and the same batching as any client."""
+    if not SETTINGS.ui_url:
+        return service_class
+    from demo.app import ServiceClassifier, build_demo
+
+    page = build_demo(ServiceClassifier(SETTINGS.ui_url), subtitle=f"Served by BentoML: {BUNDLE.model_name}")
+    return bentoml.gradio.mount_gradio_app(page, path="/ui")(service_class)
+
+
+@mount_ui
 @bentoml.service(
     name="stadapter",
     workers=SETTINGS.api_workers,

@@ -34,8 +34,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def start_server(env: dict, log_path: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    port = port or free_port()
     log = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
