@@ -155,7 +155,10 @@ def mount_ui(service_class):
     service's own /classify, so it gets the same checks and the same batching as any client."""
     if not SETTINGS.ui_url:
         return service_class
-    from demo.app import ServiceClassifier, build_demo
+    try:
+        from demo.app import ServiceClassifier, build_demo
+    except ImportError as e:  # e.g. a bento, which carries neither demo/ nor gradio
+        raise SystemExit(f"stadapter serve: cannot start: STADAPTER_UI_URL needs the demo and gradio ({e})") from None
 
     page = build_demo(ServiceClassifier(SETTINGS.ui_url), subtitle=f"Served by BentoML: {BUNDLE.model_name}")
     return bentoml.gradio.mount_gradio_app(page, path="/ui")(service_class)
