@@ -135,6 +135,11 @@ async def run_level(url: str, video: bytes, clients: int, requests: int, fields:
         start = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
         wall = time.perf_counter() - start
+    return summarize(clients, requests, latencies, errors, wall)
+
+
+def summarize(clients: int, requests: int, latencies: list[float], errors: list[str], wall: float) -> dict:
+    """One load level's row: latency percentiles, throughput and errors."""
     return {
         "clients": clients,
         "requests": requests,
@@ -143,7 +148,7 @@ async def run_level(url: str, video: bytes, clients: int, requests: int, fields:
         "p50_ms": percentile(latencies, 50),
         "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99),
-        "throughput_rps": len(latencies) / wall,
+        "throughput_rps": len(latencies) / wall if wall else 0.0,
         "wall_s": wall,
     }
 
@@ -169,18 +174,8 @@ def paired_level(url: str, video: bytes, video_path: Path, predictor, requests: 
             predictor.classify(video_path, views=views)
             baseline.append((time.perf_counter() - start) * 1e3)
     wall = sum(latencies) / 1e3
-    level = {
-        "clients": 1,
-        "requests": requests,
-        "errors": len(errors),
-        "error_samples": errors[:3],
-        "p50_ms": percentile(latencies, 50),
-        "p95_ms": percentile(latencies, 95),
-        "p99_ms": percentile(latencies, 99),
-        "throughput_rps": len(latencies) / wall if wall else 0.0,
-        "wall_s": wall,
-        "outside_server_timings_p50_ms": percentile(outside, 50),
-    }
+    level = summarize(1, requests, latencies, errors, wall)
+    level["outside_server_timings_p50_ms"] = percentile(outside, 50)
     return level, baseline
 
 
