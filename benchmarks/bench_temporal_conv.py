@@ -76,8 +76,9 @@ def main() -> None:
         sessions = {}
         for form in FORMS:
             path = tmp / f"conv_{form}.onnx"
-            torch.onnx.export(ConvOnly(form == "conv3d").eval(), (h,), str(path), input_names=["h"],
-                              opset_version=18, dynamo=False)  # fmt: skip
+            torch.onnx.export(
+                ConvOnly(form == "conv3d").eval(), (h,), str(path), input_names=["h"], opset_version=18, dynamo=False
+            )
             sessions[form] = make_session(path, ["CPUExecutionProvider"], args.threads)
         conv_ms = time_sessions(sessions, h.numpy(), args.repeats * 5)
         # one adapter, B/16 token shapes

@@ -90,10 +90,15 @@ class PlainViT(nn.Module):
         blocks = set(cfg.adapter_blocks())
         self.transformer = nn.Module()
         self.transformer.resblocks = nn.ModuleList(
-            PlainBlock(d, cfg.heads, cfg.adapter_width, i in blocks and cfg.adapter_pre_attn,
-                       i in blocks and cfg.adapter_pre_mlp)
+            PlainBlock(
+                d,
+                cfg.heads,
+                cfg.adapter_width,
+                i in blocks and cfg.adapter_pre_attn,
+                i in blocks and cfg.adapter_pre_mlp,
+            )
             for i in range(cfg.layers)
-        )  # fmt: skip
+        )
         self.ln_post = LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(d, cfg.num_classes)
@@ -223,8 +228,10 @@ def main() -> None:
                 flush=True,
             )
 
-    print(f"\n{args.preset}, {args.frames} frames, batch {args.batch}, {args.precision} on {device}, "
-          f"{torch.get_num_threads()} threads; medians over {args.rounds * args.steps} steps")  # fmt: skip
+    print(
+        f"\n{args.preset}, {args.frames} frames, batch {args.batch}, {args.precision} on {device}, "
+        f"{torch.get_num_threads()} threads; medians over {args.rounds * args.steps} steps"
+    )
     print("| variant | s/step (wall) | clips/s | CPU s/step | peak memory (MB) |")
     print("|---|---|---|---|---|")
     rate, cpu = {}, {}

@@ -54,8 +54,9 @@ def make_video(path: Path, width: int, height: int, seconds: int = 10, fps: int 
 def reference_views(path: Path, num_frames: int = 8, size: int = 224) -> torch.Tensor:
     """The baseline: every frame decoded, converted to float RGB, normalized and resized; then 8 picked."""
     with av.open(str(path)) as container:
-        frames = [resize_short_side(normalize(f.to_ndarray(format="rgb24")[None]), size)
-                  for f in container.decode(video=0)]  # each [3, 1, H', W']  # fmt: skip
+        frames = [
+            resize_short_side(normalize(f.to_ndarray(format="rgb24")[None]), size) for f in container.decode(video=0)
+        ]  # each [3, 1, H', W']
     (picked,) = eval_indices(len(frames), num_frames, 0)
     clip = torch.cat([frames[i] for i in picked], dim=1)  # [3, T, H', W']
     return spatial_crops(clip, size, 1)[0][None]  # [1, 3, T, S, S]
@@ -82,8 +83,12 @@ def loader_clips_per_s(path: Path, workers: int, clips: int = 24) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per case (median reported)")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/stadapter-bench-video"),
-                        help="where the generated test videos are kept between runs")  # fmt: skip
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/stadapter-bench-video"),
+        help="where the generated test videos are kept between runs",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

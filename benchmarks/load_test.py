@@ -48,9 +48,12 @@ def start_server(bundle: Path, env: dict, log_path: Path) -> tuple[subprocess.Po
         port = s.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env={**os.environ, "STADAPTER_BUNDLE": str(bundle), **env},
-        stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env={**os.environ, "STADAPTER_BUNDLE": str(bundle), **env},
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:

@@ -263,10 +263,14 @@ def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE
         label = gr.Label(num_top_classes=TOP_K, label="Top-5", elem_id="top5", render=False)
         details = gr.Markdown(elem_id="details", render=False)
         gallery = gr.Gallery(
-            label="Frames the model looked at (after sampling and cropping)", render=False,
-            columns=GALLERY_COLUMNS, height=strip_height, object_fit="contain", format="png",
+            label="Frames the model looked at (after sampling and cropping)",
+            render=False,
+            columns=GALLERY_COLUMNS,
+            height=strip_height,
+            object_fit="contain",
+            format="png",
             elem_id="frames",
-        )  # fmt: skip
+        )
         outputs = [label, gallery, details]
         with gr.Row():
             with gr.Column(scale=1):
@@ -275,10 +279,15 @@ def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE
                 examples = example_videos()
                 if examples:
                     gr.Examples(
-                        examples=[[p] for p in examples], inputs=video, outputs=outputs, fn=classify,
-                        run_on_click=True, cache_examples=False, api_visibility="private",
+                        examples=[[p] for p in examples],
+                        inputs=video,
+                        outputs=outputs,
+                        fn=classify,
+                        run_on_click=True,
+                        cache_examples=False,
+                        api_visibility="private",
                         example_labels=[Path(p).stem.replace("_", " ") for p in examples],
-                    )  # fmt: skip
+                    )
             with gr.Column(scale=1):
                 label.render()
                 details.render()

@@ -17,21 +17,33 @@ def bench_parser() -> argparse.ArgumentParser:
         "markdown table and writes a PNG plot.",
     )
     p.add_argument("bundle", type=Path, help="model bundle directory made by stadapter-export")
-    p.add_argument("--backends", nargs="+", default=None,
-                   help="which to time, e.g. torch-cpu onnxruntime-cpu torch-cuda onnxruntime-cuda tensorrt "
-                   "(default: every one this machine can run on the bundle)")  # fmt: skip
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=None,
+        help="which to time, e.g. torch-cpu onnxruntime-cpu torch-cuda onnxruntime-cuda tensorrt "
+        "(default: every one this machine can run on the bundle)",
+    )
     p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32], help="batch sizes (default 1 8 32)")
     p.add_argument("--iters", type=int, default=10, help="timed calls per backend and batch, at most (default 10)")
-    p.add_argument("--budget", type=float, default=60.0,
-                   help="seconds per backend and batch after which no further call starts (default 60; "
-                   "at least one call always runs)")  # fmt: skip
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=60.0,
+        help="seconds per backend and batch after which no further call starts (default 60; "
+        "at least one call always runs)",
+    )
     p.add_argument("--repeats", type=int, default=1, help="sweeps over all backends, interleaved; medians reported")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch and ONNX Runtime")
     p.add_argument(
         "--png", type=Path, default=Path("bench_backends.png"), help="plot file (default bench_backends.png)"
     )
-    p.add_argument("--matmul-seconds", type=float, default=1.0,
-                   help="seconds of matmul timing before each row (the FLOP-floor reference; default 1)")  # fmt: skip
+    p.add_argument(
+        "--matmul-seconds",
+        type=float,
+        default=1.0,
+        help="seconds of matmul timing before each row (the FLOP-floor reference; default 1)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     return p
 
@@ -68,25 +80,35 @@ def run_bench(argv: list[str]) -> int:
     gflop = bench.model_gflops(b.config, b.preprocessing["num_frames"])
     shape = bench.matmul_shape(b.config, b.preprocessing["num_frames"])
     peak = bench.matmul_gflops(args.threads, *shape)
-    by_lib = {"torch.mm": bench.torch_matmul_gflops(args.threads, *shape),
-              "onnxruntime MatMul": bench.ort_matmul_gflops(args.threads, *shape)}  # fmt: skip
+    by_lib = {
+        "torch.mm": bench.torch_matmul_gflops(args.threads, *shape),
+        "onnxruntime MatMul": bench.ort_matmul_gflops(args.threads, *shape),
+    }
     libs = ", ".join(f"{k} {v:.1f}" for k, v in by_lib.items() if v is not None)
     print(f"# fp32 GEMM {shape[0]}x{shape[1]}x{shape[2]}, {args.threads} threads: {libs} GFLOP/s", flush=True)
-    print(f"# {b.model_name}: {gflop:.1f} GFLOP per clip; machine fp32 matmul {peak:.1f} GFLOP/s "
-          f"({args.threads} threads) -> FLOP floor {gflop / peak * 1e3:.0f} ms per clip", flush=True)  # fmt: skip
+    print(
+        f"# {b.model_name}: {gflop:.1f} GFLOP per clip; machine fp32 matmul {peak:.1f} GFLOP/s "
+        f"({args.threads} threads) -> FLOP floor {gflop / peak * 1e3:.0f} ms per clip",
+        flush=True,
+    )
     rows = []
     for _ in range(args.repeats):
         for batch in args.batches:
             for p in predictors:
                 row = bench.time_predictor(p, batch, args.iters, args.budget, gflop, args.threads, args.matmul_seconds)
-                print(f"  {row.backend:<18} batch {batch:>3}: {row.clips_per_s:8.2f} clips/s, "
-                      f"p50 {row.p50_ms:8.0f} ms ({row.iters} calls)", flush=True)  # fmt: skip
+                print(
+                    f"  {row.backend:<18} batch {batch:>3}: {row.clips_per_s:8.2f} clips/s, "
+                    f"p50 {row.p50_ms:8.0f} ms ({row.iters} calls)",
+                    flush=True,
+                )
                 rows.append(row)
     rows = median_rows(rows)
     info = bench.machine_info(args.threads)
     print()
-    print(f"Machine: {info['cpu']}, {info['cores']} cores, {args.threads} threads" + (
-        f", GPU {info['gpu']}" if "gpu" in info else ", no GPU"))  # fmt: skip
+    print(
+        f"Machine: {info['cpu']}, {info['cores']} cores, {args.threads} threads"
+        + (f", GPU {info['gpu']}" if "gpu" in info else ", no GPU")
+    )
     rates = [r.matmul_gflops for r in rows]
     print(
         f"fp32 matmul: {peak:.1f} GFLOP/s at the start, {statistics.median(rates):.1f} median before the rows "
@@ -103,9 +125,13 @@ def run_bench(argv: list[str]) -> int:
     print(f"\nplot: {args.png}")
     if args.json:
         payload = {
-            "machine": info, "matmul_gflops": peak, "matmul_by_library": by_lib, "gemm_shape": shape,
-            "gflop_per_clip": gflop, "rows": bench.rows_to_dicts(rows),
-        }  # fmt: skip
+            "machine": info,
+            "matmul_gflops": peak,
+            "matmul_by_library": by_lib,
+            "gemm_shape": shape,
+            "gflop_per_clip": gflop,
+            "rows": bench.rows_to_dicts(rows),
+        }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
@@ -119,8 +145,20 @@ def median_rows(rows):
     out = []
     for (backend, precision, batch), rs in groups.items():
         med = lambda field: statistics.median(getattr(r, field) for r in rs)  # noqa: B023
-        out.append(Row(backend, precision, batch, sum(r.iters for r in rs), med("clips_per_s"), med("p50_ms"),
-                       med("p99_ms"), med("gflops"), med("matmul_gflops"), med("floor_share")))  # fmt: skip
+        out.append(
+            Row(
+                backend,
+                precision,
+                batch,
+                sum(r.iters for r in rs),
+                med("clips_per_s"),
+                med("p50_ms"),
+                med("p99_ms"),
+                med("gflops"),
+                med("matmul_gflops"),
+                med("floor_share"),
+            )
+        )
     return sorted(out, key=lambda r: (r.backend, r.batch))
 
 

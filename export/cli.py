@@ -33,9 +33,10 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     p.add_argument(
-        "--dataset", choices=["synthetic", "k400", "ssv2"],
+        "--dataset",
+        choices=["synthetic", "k400", "ssv2"],
         help="recipe for preprocessing and class names when the checkpoint does not record them",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--labels", type=Path, help="class-name file, one per line (default: checkpoint, dataset preset, or class_<i>)"
     )
@@ -52,18 +53,24 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--trt-opt-batch", type=int, default=8, help="TensorRT profile: batch tuned for (default 8)")
     p.add_argument("--trt-max-batch", type=int, default=32, help="TensorRT profile: largest batch (default 32)")
     p.add_argument(
-        "--timing-cache", type=Path, default=None,
+        "--timing-cache",
+        type=Path,
+        default=None,
         help="TensorRT timing cache file, reused and updated (default ~/.cache/stadapter-deploy/tensorrt-timing.cache)",
-    )  # fmt: skip
+    )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset, at least 17 (default 18)")
     p.add_argument(
-        "--temporal-conv", choices=["shift", "conv3d"], default=None,
+        "--temporal-conv",
+        choices=["shift", "conv3d"],
+        default=None,
         help="form of the adapter's temporal conv in the ONNX graph (default shift: faster in ONNX Runtime)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--exporter", choices=["torchscript", "dynamo"], default="torchscript",
+        "--exporter",
+        choices=["torchscript", "dynamo"],
+        default="torchscript",
         help="torch.onnx exporter (default torchscript: fast, no extra dependency)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--no-verify", action="store_true", help="skip the parity gate (figures are then absent from the manifest)"
     )
@@ -84,20 +91,34 @@ def run_export(argv: list[str]) -> int:
     if args.check_videos < 1:
         raise ValueError("--check-videos must be at least 1")
     source = load_source(
-        checkpoint=args.checkpoint, clip=args.clip, adapter=args.adapter, preset=args.preset,
-        dataset=args.dataset, labels_file=args.labels, name=args.name,
-    )  # fmt: skip
+        checkpoint=args.checkpoint,
+        clip=args.clip,
+        adapter=args.adapter,
+        preset=args.preset,
+        dataset=args.dataset,
+        labels_file=args.labels,
+        name=args.name,
+    )
     options = ExportOptions(
-        fp16=args.fp16, trt=args.trt, verify=not args.no_verify, overwrite=args.overwrite,
-        opset=args.opset or DEFAULT_OPSET, conv_form=args.temporal_conv or DEFAULT_CONV_FORM,
-        exporter=args.exporter, trt_profile=profile, timing_cache=args.timing_cache or DEFAULT_TIMING_CACHE,
-        check_videos=args.check_videos, progress=not args.quiet,
-    )  # fmt: skip
+        fp16=args.fp16,
+        trt=args.trt,
+        verify=not args.no_verify,
+        overwrite=args.overwrite,
+        opset=args.opset or DEFAULT_OPSET,
+        conv_form=args.temporal_conv or DEFAULT_CONV_FORM,
+        exporter=args.exporter,
+        trt_profile=profile,
+        timing_cache=args.timing_cache or DEFAULT_TIMING_CACHE,
+        check_videos=args.check_videos,
+        progress=not args.quiet,
+    )
     result = export_bundle(source, args.out, options)
     print(summary(result.manifest, result.path))
     if result.trt_missing:
-        print(f"stadapter-export: --trt skipped: {result.trt_missing}; wrote the ONNX bundle at {result.path}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"stadapter-export: --trt skipped: {result.trt_missing}; wrote the ONNX bundle at {result.path}",
+            file=sys.stderr,
+        )
         return EXIT_TRT_MISSING
     return 0
 

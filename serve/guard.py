@@ -100,8 +100,7 @@ async def check_form(scope, body, route: UploadRoute) -> None:
     try:
         unknown = sorted(set(form.keys()) - {route.file_field, *route.options})
         if unknown:
-            raise Refusal(400, f"unknown field(s) {unknown}; this endpoint takes "
-                               f"{[route.file_field, *route.options]}")  # fmt: skip
+            raise Refusal(400, f"unknown field(s) {unknown}; this endpoint takes {[route.file_field, *route.options]}")
         files = form.getlist(route.file_field)
         if not files:
             raise Refusal(400, f"no video: upload the file in the multipart field {route.file_field!r}")

@@ -259,17 +259,19 @@ class STAdapter:
         results, offset = [], 0
         for d in decoded:
             views = len(d["clips"])
-            results.append({
-                "labels": self.layout.top_k(logits[offset : offset + views], top_k),
-                "backend": backend,
-                "frames": d["frames"],
-                "timings_ms": {
-                    "decode": d["timings_ms"]["decode"],
-                    "preprocess": d["timings_ms"]["preprocess"],
-                    "infer": infer_ms,
-                    "total": (time.perf_counter() - start) * 1e3,
-                },
-            })  # fmt: skip
+            results.append(
+                {
+                    "labels": self.layout.top_k(logits[offset : offset + views], top_k),
+                    "backend": backend,
+                    "frames": d["frames"],
+                    "timings_ms": {
+                        "decode": d["timings_ms"]["decode"],
+                        "preprocess": d["timings_ms"]["preprocess"],
+                        "infer": infer_ms,
+                        "total": (time.perf_counter() - start) * 1e3,
+                    },
+                }
+            )
             offset += views
         return results[0] if single else results
 

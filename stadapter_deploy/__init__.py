@@ -17,6 +17,12 @@ def load_predictor(bundle, backend: str = "auto", **kwargs):
 
 
 __all__ = [
-    "BundleError", "ConfigError", "ModelConfig", "STAdapterError", "VideoError", "WeightsError",
-    "build_model", "load_predictor",
-]  # fmt: skip
+    "BundleError",
+    "ConfigError",
+    "ModelConfig",
+    "STAdapterError",
+    "VideoError",
+    "WeightsError",
+    "build_model",
+    "load_predictor",
+]

@@ -1,4 +1,4 @@
-"""The reference training/eval recipes (DESIGN section 3) and the class-name files, in one place.
+"""The reference training/eval recipes (docs/method.md) and the class-name files, in one place.
 
 Training reads the hyperparameters; export and serving read the preprocessing and class names.
 """
@@ -43,26 +43,50 @@ def make_preprocessing(
     from .video.transforms import CLIP_MEAN, CLIP_STD
 
     return dict(
-        num_frames=num_frames, sampling_rate=sampling_rate, size=size, mean=list(CLIP_MEAN), std=list(CLIP_STD),
-        spatial_views=spatial_views, temporal_views=temporal_views,
-    )  # fmt: skip
+        num_frames=num_frames,
+        sampling_rate=sampling_rate,
+        size=size,
+        mean=list(CLIP_MEAN),
+        std=list(CLIP_STD),
+        spatial_views=spatial_views,
+        temporal_views=temporal_views,
+    )
 
 
 RECIPES: dict[str, Recipe] = {
     "k400": Recipe(
-        "k400", "vit_b16_adapter12x384", 400, sampling_rate=16, temporal_views=3,
-        train_augment="k400", total_batch=192, epochs=12,
+        "k400",
+        "vit_b16_adapter12x384",
+        400,
+        sampling_rate=16,
+        temporal_views=3,
+        train_augment="k400",
+        total_batch=192,
+        epochs=12,
     ),
     "ssv2": Recipe(
-        "ssv2", "vit_b16_adapter24x384", 174, sampling_rate=0, spatial_views=3,
-        train_augment="ssv2", total_batch=256, epochs=50,
+        "ssv2",
+        "vit_b16_adapter24x384",
+        174,
+        sampling_rate=0,
+        spatial_views=3,
+        train_augment="ssv2",
+        total_batch=256,
+        epochs=50,
     ),
     # Tiny model on generated motion clips: the smoke test and the quickstart (see video/synthetic.py).
     "synthetic": Recipe(
-        "synthetic", "tiny", 6, sampling_rate=0, train_augment="none",
-        total_batch=32, epochs=8, warmup_epochs=1.0, lr_per_256=0.12,
+        "synthetic",
+        "tiny",
+        6,
+        sampling_rate=0,
+        train_augment="none",
+        total_batch=32,
+        epochs=8,
+        warmup_epochs=1.0,
+        lr_per_256=0.12,
     ),
-}  # fmt: skip
+}
 
 
 def get_recipe(name: str) -> Recipe:

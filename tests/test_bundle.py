@@ -127,9 +127,15 @@ def test_tensorrt_artifact_for_another_gpu_is_not_offered(tiny_bundle, tmp_path)
         from stadapter_deploy.runtime.bundle import artifact_entry
 
         entry = artifact_entry(
-            copy, "model.fp16.other-gpu.trt10.0.0.plan", backend="tensorrt", precision="fp16", batch=(1, 32),
-            gpu="Other GPU", tensorrt_version="10.0.0", profile={"min": 1, "opt": 8, "max": 32},
-        )  # fmt: skip
+            copy,
+            "model.fp16.other-gpu.trt10.0.0.plan",
+            backend="tensorrt",
+            precision="fp16",
+            batch=(1, 32),
+            gpu="Other GPU",
+            tensorrt_version="10.0.0",
+            profile={"min": 1, "opt": 8, "max": 32},
+        )
         m["artifacts"].append(entry)
 
     rewrite_manifest(copy, add_engine)
@@ -148,10 +154,31 @@ def test_model_gflops_matches_the_design_figure():
 def test_bench_cli_prints_a_table_and_writes_a_plot(tiny_bundle, tmp_path):
     png, js = tmp_path / "bench.png", tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "export", "bench", str(tiny_bundle), "--batches", "1", "2", "--iters", "2",
-         "--png", str(png), "--json", str(js), "--threads", "1", "--matmul-seconds", "0.1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "bench",
+            str(tiny_bundle),
+            "--batches",
+            "1",
+            "2",
+            "--iters",
+            "2",
+            "--png",
+            str(png),
+            "--json",
+            str(js),
+            "--threads",
+            "1",
+            "--matmul-seconds",
+            "0.1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| backend | precision | batch |" in proc.stdout and "matmul" in proc.stdout
     rows = json.loads(js.read_text())["rows"]
@@ -172,8 +199,23 @@ def test_tensorrt_engine_end_to_end(tmp_path):
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
     out = tmp_path / "bundle"
     cache = tmp_path / "timing.cache"
-    args = ["--checkpoint", str(ckpt), "--out", str(out), "--trt", "--fp16", "--quiet", "--timing-cache", str(cache),
-            "--trt-min-batch", "1", "--trt-opt-batch", "2", "--trt-max-batch", "4"]  # fmt: skip
+    args = [
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--trt",
+        "--fp16",
+        "--quiet",
+        "--timing-cache",
+        str(cache),
+        "--trt-min-batch",
+        "1",
+        "--trt-opt-batch",
+        "2",
+        "--trt-max-batch",
+        "4",
+    ]
     assert main(args) == 0
     assert cache.stat().st_size > 0
     engine = load_bundle(out).find("tensorrt")[0]

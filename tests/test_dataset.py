@@ -24,8 +24,15 @@ def test_list_paths_with_spaces_and_comments(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("line,message", [("a.mp4 6", "label 6 is outside"), ("a.mp4 -1", "outside"),
-                                          ("a.mp4 x", "integer label"), ("a.mp4", "integer label")])  # fmt: skip
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("a.mp4 6", "label 6 is outside"),
+        ("a.mp4 -1", "outside"),
+        ("a.mp4 x", "integer label"),
+        ("a.mp4", "integer label"),
+    ],
+)
 def test_bad_label_names_file_and_line(tmp_path, line, message):
     path = tmp_path / "train.txt"
     path.write_text(f"ok.mp4 1\n{line}\n")
@@ -67,8 +74,9 @@ def test_dataloader_workers_reproduce_the_same_batches(entries):
 
 
 def test_eval_views_match_the_eval_path(entries):
-    ds = VideoClipDataset(entries[:2], num_frames=4, sampling_rate=2, size=32, train=False,
-                          spatial_views=3, temporal_views=2)  # fmt: skip
+    ds = VideoClipDataset(
+        entries[:2], num_frames=4, sampling_rate=2, size=32, train=False, spatial_views=3, temporal_views=2
+    )
     views, label, index = ds[1]
     assert views.shape == (6, 3, 4, 32, 32)
     expected = prepare_eval_views(entries[1][0], 4, 2, spatial_views=3, temporal_views=2, size=32).clips
@@ -117,8 +125,21 @@ def test_list_checker_cli(synthetic_data, tmp_path):
     lines += ["videos/broken.mp4 1", "videos/missing.mp4 2", "videos/train_00000.mp4 9", "# comment"]
     (root / "list.txt").write_text("\n".join(lines) + "\n")
     out = tmp_path / "clean.txt"
-    cmd = [sys.executable, "-m", "stadapter_deploy.video.check_list", str(root / "list.txt"), "--root", str(root),
-           "--num-classes", "6", "--out", str(out), "--workers", "2", "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "stadapter_deploy.video.check_list",
+        str(root / "list.txt"),
+        "--root",
+        str(root),
+        "--num-classes",
+        "6",
+        "--out",
+        str(out),
+        "--workers",
+        "2",
+        "--quiet",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "4 of 7 entries kept" in result.stdout
@@ -129,6 +150,10 @@ def test_list_checker_cli(synthetic_data, tmp_path):
     assert "not a readable video" in reasons["videos/broken.mp4"]
     assert "not found" in reasons["videos/missing.mp4"]
     assert "label '9'" in reasons["videos/train_00000.mp4"]
-    bad = subprocess.run(cmd[:4] + ["--root", str(tmp_path / "nope"), "--num-classes", "6", "--out", str(out)],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    bad = subprocess.run(
+        cmd[:4] + ["--root", str(tmp_path / "nope"), "--num-classes", "6", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr

@@ -150,8 +150,11 @@ def test_local_classifier_shows_every_view(tiny_bundle, predictor, clips_dir):
 def test_cli_rejects_a_missing_bundle(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "demo", "--bundle", str(tmp_path / "nope")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error:")
@@ -198,7 +201,10 @@ def test_cli_says_when_the_port_is_taken(tiny_bundle):
         port = taken.getsockname()[1]
         proc = subprocess.run(
             [sys.executable, "-m", "demo", "--bundle", str(tiny_bundle), "--port", str(port)],
-            cwd=ROOT, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and f"cannot listen on 127.0.0.1:{port}" in proc.stderr

@@ -12,10 +12,12 @@ def service_url(tiny_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-service")
     port = free_port()
     env = {
-        "STADAPTER_BUNDLE": str(tiny_bundle), "STADAPTER_DECODE_WORKERS": "1", "BENTOML_DO_NOT_TRACK": "True",
+        "STADAPTER_BUNDLE": str(tiny_bundle),
+        "STADAPTER_DECODE_WORKERS": "1",
+        "BENTOML_DO_NOT_TRACK": "True",
         "BENTOML_HOME": str(root / "bentoml"),
         "STADAPTER_UI_URL": f"http://127.0.0.1:{port}",  # the page at /ui classifies through this service
-    }  # fmt: skip
+    }
     log_path = root / "server.log"
     process, url = start_server(env, log_path, port=port)
     try:

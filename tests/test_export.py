@@ -48,9 +48,14 @@ def test_cli_writes_a_verified_bundle(fp16_bundle):
     assert m["schema_version"] == "stadapter-deploy/bundle-v1"
     assert m["config"]["width"] == 64 and m["num_classes"] == 6
     assert m["preprocessing"] == {
-        "num_frames": 8, "sampling_rate": 0, "size": 32, "mean": [0.48145466, 0.4578275, 0.40821073],
-        "std": [0.26862954, 0.26130258, 0.27577711], "spatial_views": 1, "temporal_views": 1,
-    }  # fmt: skip
+        "num_frames": 8,
+        "sampling_rate": 0,
+        "size": 32,
+        "mean": [0.48145466, 0.4578275, 0.40821073],
+        "std": [0.26862954, 0.26130258, 0.27577711],
+        "spatial_views": 1,
+        "temporal_views": 1,
+    }
     assert m["labels"]["file"] == "labels.txt" and (fp16_bundle / "labels.txt").read_text().startswith("moving")
     assert {"torch", "onnx", "onnxruntime", "tensorrt"} <= set(m["versions"]) and m["created"]
     assert m["parity"]["passed"] and m["parity"]["check_clips"] == 2
@@ -125,16 +130,33 @@ def test_clip_and_reference_adapter_checkpoint(tmp_path):
     reference = {"model": trainable_state_dict(model), "optimizer": {}, "next_epoch": 5}
     torch.save(reference, tmp_path / "checkpoint-4.pth")
     out = tmp_path / "bundle"
-    code = main([
-        "--clip", str(tmp_path / "clip.pt"), "--adapter", str(tmp_path / "checkpoint-4.pth"), "--preset", "tiny",
-        "--dataset", "synthetic", "--out", str(out), "--quiet", "--check-videos", "1",
-    ])  # fmt: skip
+    code = main(
+        [
+            "--clip",
+            str(tmp_path / "clip.pt"),
+            "--adapter",
+            str(tmp_path / "checkpoint-4.pth"),
+            "--preset",
+            "tiny",
+            "--dataset",
+            "synthetic",
+            "--out",
+            str(out),
+            "--quiet",
+            "--check-videos",
+            "1",
+        ]
+    )
     assert code == 0
     bundle = load_bundle(out)
     assert bundle.labels[0] == "moving left" and bundle.manifest["source"]["adapter"].endswith("checkpoint-4.pth")
     clips = torch.randn(2, 3, 8, 32, 32)
-    model.load_state_dict({k: v.half().float() if not k.startswith("fc.") and ".adapter_pre_" not in k else v
-                           for k, v in model.state_dict().items()})  # fmt: skip
+    model.load_state_dict(
+        {
+            k: v.half().float() if not k.startswith("fc.") and ".adapter_pre_" not in k else v
+            for k, v in model.state_dict().items()
+        }
+    )
     with torch.no_grad():
         expected = model(clips).numpy()
     got = load_predictor(out, backend="onnxruntime").predict(clips)
@@ -148,8 +170,19 @@ def test_clip_adapter_pair_that_does_not_fit(tmp_path, capsys):
     backbone = {f"visual.{k}": v for k, v in small.state_dict().items() if ".adapter_pre_" not in k and k[:3] != "fc."}
     torch.save(backbone, tmp_path / "clip.pt")
     torch.save({"model": trainable_state_dict(other)}, tmp_path / "checkpoint-0.pth")
-    code = main(["--clip", str(tmp_path / "clip.pt"), "--adapter", str(tmp_path / "checkpoint-0.pth"),
-                 "--preset", "tiny", "--out", str(tmp_path / "b"), "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "--clip",
+            str(tmp_path / "clip.pt"),
+            "--adapter",
+            str(tmp_path / "checkpoint-0.pth"),
+            "--preset",
+            "tiny",
+            "--out",
+            str(tmp_path / "b"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1
     assert "does not fit" in err and "adapter_pre_" in err
@@ -217,8 +250,19 @@ def test_no_traceback_from_the_console_entry(tmp_path):
 def test_help_explains_every_option():
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for flag in ("--checkpoint", "--clip", "--adapter", "--out", "--labels", "--dataset", "--fp16", "--trt",
-                 "--no-verify", "--trt-max-batch", "--timing-cache"):  # fmt: skip
+    for flag in (
+        "--checkpoint",
+        "--clip",
+        "--adapter",
+        "--out",
+        "--labels",
+        "--dataset",
+        "--fp16",
+        "--trt",
+        "--no-verify",
+        "--trt-max-batch",
+        "--timing-cache",
+    ):
         assert flag in proc.stdout
 
 

@@ -1,4 +1,4 @@
-"""The model against DESIGN section 1, checked with an independent, literal re-implementation."""
+"""The model against docs/method.md section 1, checked with an independent, literal re-implementation."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from stadapter_deploy import build_model
 from stadapter_deploy.model import STAdapter, is_trainable_name
 
 # ----------------------------------------------------------------------------- a plain reference
-# Written straight from DESIGN section 1 (and the reference code's layout): sequence-first tokens,
+# Written straight from docs/method.md section 1 (and the reference code's layout): sequence-first tokens,
 # nn.MultiheadAttention-style math by hand, and the adapter as permute -> nn.Conv3d -> permute.
 
 

@@ -25,9 +25,13 @@ def quickstart_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("quickstart")
     args = ["--fast", "--dir", str(work / "run"), "--data", str(work / "data")]
     proc = subprocess.run(
-        [str(SCRIPT), "--no-serve", *args], cwd=ROOT, env=quickstart_env(),
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [str(SCRIPT), "--no-serve", *args],
+        cwd=ROOT,
+        env=quickstart_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, args, proc.stdout
 
@@ -54,9 +58,13 @@ def test_quickstart_skips_finished_steps_and_starts_the_demo(quickstart_run):
     work, args, _ = quickstart_run
     port = free_port()
     proc = subprocess.Popen(
-        [str(SCRIPT), *args, "--port", str(port)], cwd=ROOT, env=quickstart_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [str(SCRIPT), *args, "--port", str(port)],
+        cwd=ROOT,
+        env=quickstart_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     try:
         deadline = time.monotonic() + 120

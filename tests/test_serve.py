@@ -39,8 +39,12 @@ def start_server(env: dict, log_path: Path, port: int | None = None) -> tuple[su
     log = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -383,9 +387,12 @@ def test_startup_fails_in_one_line_on_a_bad_bundle(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     result = subprocess.run(
         [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
-        cwd=ROOT, env={**os.environ, "STADAPTER_BUNDLE": str(tmp_path)}, capture_output=True, text=True,
+        cwd=ROOT,
+        env={**os.environ, "STADAPTER_BUNDLE": str(tmp_path)},
+        capture_output=True,
+        text=True,
         timeout=120,
-    )  # fmt: skip
+    )
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("stadapter serve: cannot start:") and "schema" in lines[-1]

@@ -95,8 +95,13 @@ def test_short_synthetic_run_learns_and_writes_every_output(motion_data, tmp_pat
 
     # final model in our format, with what export needs
     meta = json.loads((out / "final" / "config.json").read_text())
-    assert meta["recipe"] == {"dataset": "synthetic", "num_frames": 8, "sampling_rate": 0,
-                              "spatial_views": 1, "temporal_views": 1}  # fmt: skip
+    assert meta["recipe"] == {
+        "dataset": "synthetic",
+        "num_frames": 8,
+        "sampling_rate": 0,
+        "spatial_views": 1,
+        "temporal_views": 1,
+    }
     assert meta["class_names"] == ["moving left", "moving right"]
     model = build_model(checkpoint=out / "final")
     for k, v in state["model"].items():
@@ -137,18 +142,39 @@ def test_resume_gives_the_same_weights_as_a_straight_run(motion_data, tmp_path):
 def test_two_process_torchrun_matches_one_process(motion_data, tmp_path):
     train_list = sub_list(motion_data, "train", 32, tmp_path)
     val_list = sub_list(motion_data, "val", 7, tmp_path)  # 7 videos over 2 ranks: 4 + 3, none twice
-    args = ["synthetic", "--data-root", str(motion_data), "--train-list", str(train_list),
-            "--val-list", str(val_list), "--epochs", "2", "--total-batch", "16", "--num-workers", "0",
-            "--device", "cpu"]  # fmt: skip
+    args = [
+        "synthetic",
+        "--data-root",
+        str(motion_data),
+        "--train-list",
+        str(train_list),
+        "--val-list",
+        str(val_list),
+        "--epochs",
+        "2",
+        "--total-batch",
+        "16",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    two = subprocess.run([*torchrun, "-m", "train", *args, "--save-dir", str(tmp_path / "two")],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    two = subprocess.run(
+        [*torchrun, "-m", "train", *args, "--save-dir", str(tmp_path / "two")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert "batch 16 = 2 x 8 x 1 accumulation" in two.stdout
     # one process, the same global batch of 16 reached as 2 accumulation steps of 8
-    train_synthetic(tmp_path / "one", motion_data, train_list=train_list, val_list=val_list,
-                    epochs=2, total_batch=16, batch_size=8)  # fmt: skip
+    train_synthetic(
+        tmp_path / "one", motion_data, train_list=train_list, val_list=val_list, epochs=2, total_batch=16, batch_size=8
+    )
 
     log_two, log_one = read_log(tmp_path / "two"), read_log(tmp_path / "one")
     assert log_two[-1]["val_videos"] == log_one[-1]["val_videos"] == 7
@@ -172,8 +198,15 @@ def test_broken_and_missing_videos_are_skipped_and_reported(motion_data, tmp_pat
     val_list = sub_list(motion_data, "val", 5, tmp_path, extra="videos/missing-val.mp4 1\n")
     try:
         # 12 entries = 3 batches of 4: every entry is visited; two DataLoader workers log their skips
-        last = train_synthetic(tmp_path / "run", motion_data, train_list=train_list, val_list=val_list,
-                               epochs=1, total_batch=4, num_workers=2)  # fmt: skip
+        last = train_synthetic(
+            tmp_path / "run",
+            motion_data,
+            train_list=train_list,
+            val_list=val_list,
+            epochs=1,
+            total_batch=4,
+            num_workers=2,
+        )
     finally:
         for name in ("text.mp4", "truncated.mp4"):
             (motion_data / "videos" / f"broken-{tmp_path.name}-{name}").unlink()
@@ -188,8 +221,14 @@ def test_broken_and_missing_videos_are_skipped_and_reported(motion_data, tmp_pat
 def test_bad_configuration_fails_before_any_work(motion_data, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "STADAPTER_DATA_CONFIG"} | {"PYTHONPATH": str(REPO)}
     out = tmp_path / "k400"
-    proc = subprocess.run([sys.executable, "-m", "train", "k400", "--save-dir", str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "train", "k400", "--save-dir", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "train_root is not set" in proc.stderr and "--data-config" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()

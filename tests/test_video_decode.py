@@ -95,8 +95,12 @@ def test_rotation_tag_gives_frames_as_displayed(tmp_path, tag, expected_corner):
     shown = outputs[0][0]
     assert shown.shape == ((64, 48, 3) if tag % 180 else (48, 64, 3))
     h, w = shown.shape[:2]
-    corners = {"top-left": shown[:8, :8], "top-right": shown[:8, w - 8 :],
-               "bottom-left": shown[h - 8 :, :8], "bottom-right": shown[h - 8 :, w - 8 :]}  # fmt: skip
+    corners = {
+        "top-left": shown[:8, :8],
+        "top-right": shown[:8, w - 8 :],
+        "bottom-left": shown[h - 8 :, :8],
+        "bottom-right": shown[h - 8 :, w - 8 :],
+    }
     red = {name for name, patch in corners.items() if patch[..., 0].mean() > 200 and patch[..., 1].mean() < 60}
     assert red == {expected_corner}  # players turn the picture counterclockwise by the tag's angle
     assert load_eval_views(path, num_frames=4, size=32).shape == (1, 3, 4, 32, 32)

@@ -1,4 +1,4 @@
-"""Frame sampling against DESIGN section 3, with hand-computed cases."""
+"""Frame sampling against docs/method.md section 2, with hand-computed cases."""
 
 import numpy as np
 import pytest

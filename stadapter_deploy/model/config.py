@@ -78,11 +78,19 @@ PRESETS: dict[str, ModelConfig] = {
     ),
     # Small enough to train on 2 CPU cores in minutes; for tests, the synthetic recipe and the quickstart.
     "tiny": ModelConfig(
-        width=64, layers=3, heads=2, patch_size=8, image_size=32,
-        adapter_width=32, adapter_layers=3, adapter_pre_attn=True, adapter_pre_mlp=True,
-        num_classes=6, dropout=0.0,
+        width=64,
+        layers=3,
+        heads=2,
+        patch_size=8,
+        image_size=32,
+        adapter_width=32,
+        adapter_layers=3,
+        adapter_pre_attn=True,
+        adapter_pre_mlp=True,
+        num_classes=6,
+        dropout=0.0,
     ),
-}  # fmt: skip
+}
 
 
 def get_preset(name: str) -> ModelConfig:

@@ -63,9 +63,12 @@ class STAdapter(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(width, adapter_width)
         self.conv = nn.Conv3d(
-            adapter_width, adapter_width, kernel_size=(kernel_t, 1, 1),
-            padding=(kernel_t // 2, 0, 0), groups=adapter_width,
-        )  # fmt: skip
+            adapter_width,
+            adapter_width,
+            kernel_size=(kernel_t, 1, 1),
+            padding=(kernel_t // 2, 0, 0),
+            groups=adapter_width,
+        )
         self.fc2 = nn.Linear(adapter_width, width)
         # A fresh adapter is exactly the identity.
         for p in (self.conv.weight, self.conv.bias, self.fc1.bias, self.fc2.bias):

@@ -198,9 +198,12 @@ def infer_adapter_config(sd: StateDict, layers: int) -> dict:
         )
     kernel_t = next(v.shape[2] for k, v in sd.items() if k.endswith(".conv.weight"))
     return cfg | dict(
-        adapter_width=width, adapter_layers=len(blocks), adapter_kernel_t=kernel_t,
-        adapter_pre_attn="attn" in placements, adapter_pre_mlp="mlp" in placements,
-    )  # fmt: skip
+        adapter_width=width,
+        adapter_layers=len(blocks),
+        adapter_kernel_t=kernel_t,
+        adapter_pre_attn="attn" in placements,
+        adapter_pre_mlp="mlp" in placements,
+    )
 
 
 # ----------------------------------------------------------------------------- our checkpoint format

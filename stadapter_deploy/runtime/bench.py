@@ -65,10 +65,12 @@ def ort_matmul_gflops(threads: int, m: int = 1576, k: int = 768, n: int = 3072, 
         return None
     weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "w"], ["y"])], "gemm",
+        [helper.make_node("MatMul", ["a", "w"], ["y"])],
+        "gemm",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight],
-    )  # fmt: skip
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        [weight],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -123,9 +125,17 @@ def time_predictor(
     p99 = float(np.percentile(times, 99))
     achieved = gflop_per_clip * batch / p50
     return Row(
-        predictor.backend, getattr(predictor, "precision", "fp32"), batch, len(times),
-        batch / p50, p50 * 1e3, p99 * 1e3, achieved, peak, achieved / peak,
-    )  # fmt: skip
+        predictor.backend,
+        getattr(predictor, "precision", "fp32"),
+        batch,
+        len(times),
+        batch / p50,
+        p50 * 1e3,
+        p99 * 1e3,
+        achieved,
+        peak,
+        achieved / peak,
+    )
 
 
 def machine_info(threads: int) -> dict:

@@ -201,16 +201,25 @@ def export_bundle(source: ExportSource, out: str | Path, options: ExportOptions 
 
 def _onnx_artifact(model, folder: Path, name: str, precision: str, cfg, options: ExportOptions, fields) -> dict:
     path = export_onnx(
-        model, folder / name, opset=options.opset, fp16=precision == "fp16", form=options.conv_form,
-        exporter=options.exporter, num_frames=cfg.num_frames,
-    )  # fmt: skip
+        model,
+        folder / name,
+        opset=options.opset,
+        fp16=precision == "fp16",
+        form=options.conv_form,
+        exporter=options.exporter,
+        num_frames=cfg.num_frames,
+    )
     data = external_data_file(path)
     ops = count_ops(path)
     return B.artifact_entry(
-        folder, name, backend="onnxruntime", precision=precision,
+        folder,
+        name,
+        backend="onnxruntime",
+        precision=precision,
         extra_files=[data.name] if data else [],
-        layer_norm_nodes=ops.get("LayerNormalization", 0), **fields,
-    )  # fmt: skip
+        layer_norm_nodes=ops.get("LayerNormalization", 0),
+        **fields,
+    )
 
 
 def _trt_artifact(folder: Path, cfg, options: ExportOptions) -> dict:
@@ -224,10 +233,16 @@ def _trt_artifact(folder: Path, cfg, options: ExportOptions) -> dict:
     build_engine(folder / ONNX_FILE, plan, clip_shape, options.trt_profile, options.timing_cache)
     p = options.trt_profile
     return B.artifact_entry(
-        folder, plan.name, backend="tensorrt", precision="fp16", batch=(p.min, p.max),
-        profile={"min": p.min, "opt": p.opt, "max": p.max}, gpu=gpu, tensorrt_version=trt.__version__,
+        folder,
+        plan.name,
+        backend="tensorrt",
+        precision="fp16",
+        batch=(p.min, p.max),
+        profile={"min": p.min, "opt": p.opt, "max": p.max},
+        gpu=gpu,
+        tensorrt_version=trt.__version__,
         built_from=ONNX_FILE,
-    )  # fmt: skip
+    )
 
 
 def make_manifest(source: ExportSource, cfg, folder: Path, artifacts: list[dict]) -> dict:
@@ -257,8 +272,12 @@ def verify_bundle(model: torch.nn.Module, bundle: B.Bundle, options: ExportOptio
     for artifact in bundle.artifacts:
         backend, precision = artifact["backend"], artifact["precision"]
         device = "cuda" if backend == "tensorrt" else "cpu"
-        predictor = load_predictor(bundle, backend=backend, device=None if backend == "tensorrt" else device,
-                                   precision=None if backend == "tensorrt" else precision)  # fmt: skip
+        predictor = load_predictor(
+            bundle,
+            backend=backend,
+            device=None if backend == "tensorrt" else device,
+            precision=None if backend == "tensorrt" else precision,
+        )
         figures = check_artifact(predictor.predict, reference, inputs, precision)
         results[artifact["file"]] = figures
         artifact["parity"] = figures
@@ -286,23 +305,26 @@ def model_card(manifest: dict) -> str:
         else:
             fig = f"min cosine {par['min_cosine']:.6f}, top-1 agreement {par['top1_agreement']:.0%}"
         rows.append(f"| `{a['file']}` | {a['backend']} | {a['precision']} | {fig} |")
-    return "\n".join([
-        f"# {manifest['model_name']}",
-        "",
-        f"ST-Adapter video classifier, {cfg['num_classes']} classes, made {manifest['created']} by stadapter-export.",
-        "",
-        f"Input: {pre['num_frames']} frames (sampling rate {pre['sampling_rate'] or 'uniform'}), "
-        f"{pre['size']}x{pre['size']}, CLIP-normalized; {pre['spatial_views']} spatial x "
-        f"{pre['temporal_views']} temporal views averaged.",
-        "",
-        "| file | backend | precision | parity vs torch fp32 (check clips) |",
-        "|---|---|---|---|",
-        *rows,
-        "",
-        "```python",
-        "from stadapter_deploy import load_predictor",
-        'predictor = load_predictor("path/to/this/bundle")  # backend="auto"',
-        'print(predictor.classify("video.mp4", top_k=5))',
-        "```",
-        "",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"# {manifest['model_name']}",
+            "",
+            f"ST-Adapter video classifier, {cfg['num_classes']} classes, "
+            f"made {manifest['created']} by stadapter-export.",
+            "",
+            f"Input: {pre['num_frames']} frames (sampling rate {pre['sampling_rate'] or 'uniform'}), "
+            f"{pre['size']}x{pre['size']}, CLIP-normalized; {pre['spatial_views']} spatial x "
+            f"{pre['temporal_views']} temporal views averaged.",
+            "",
+            "| file | backend | precision | parity vs torch fp32 (check clips) |",
+            "|---|---|---|---|",
+            *rows,
+            "",
+            "```python",
+            "from stadapter_deploy import load_predictor",
+            'predictor = load_predictor("path/to/this/bundle")  # backend="auto"',
+            'print(predictor.classify("video.mp4", top_k=5))',
+            "```",
+            "",
+        ]
+    )

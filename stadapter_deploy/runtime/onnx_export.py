@@ -100,10 +100,16 @@ def _half_copy(model: nn.Module) -> nn.Module:
 def _torch_export(net: nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str) -> None:
     if exporter == "torchscript":
         torch.onnx.export(
-            net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            opset_version=opset, dynamo=False, do_constant_folding=True,
+            net,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )  # fmt: skip
+        )
     elif exporter == "dynamo":
         try:
             import onnxscript  # noqa: F401  (the dynamo exporter translates through it)
@@ -111,9 +117,16 @@ def _torch_export(net: nn.Module, example: torch.Tensor, path: Path, opset: int,
             raise ValueError("--exporter dynamo needs onnxscript (pip install onnxscript)") from None
         batch = torch.export.Dim("batch", min=1, max=4096)
         torch.onnx.export(
-            net, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), verbose=False,
-        )  # fmt: skip
+            net,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=opset,
+            dynamo=True,
+            dynamic_shapes=({0: batch},),
+            verbose=False,
+        )
     else:
         raise ValueError(f"unknown exporter {exporter!r}; choose torchscript or dynamo")
 
@@ -151,9 +164,13 @@ def save_onnx(proto, path: Path) -> None:
         onnx.save_model(proto, str(path))
     else:
         onnx.save_model(
-            proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=data_file.name, size_threshold=1024,
-        )  # fmt: skip
+            proto,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_file.name,
+            size_threshold=1024,
+        )
 
 
 def external_data_file(path: Path) -> Path | None:

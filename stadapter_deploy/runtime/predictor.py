@@ -86,9 +86,13 @@ class Predictor:
         spatial, temporal = self.view_layout(views)
         p = self.preprocessing
         return prepare_eval_views(
-            video, num_frames=p["num_frames"], sampling_rate=p["sampling_rate"],
-            spatial_views=spatial, temporal_views=temporal, size=p["size"],
-        )  # fmt: skip
+            video,
+            num_frames=p["num_frames"],
+            sampling_rate=p["sampling_rate"],
+            spatial_views=spatial,
+            temporal_views=temporal,
+            size=p["size"],
+        )
 
     def top_k(self, logits: np.ndarray, top_k: int = 5) -> list[dict]:
         """Softmax per view, averaged over views (as training eval does); the top_k classes."""

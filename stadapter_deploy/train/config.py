@@ -40,7 +40,7 @@ MAX_AUTO_BATCH = 64  # per process, as the reference recipes run (3 x 64, 4 x 64
 class TrainConfig:
     dataset: str
     save_dir: Path
-    # recipe (DESIGN section 3); every value can be overridden
+    # recipe (docs/method.md); every value can be overridden
     preset: str
     num_classes: int
     num_frames: int
@@ -86,9 +86,12 @@ class TrainConfig:
     def recipe_meta(self) -> dict:
         """What export and serving need to preprocess like this run evaluates."""
         return {
-            "dataset": self.dataset, "num_frames": self.num_frames, "sampling_rate": self.sampling_rate,
-            "spatial_views": self.spatial_views, "temporal_views": self.temporal_views,
-        }  # fmt: skip
+            "dataset": self.dataset,
+            "num_frames": self.num_frames,
+            "sampling_rate": self.sampling_rate,
+            "spatial_views": self.spatial_views,
+            "temporal_views": self.temporal_views,
+        }
 
 
 def recipe_defaults(dataset: str) -> dict:

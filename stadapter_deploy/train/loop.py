@@ -211,9 +211,12 @@ class Trainer:
         loss_sum = clips = 0.0
         skipped_before = self.train_set.skipped
         bar = tqdm(
-            total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-            disable=not self.dist.is_main, dynamic_ncols=True, leave=False,
-        )  # fmt: skip
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            disable=not self.dist.is_main,
+            dynamic_ncols=True,
+            leave=False,
+        )
         start = time.perf_counter()
         for i, (x, labels, _) in enumerate(self.train_loader):
             if i >= micro_batches:
@@ -256,9 +259,12 @@ class Trainer:
     def validate(self) -> dict:
         result = evaluate(self.model, self.val_loader, self.device, self.autocast(), progress=self.dist.is_main)
         return {
-            "val_acc1": result["acc1"], "val_acc5": result["acc5"],
-            "val_loss": result["loss"], "val_videos": result["count"], "val_skipped": result["skipped"],
-        }  # fmt: skip
+            "val_acc1": result["acc1"],
+            "val_acc5": result["acc5"],
+            "val_loss": result["loss"],
+            "val_videos": result["count"],
+            "val_skipped": result["skipped"],
+        }
 
     def current_lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]

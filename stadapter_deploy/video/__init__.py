@@ -5,6 +5,11 @@ from .pipeline import EvalViews, load_eval_views, prepare_eval_views
 from .transforms import CLIP_MEAN, CLIP_STD, denormalize
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "EvalViews", "decode_frames", "denormalize", "load_eval_views",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "EvalViews",
+    "decode_frames",
+    "denormalize",
+    "load_eval_views",
     "prepare_eval_views",
-]  # fmt: skip
+]

@@ -1,4 +1,4 @@
-"""Training augmentations of the reference recipes (DESIGN section 3), without torchvision.
+"""Training augmentations of the reference recipes (docs/method.md), without torchvision.
 
 All randomness comes from the numpy Generator passed in, so a clip is a pure function of its seed.
 - "k400": short side scaled to a random size in [1.0, 1.15] x size, random square crop, horizontal flip.
@@ -48,9 +48,12 @@ def short_side_jitter_crop_flip(
 
 
 def random_resized_crop(
-    x: torch.Tensor, size: int, rng: np.random.Generator,
-    area: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> torch.Tensor:  # fmt: skip
+    x: torch.Tensor,
+    size: int,
+    rng: np.random.Generator,
+    area: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
     """[3, T, H, W] -> [3, T, size, size]: a random box of the given area/aspect ranges, resized."""
     h, w = x.shape[-2:]
     box = None
@@ -126,15 +129,32 @@ def _op(name: str, m: float, rng: np.random.Generator):
 
 
 RAND_OPS = (
-    "AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
-    "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY",
-)  # fmt: skip
+    "AutoContrast",
+    "Equalize",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+)
 
 
 def rand_augment(
-    frames: np.ndarray, rng: np.random.Generator, magnitude: float = 7, num_ops: int = 4,
-    magnitude_std: float = 0.5, prob: float = 0.5,
-) -> np.ndarray:  # fmt: skip
+    frames: np.ndarray,
+    rng: np.random.Generator,
+    magnitude: float = 7,
+    num_ops: int = 4,
+    magnitude_std: float = 0.5,
+    prob: float = 0.5,
+) -> np.ndarray:
     """uint8 frames [T, H, W, 3] -> augmented uint8 frames: `num_ops` ops drawn with replacement, each
     applied with probability `prob` at a magnitude drawn around `magnitude` (std `magnitude_std`,
     clipped to [0, 10]); the same choices for every frame so motion stays intact."""

@@ -50,17 +50,27 @@ def _check_line(job: tuple[int, str, Path, int]) -> tuple[int, str, str | None]:
 
 
 def check_list(
-    list_file: Path, root: Path, num_classes: int, out: Path, report: Path | None = None,
-    workers: int = 4, progress: bool = True,
-) -> tuple[int, int, Path]:  # fmt: skip
+    list_file: Path,
+    root: Path,
+    num_classes: int,
+    out: Path,
+    report: Path | None = None,
+    workers: int = 4,
+    progress: bool = True,
+) -> tuple[int, int, Path]:
     """Write the kept lines to `out` and the dropped ones to `report`; returns (kept, dropped, report)."""
     lines = list_file.read_text().splitlines()
     jobs = [(n, line, root, num_classes) for n, line in enumerate(lines, 1) if _is_entry(line)]
     report = report or out.with_name(out.name + ".dropped.tsv")
     results = {}
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        bar = tqdm(pool.map(_check_line, jobs, chunksize=4), total=len(jobs), desc="checking videos",
-                   unit="video", disable=not progress)  # fmt: skip
+        bar = tqdm(
+            pool.map(_check_line, jobs, chunksize=4),
+            total=len(jobs),
+            desc="checking videos",
+            unit="video",
+            disable=not progress,
+        )
         for number, path, reason in bar:
             results[number] = (path, reason)
     kept = [lines[n - 1].strip() + "\n" for n, (_, reason) in sorted(results.items()) if reason is None]
@@ -86,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True, help="the folder the list's paths are relative to")
     parser.add_argument("--num-classes", type=int, required=True, help="labels must lie in [0, NUM_CLASSES)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the clean list")
-    parser.add_argument("--report", type=Path, default=None,
-                        help="where to write the TSV of dropped entries (default: OUT.dropped.tsv)")  # fmt: skip
+    parser.add_argument(
+        "--report", type=Path, default=None, help="where to write the TSV of dropped entries (default: OUT.dropped.tsv)"
+    )
     parser.add_argument("--workers", type=int, default=4, help="decoding processes (default: 4)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)

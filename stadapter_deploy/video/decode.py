@@ -112,9 +112,14 @@ def probe(video: VideoSource) -> Probe:
         if rotation % 90:
             raise VideoError(f"unsupported rotation tag {rotation} degrees in {_name(video)}")
         return Probe(
-            pts=pts, keyframe_pts=keys, time_base=float(stream.time_base or 0), rotation=rotation,
-            height=first.height, width=first.width, codec=stream.codec_context.name,
-        )  # fmt: skip
+            pts=pts,
+            keyframe_pts=keys,
+            time_base=float(stream.time_base or 0),
+            rotation=rotation,
+            height=first.height,
+            width=first.width,
+            codec=stream.codec_context.name,
+        )
 
 
 def _decoded(container, stream):

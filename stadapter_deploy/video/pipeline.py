@@ -47,8 +47,10 @@ def eval_picker(num_frames: int, sampling_rate: int, temporal_views: int):
 
 def eval_views_from_frames(frames, num_frames: int, spatial_views: int, temporal_views: int, size: int) -> torch.Tensor:
     """Decoded frames [V_t * T, H, W, 3] -> [V, 3, T, S, S], each spatial crop's temporal views together."""
-    per_view = [eval_transform(frames[v * num_frames : (v + 1) * num_frames], size, spatial_views)
-                for v in range(temporal_views)]  # [temporal][spatial] -> [3, T, S, S]  # fmt: skip
+    per_view = [
+        eval_transform(frames[v * num_frames : (v + 1) * num_frames], size, spatial_views)
+        for v in range(temporal_views)
+    ]  # [temporal][spatial] -> [3, T, S, S]
     return torch.stack([per_view[t][s] for s in range(spatial_views) for t in range(temporal_views)])
 
 
@@ -64,8 +66,10 @@ def prepare_eval_views(
     """Model input for evaluation: V = spatial_views x temporal_views views, each spatial crop's
     temporal views together (the reference order)."""
     if spatial_views not in (1, 3) or temporal_views < 1 or size < 1:
-        raise ValueError(f"need spatial_views in (1, 3), temporal_views >= 1, size >= 1; got "
-                         f"{spatial_views}, {temporal_views}, {size}")  # fmt: skip
+        raise ValueError(
+            f"need spatial_views in (1, 3), temporal_views >= 1, size >= 1; got "
+            f"{spatial_views}, {temporal_views}, {size}"
+        )
     eval_indices(1, num_frames, sampling_rate, temporal_views)  # argument errors before any decoding
     start = time.perf_counter()
     pick = eval_picker(num_frames, sampling_rate, temporal_views)

@@ -1,4 +1,4 @@
-"""Frame indices of the reference recipes (DESIGN section 3), exactly.
+"""Frame indices of the reference recipes (docs/method.md), exactly.
 
 n = frames in the video, T = frames per clip, r = sampling rate (0 = uniform over the whole video).
 Rounding is Python's `round` (half to even), as in the reference.

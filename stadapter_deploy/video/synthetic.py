@@ -86,9 +86,13 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> Pa
 
 
 def write_motion_video(
-    path: str | os.PathLike, label: int, seed: int, size: tuple[int, int] = (64, 48),
-    num_frames: int = 16, fps: int = 8,
-) -> Path:  # fmt: skip
+    path: str | os.PathLike,
+    label: int,
+    seed: int,
+    size: tuple[int, int] = (64, 48),
+    num_frames: int = 16,
+    fps: int = 8,
+) -> Path:
     """Write one synthetic clip of class `label` (see `render_motion_frames`) to `path`."""
     return write_video(path, render_motion_frames(label, seed, size, num_frames), fps)
 

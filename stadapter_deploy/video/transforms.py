@@ -1,4 +1,4 @@
-"""The eval transform of the reference recipes (DESIGN section 3) and its inverse for display.
+"""The eval transform of the reference recipes (docs/method.md) and its inverse for display.
 
 Frames are normalized first, then resized as floats (bicubic, no antialias, no clamping), then cropped,
 exactly as the reference evaluates. Training augmentations live in `augment.py`.

@@ -56,11 +56,18 @@ class OrtPredictor(Predictor):
             "cpu": ["CPUExecutionProvider"],
             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
             "tensorrt": [
-                ("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
-                                               "trt_engine_cache_path": str(ORT_TRT_CACHE)}),
-                "CUDAExecutionProvider", "CPUExecutionProvider",
+                (
+                    "TensorrtExecutionProvider",
+                    {
+                        "trt_fp16_enable": True,
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(ORT_TRT_CACHE),
+                    },
+                ),
+                "CUDAExecutionProvider",
+                "CPUExecutionProvider",
             ],
-        }[device]  # fmt: skip
+        }[device]
         super().__init__(bundle, max_batch=artifact["batch"]["max"])
         self.session = make_session(bundle.file(artifact), providers, threads)
         self.input_name = self.session.get_inputs()[0].name
