@@ -9,17 +9,15 @@ import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 
+from .preprocessing import Preprocessing
+
 
 @dataclass(frozen=True)
 class Recipe:
     dataset: str
     preset: str
     num_classes: int
-    # sampling and views
-    num_frames: int = 8
-    sampling_rate: int = 0  # 0 = uniform over the whole video
-    spatial_views: int = 1
-    temporal_views: int = 1
+    preprocessing: Preprocessing  # sampling, size, normalization and eval views
     train_augment: str = "k400"  # "k400": short-side jitter + crop + flip; "ssv2": RRC + RandAugment, no flip
     # optimization
     total_batch: int = 192
@@ -31,35 +29,13 @@ class Recipe:
     def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **changes)
 
-    def preprocessing(self, size: int) -> dict:
-        """What a bundle needs to turn a video into model input the way this recipe evaluates."""
-        return make_preprocessing(size, self.num_frames, self.sampling_rate, self.spatial_views, self.temporal_views)
-
-
-def make_preprocessing(
-    size: int, num_frames: int = 8, sampling_rate: int = 0, spatial_views: int = 1, temporal_views: int = 1
-) -> dict:
-    """A bundle's preprocessing entry: how `load_eval_views` turns a video into model input."""
-    from .video.transforms import CLIP_MEAN, CLIP_STD
-
-    return dict(
-        num_frames=num_frames,
-        sampling_rate=sampling_rate,
-        size=size,
-        mean=list(CLIP_MEAN),
-        std=list(CLIP_STD),
-        spatial_views=spatial_views,
-        temporal_views=temporal_views,
-    )
-
 
 RECIPES: dict[str, Recipe] = {
     "k400": Recipe(
         "k400",
         "vit_b16_adapter12x384",
         400,
-        sampling_rate=16,
-        temporal_views=3,
+        Preprocessing(num_frames=8, sampling_rate=16, size=224, temporal_views=3),
         train_augment="k400",
         total_batch=192,
         epochs=12,
@@ -68,8 +44,7 @@ RECIPES: dict[str, Recipe] = {
         "ssv2",
         "vit_b16_adapter24x384",
         174,
-        sampling_rate=0,
-        spatial_views=3,
+        Preprocessing(num_frames=8, sampling_rate=0, size=224, spatial_views=3),
         train_augment="ssv2",
         total_batch=256,
         epochs=50,
@@ -79,7 +54,7 @@ RECIPES: dict[str, Recipe] = {
         "synthetic",
         "tiny",
         6,
-        sampling_rate=0,
+        Preprocessing(num_frames=8, sampling_rate=0, size=32),
         train_augment="none",
         total_batch=32,
         epochs=8,

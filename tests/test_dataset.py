@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from stadapter_deploy.errors import ConfigError
-from stadapter_deploy.video import prepare_eval_views
+from stadapter_deploy.video import Preprocessing, prepare_eval_views
 from stadapter_deploy.video.augment import rand_augment
 from stadapter_deploy.video.dataset import VideoClipDataset, read_video_list
 
@@ -55,7 +55,7 @@ def entries(synthetic_data):
 
 @pytest.mark.parametrize("augment", ["k400", "ssv2", "none"])
 def test_train_clips_are_seeded(entries, augment):
-    ds = VideoClipDataset(entries[:4], num_frames=4, size=32, train=True, augment=augment, seed=1)
+    ds = VideoClipDataset(entries[:4], Preprocessing(num_frames=4, size=32), train=True, augment=augment, seed=1)
     clip, label, index = ds[2]
     assert clip.shape == (3, 4, 32, 32) and clip.dtype == torch.float32
     assert (label, index) == (entries[2][1], 2)
@@ -65,7 +65,7 @@ def test_train_clips_are_seeded(entries, augment):
 
 
 def test_dataloader_workers_reproduce_the_same_batches(entries):
-    ds = VideoClipDataset(entries[:6], num_frames=4, size=32, train=True, augment="k400", seed=3)
+    ds = VideoClipDataset(entries[:6], Preprocessing(num_frames=4, size=32), train=True, augment="k400", seed=3)
     batches = []
     for workers in (0, 2):
         loader = DataLoader(ds, batch_size=3, num_workers=workers)
@@ -74,12 +74,11 @@ def test_dataloader_workers_reproduce_the_same_batches(entries):
 
 
 def test_eval_views_match_the_eval_path(entries):
-    ds = VideoClipDataset(
-        entries[:2], num_frames=4, sampling_rate=2, size=32, train=False, spatial_views=3, temporal_views=2
-    )
+    pre = Preprocessing(num_frames=4, sampling_rate=2, size=32, spatial_views=3, temporal_views=2)
+    ds = VideoClipDataset(entries[:2], pre, train=False)
     views, label, index = ds[1]
     assert views.shape == (6, 3, 4, 32, 32)
-    expected = prepare_eval_views(entries[1][0], 4, 2, spatial_views=3, temporal_views=2, size=32).clips
+    expected = prepare_eval_views(entries[1][0], pre).clips
     torch.testing.assert_close(views, expected)
 
 
@@ -87,7 +86,7 @@ def test_broken_videos_are_skipped_counted_and_logged(entries, tmp_path, caplog)
     broken = tmp_path / "broken.mp4"
     broken.write_text("not a video")
     mixed = [(tmp_path / "missing.mp4", 0), (broken, 1)] + entries[:4]
-    ds = VideoClipDataset(mixed, num_frames=4, size=32, train=True, augment="none")
+    ds = VideoClipDataset(mixed, Preprocessing(num_frames=4, size=32), train=True, augment="none")
     with caplog.at_level(logging.WARNING, logger="stadapter_deploy.video.dataset"):
         clip, label, index = ds[1]
     assert index >= 2 and label == mixed[index][1] and clip.shape == (3, 4, 32, 32)
@@ -98,12 +97,12 @@ def test_broken_videos_are_skipped_counted_and_logged(entries, tmp_path, caplog)
     labels = torch.cat([y for _, y, _ in loader])
     assert len(labels) == len(mixed)  # training goes on with replacements
     assert ds.skipped >= before + 2  # the workers' skips are counted in the parent's dataset too
-    ds_eval = VideoClipDataset(mixed, num_frames=4, size=32, train=False)
+    ds_eval = VideoClipDataset(mixed, Preprocessing(num_frames=4, size=32), train=False)
     assert ds_eval[0][2] == 2  # evaluation replaces a broken video with the next good one
 
 
 def test_all_broken_stops_with_a_clear_error(tmp_path):
-    ds = VideoClipDataset([(tmp_path / "a.mp4", 0)], size=32, max_attempts=3)
+    ds = VideoClipDataset([(tmp_path / "a.mp4", 0)], Preprocessing(size=32), max_attempts=3)
     with pytest.raises(ValueError, match="3 videos in a row"):
         ds[0]
 

@@ -280,7 +280,8 @@ def test_synthetic_recipe_constant_matches_recipes():
     from stadapter_deploy.recipes import get_recipe
 
     r = get_recipe("synthetic")
-    assert SYNTHETIC_RECIPE["num_frames"] == r.num_frames and SYNTHETIC_RECIPE["sampling_rate"] == r.sampling_rate
+    assert SYNTHETIC_RECIPE["num_frames"] == r.preprocessing.num_frames
+    assert SYNTHETIC_RECIPE["sampling_rate"] == r.preprocessing.sampling_rate
 
 
 def test_large_models_keep_weights_in_external_data(tmp_path, monkeypatch):

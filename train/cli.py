@@ -16,9 +16,10 @@ from stadapter_deploy.recipes import RECIPES
 def recipes_table() -> str:
     rows = ["recipe defaults (override any of them with the flags above):"]
     for name, r in RECIPES.items():
-        views = f"{r.spatial_views}x{r.temporal_views} views"
+        p = r.preprocessing
+        views = f"{p.spatial_views}x{p.temporal_views} views"
         rows.append(
-            f"  {name:9s} preset {r.preset}, {r.num_classes} classes, {r.num_frames} frames, rate {r.sampling_rate}, "
+            f"  {name:9s} preset {r.preset}, {r.num_classes} classes, {p.num_frames} frames, rate {p.sampling_rate}, "
             f"{views}, batch {r.total_batch}, {r.epochs} epochs ({r.warmup_epochs:g} warmup), "
             f"lr {r.lr_per_256:g}/256, wd {r.weight_decay:g}, augment {r.train_augment}"
         )

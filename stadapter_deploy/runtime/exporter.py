@@ -20,7 +20,8 @@ from ..errors import BundleError
 from ..model import build_model, save_checkpoint
 from ..model.config import backbone_name
 from ..model.weights import CONFIG_FILE, WEIGHTS_FILE
-from ..recipes import class_names, get_recipe, make_preprocessing
+from ..preprocessing import Preprocessing
+from ..recipes import class_names, get_recipe
 from . import bundle as B
 from .onnx_export import DEFAULT_CONV_FORM, DEFAULT_OPSET, count_ops, export_onnx, external_data_file
 from .parity import check_artifact, check_inputs, reference_logits
@@ -103,7 +104,7 @@ def load_source(
         dataset = recipe.get("dataset", dataset)
         preprocessing = _preprocessing(cfg, recipe)
     elif dataset is not None:
-        preprocessing = get_recipe(dataset).preprocessing(size=cfg.image_size)
+        preprocessing = get_recipe(dataset).preprocessing.replace(size=cfg.image_size).to_dict()
     else:
         preprocessing = _preprocessing(cfg, {})
     labels, labels_from = resolve_labels(cfg.num_classes, labels_file, extra.get("class_names"), dataset)
@@ -116,13 +117,13 @@ def load_source(
 
 
 def _preprocessing(cfg, recipe: dict) -> dict:
-    return make_preprocessing(
-        cfg.image_size,
+    return Preprocessing(
+        size=cfg.image_size,
         num_frames=int(recipe.get("num_frames", cfg.num_frames)),
         sampling_rate=int(recipe.get("sampling_rate", 0)),
         spatial_views=int(recipe.get("spatial_views", 1)),
         temporal_views=int(recipe.get("temporal_views", 1)),
-    )
+    ).to_dict()
 
 
 def resolve_labels(

@@ -97,7 +97,9 @@ class TrainConfig:
 def recipe_defaults(dataset: str) -> dict:
     recipe = get_recipe(dataset)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in dataclasses.asdict(recipe).items() if k in fields and k != "dataset"}
+    values = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}
+    values |= dataclasses.asdict(recipe.preprocessing)
+    return {k: v for k, v in values.items() if k in fields and k != "dataset"}
 
 
 def read_data_config(path: str | Path, dataset: str) -> dict:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..preprocessing import Preprocessing
 from ..recipes import class_names as shipped_class_names
 from ..video.dataset import VideoClipDataset, read_video_list
 from . import distributed as D
@@ -52,11 +53,15 @@ def build_datasets(cfg: TrainConfig, size: int) -> tuple[VideoClipDataset, Video
     """Training (random clips, the recipe's augmentation) and evaluation (all views) datasets."""
     train = read_video_list(cfg.train_list, cfg.train_root, cfg.num_classes)
     val = read_video_list(cfg.val_list, cfg.val_root, cfg.num_classes)
-    common = dict(num_frames=cfg.num_frames, sampling_rate=cfg.sampling_rate, size=size, seed=cfg.seed)
-    train_set = VideoClipDataset(train, train=True, augment=cfg.train_augment, **common)
-    val_set = VideoClipDataset(
-        val, train=False, spatial_views=cfg.spatial_views, temporal_views=cfg.temporal_views, **common
+    pre = Preprocessing(
+        num_frames=cfg.num_frames,
+        sampling_rate=cfg.sampling_rate,
+        size=size,
+        spatial_views=cfg.spatial_views,
+        temporal_views=cfg.temporal_views,
     )
+    train_set = VideoClipDataset(train, pre, train=True, augment=cfg.train_augment, seed=cfg.seed)
+    val_set = VideoClipDataset(val, pre, train=False, seed=cfg.seed)
     return train_set, val_set
 
 

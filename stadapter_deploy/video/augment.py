@@ -15,20 +15,28 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from .transforms import eval_transform, normalize, resize, short_side_size
+from ..preprocessing import CLIP_MEAN, CLIP_STD
+from .transforms import Stats, eval_transform, normalize, resize, short_side_size
 
 AUGMENTS = ("k400", "ssv2", "none")
 
 
-def train_transform(frames: np.ndarray, size: int, augment: str, rng: np.random.Generator) -> torch.Tensor:
+def train_transform(
+    frames: np.ndarray,
+    size: int,
+    augment: str,
+    rng: np.random.Generator,
+    mean: Stats = CLIP_MEAN,
+    std: Stats = CLIP_STD,
+) -> torch.Tensor:
     """uint8 frames [T, H, W, 3] -> normalized float clip [3, T, size, size]."""
     if augment == "k400":
-        return short_side_jitter_crop_flip(normalize(frames), size, rng)
+        return short_side_jitter_crop_flip(normalize(frames, mean, std), size, rng)
     if augment == "ssv2":
         frames = rand_augment(frames, rng, magnitude=7, num_ops=4, magnitude_std=0.5)
-        return random_resized_crop(normalize(frames), size, rng)
+        return random_resized_crop(normalize(frames, mean, std), size, rng)
     if augment == "none":
-        return eval_transform(frames, size, 1)[0]
+        return eval_transform(frames, size, 1, mean, std)[0]
     raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
 
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError, VideoError
+from ..preprocessing import Preprocessing
 from .augment import AUGMENTS, train_transform
 from .listfile import parse_list_line, read_video_list  # noqa: F401  (re-exported: the dataset's list reader)
 from .pipeline import decode_clip_frames, eval_picker, eval_views_from_frames
@@ -36,13 +37,9 @@ class VideoClipDataset(Dataset):
     def __init__(
         self,
         entries: list[tuple[Path, int]],
-        num_frames: int = 8,
-        sampling_rate: int = 0,
-        size: int = 224,
+        preprocessing: Preprocessing,
         train: bool = True,
         augment: str = "k400",
-        spatial_views: int = 1,
-        temporal_views: int = 1,
         seed: int = 0,
         decoder: str | None = None,
         max_attempts: int = 20,
@@ -52,9 +49,7 @@ class VideoClipDataset(Dataset):
         if not entries:
             raise ConfigError("a dataset needs at least one video")
         self.entries = list(entries)
-        self.num_frames, self.sampling_rate, self.size = num_frames, sampling_rate, size
-        self.train, self.augment = train, augment
-        self.spatial_views, self.temporal_views = spatial_views, temporal_views
+        self.preprocessing, self.train, self.augment = preprocessing, train, augment
         self.seed, self.epoch, self.decoder, self.max_attempts = seed, 0, decoder, max_attempts
         self._skipped = mp.Value("l", 0)
         self.skipped_paths: list[str] = []  # this process's skips (workers log theirs)
@@ -89,11 +84,10 @@ class VideoClipDataset(Dataset):
         log.warning("skipping broken video %s: %s", path, error)
 
     def _load(self, path: Path, rng: np.random.Generator) -> torch.Tensor:
-        T = self.num_frames
+        pre = self.preprocessing
         if self.train:
-            pick = lambda n: train_indices(n, T, self.sampling_rate, rng)
+            pick = lambda n: train_indices(n, pre.num_frames, pre.sampling_rate, rng)
             frames, _, _ = decode_clip_frames(path, pick, self.decoder)
-            return train_transform(frames, self.size, self.augment, rng)  # [3, T, S, S]
-        pick = eval_picker(T, self.sampling_rate, self.temporal_views)
-        frames, _, _ = decode_clip_frames(path, pick, self.decoder)
-        return eval_views_from_frames(frames, T, self.spatial_views, self.temporal_views, self.size)
+            return train_transform(frames, pre.size, self.augment, rng, pre.mean, pre.std)  # [3, T, S, S]
+        frames, _, _ = decode_clip_frames(path, eval_picker(pre), self.decoder)
+        return eval_views_from_frames(frames, pre)  # [V, 3, T, S, S]

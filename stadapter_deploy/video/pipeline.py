@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import VideoError
+from ..preprocessing import Preprocessing
 from .decode import Probe, ShortVideoError, VideoSource, count_decodable_frames, decode_with_probe, probe
 from .sampling import eval_indices
 from .transforms import eval_transform
@@ -40,46 +41,38 @@ def decode_clip_frames(video: VideoSource, pick, decoder: str | None = None):
         return decode_with_probe(video, info, indices, "pyav"), indices, info
 
 
-def eval_picker(num_frames: int, sampling_rate: int, temporal_views: int):
+def eval_picker(pre: Preprocessing):
     """n -> the flat list of eval frame indices, temporal view after temporal view."""
-    return lambda n: [i for view in eval_indices(n, num_frames, sampling_rate, temporal_views) for i in view]
+    return lambda n: [
+        i for view in eval_indices(n, pre.num_frames, pre.sampling_rate, pre.temporal_views) for i in view
+    ]
 
 
-def eval_views_from_frames(frames, num_frames: int, spatial_views: int, temporal_views: int, size: int) -> torch.Tensor:
+def eval_views_from_frames(frames, pre: Preprocessing) -> torch.Tensor:
     """Decoded frames [V_t * T, H, W, 3] -> [V, 3, T, S, S], each spatial crop's temporal views together."""
+    T = pre.num_frames
     per_view = [
-        eval_transform(frames[v * num_frames : (v + 1) * num_frames], size, spatial_views)
-        for v in range(temporal_views)
+        eval_transform(frames[v * T : (v + 1) * T], pre.size, pre.spatial_views, pre.mean, pre.std)
+        for v in range(pre.temporal_views)
     ]  # [temporal][spatial] -> [3, T, S, S]
-    return torch.stack([per_view[t][s] for s in range(spatial_views) for t in range(temporal_views)])
+    return torch.stack([per_view[t][s] for s in range(pre.spatial_views) for t in range(pre.temporal_views)])
 
 
 def prepare_eval_views(
-    video: VideoSource,
-    num_frames: int = 8,
-    sampling_rate: int = 0,
-    spatial_views: int = 1,
-    temporal_views: int = 1,
-    size: int = 224,
-    decoder: str | None = None,
+    video: VideoSource, pre: Preprocessing | None = None, decoder: str | None = None, **fields
 ) -> EvalViews:
-    """Model input for evaluation: V = spatial_views x temporal_views views, each spatial crop's
-    temporal views together (the reference order)."""
-    if spatial_views not in (1, 3) or temporal_views < 1 or size < 1:
-        raise ValueError(
-            f"need spatial_views in (1, 3), temporal_views >= 1, size >= 1; got "
-            f"{spatial_views}, {temporal_views}, {size}"
-        )
-    eval_indices(1, num_frames, sampling_rate, temporal_views)  # argument errors before any decoding
+    """Model input for evaluation as `pre` (or Preprocessing(**fields)) says: V = spatial x temporal
+    views, each spatial crop's temporal views together (the reference order)."""
+    pre = (pre or Preprocessing()).replace(**fields) if fields else (pre or Preprocessing())
     start = time.perf_counter()
-    pick = eval_picker(num_frames, sampling_rate, temporal_views)
-    frames, flat, info = decode_clip_frames(video, pick, decoder)  # [V_t * T, H, W, 3]
+    frames, flat, info = decode_clip_frames(video, eval_picker(pre), decoder)  # [V_t * T, H, W, 3]
     decoded = time.perf_counter()
-    clips = eval_views_from_frames(frames, num_frames, spatial_views, temporal_views, size)
+    clips = eval_views_from_frames(frames, pre)
     done = time.perf_counter()
+    T = pre.num_frames
     return EvalViews(
         clips=clips.contiguous(),  # [V, 3, T, S, S]
-        frame_indices=[flat[v * num_frames : (v + 1) * num_frames] for v in range(temporal_views)],
+        frame_indices=[flat[v * T : (v + 1) * T] for v in range(pre.temporal_views)],
         num_video_frames=info.num_frames,
         timings_ms={"decode": (decoded - start) * 1e3, "preprocess": (done - decoded) * 1e3},
     )
@@ -94,4 +87,5 @@ def load_eval_views(
     size: int = 224,
 ) -> torch.Tensor:
     """float32 [V, 3, T, size, size] CLIP-normalized views of `video` (a path or bytes)."""
-    return prepare_eval_views(video, num_frames, sampling_rate, spatial_views, temporal_views, size).clips
+    pre = Preprocessing(num_frames, sampling_rate, size, spatial_views=spatial_views, temporal_views=temporal_views)
+    return prepare_eval_views(video, pre).clips

@@ -10,22 +10,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from ..preprocessing import CLIP_MEAN, CLIP_STD
+
+Stats = tuple[float, float, float]
 
 
-def normalize(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 frames [T, H, W, 3] -> CLIP-normalized float32 [3, T, H, W]."""
+def normalize(frames: np.ndarray | torch.Tensor, mean: Stats = CLIP_MEAN, std: Stats = CLIP_STD) -> torch.Tensor:
+    """uint8 frames [T, H, W, 3] -> normalized float32 [3, T, H, W] (CLIP's mean and std by default)."""
     x = torch.as_tensor(frames).float() / 255.0  # [T, H, W, 3]
-    x = (x - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    x = (x - torch.tensor(mean)) / torch.tensor(std)
     return x.permute(3, 0, 1, 2).contiguous()  # [3, T, H, W]
 
 
-def denormalize(clips: torch.Tensor | np.ndarray) -> np.ndarray:
+def denormalize(clips: torch.Tensor | np.ndarray, mean: Stats = CLIP_MEAN, std: Stats = CLIP_STD) -> np.ndarray:
     """Normalized clips [..., 3, T, H, W] -> uint8 frames [..., T, H, W, 3] for display."""
     x = torch.as_tensor(clips).float()
     x = x.movedim(-4, -1)  # [..., T, H, W, 3]
-    x = x * torch.tensor(CLIP_STD) + torch.tensor(CLIP_MEAN)
+    x = x * torch.tensor(std) + torch.tensor(mean)
     return (x * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
@@ -42,11 +43,6 @@ def resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         return x
     out = F.interpolate(x.transpose(0, 1), size=(height, width), mode="bicubic", align_corners=False)
     return out.transpose(0, 1)  # [3, T, height, width]
-
-
-def resize_short_side(x: torch.Tensor, size: int) -> torch.Tensor:
-    """[3, T, H, W] -> [3, T, H', W'] with min(H', W') == size."""
-    return resize(x, *short_side_size(x.shape[-2], x.shape[-1], size))
 
 
 def crop_offsets(long_side: int, size: int, spatial_views: int) -> list[int]:
@@ -74,11 +70,13 @@ def spatial_crops(x: torch.Tensor, size: int, spatial_views: int = 1) -> list[to
     return crops
 
 
-def eval_transform(frames: np.ndarray | torch.Tensor, size: int, spatial_views: int = 1) -> list[torch.Tensor]:
+def eval_transform(
+    frames: np.ndarray | torch.Tensor, size: int, spatial_views: int = 1, mean: Stats = CLIP_MEAN, std: Stats = CLIP_STD
+) -> list[torch.Tensor]:
     """uint8 frames [T, H, W, 3] -> `spatial_views` normalized clips [3, T, size, size].
 
     Frame by frame, so a 4K video never holds more than one full-size float frame.
     """
     new_size = short_side_size(frames.shape[1], frames.shape[2], size)
-    x = torch.cat([resize(normalize(frames[t : t + 1]), *new_size) for t in range(len(frames))], dim=1)
+    x = torch.cat([resize(normalize(frames[t : t + 1], mean, std), *new_size) for t in range(len(frames))], dim=1)
     return spatial_crops(x, size, spatial_views)  # x: [3, T, H', W']
