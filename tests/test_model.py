@@ -11,6 +11,7 @@ from torch import nn
 
 from stadapter_deploy import build_model
 from stadapter_deploy.model import STAdapter, is_trainable_name
+from stadapter_deploy.model.build import resolve_config
 
 # ----------------------------------------------------------------------------- a plain reference
 # Written straight from docs/method.md section 1 (and the reference code's layout): sequence-first tokens,
@@ -150,7 +151,7 @@ def test_trainable_parameter_counts():
 
 def test_vit_l14_presets_place_adapters_in_all_24_blocks():
     for name, pre_attn in (("vit_l14_adapter24x384", False), ("vit_l14_adapter48x384", True)):
-        cfg = build_model(name, num_classes=10).cfg
+        cfg = resolve_config(name, None, None, {"num_classes": 10})  # build_model's config, without the model
         assert (cfg.width, cfg.layers, cfg.patch_size, cfg.adapter_layers) == (1024, 24, 14, 24)
         assert cfg.adapter_pre_attn == pre_attn and cfg.adapter_pre_mlp
 
@@ -211,8 +212,10 @@ def test_fp16_on_gpu_is_finite_and_close():
     assert F.cosine_similarity(half.float(), full, dim=1).min() > 0.999
 
 
-def test_gradients_reach_only_adapters_and_head():
+@pytest.mark.parametrize("trim", [True, False])
+def test_gradients_reach_only_adapters_and_head(trim):
     model = randomize_adapters(build_model("tiny").train())
+    model.trim_last_block = trim
     model(torch.randn(2, 3, 8, 32, 32)).sum().backward()
     last = f"transformer.resblocks.{model.cfg.layers - 1}.adapter_pre_mlp."
     for name, p in model.named_parameters():
@@ -220,7 +223,63 @@ def test_gradients_reach_only_adapters_and_head():
             assert p.grad is None, name
         elif name.startswith(last):
             # A fact of the method: after the last attention, patch tokens never reach the class
-            # token, so the last block's pre-MLP adapter cannot change the output.
-            assert p.grad is not None and p.grad.abs().sum() == 0, name
+            # token, so the last block's pre-MLP adapter cannot change the output. The trimmed
+            # forward skips it (no gradient at all); the full one gives it a zero gradient.
+            assert p.grad is None if trim else p.grad.abs().sum() == 0, name
         else:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+# ----------------------------------------------------------------------------- trimming the last block
+
+
+def logits(model, clip, trim):
+    model.trim_last_block = trim
+    with torch.no_grad():
+        return model(clip)
+
+
+@pytest.mark.parametrize("use_conv3d", [True, False])
+@pytest.mark.parametrize("pre_attn,pre_mlp", [(True, True), (False, True), (True, False)])
+def test_trimmed_last_block_equals_full_forward(pre_attn, pre_mlp, use_conv3d):
+    torch.manual_seed(4)
+    model = build_model("tiny", adapter_pre_attn=pre_attn, adapter_pre_mlp=pre_mlp).eval()
+    randomize_adapters(model, seed=4)
+    model.use_conv3d = use_conv3d
+    assert model.trim_last_block  # the default
+    for clip in (torch.randn(3, 3, 8, 32, 32), torch.randn(1, 3, 5, 32, 32)):
+        torch.testing.assert_close(logits(model, clip, True), logits(model, clip, False), atol=1e-6, rtol=1e-5)
+
+
+def test_trimming_keeps_the_last_pre_attention_adapter():
+    """The last block's pre-attention adapter changes the keys and values, so it must still run."""
+    model = randomize_adapters(build_model("tiny").eval(), seed=5)
+    clip = torch.randn(2, 3, 8, 32, 32)
+    before = logits(model, clip, True)
+    last = model.transformer.resblocks[-1]
+    with torch.no_grad():
+        last.adapter_pre_mlp.fc2.bias.add_(1.0)
+    assert torch.equal(logits(model, clip, True), before)  # dead: skipped, unchanged
+    with torch.no_grad():
+        last.adapter_pre_attn.fc2.weight.mul_(2.0)
+    changed = logits(model, clip, True)
+    assert (changed - before).abs().max() > 1e-3
+    torch.testing.assert_close(changed, logits(model, clip, False), atol=1e-6, rtol=1e-5)
+
+
+def test_trimmed_model_exports_to_onnx_with_a_dynamic_batch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from stadapter_deploy.export.onnx_export import count_ops, export_onnx
+
+    model = randomize_adapters(build_model("tiny").eval(), seed=6)
+    model.trim_last_block = False
+    full = export_onnx(model, tmp_path / "full.onnx", num_frames=8)
+    model.trim_last_block = True
+    trimmed = export_onnx(model, tmp_path / "trimmed.onnx", num_frames=8)
+    # one adapter fewer in the graph (each shifted temporal conv pads once)
+    assert count_ops(trimmed)["Pad"] == count_ops(full)["Pad"] - 1
+    session = ort.InferenceSession(str(trimmed), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        clip = torch.randn(batch, 3, 8, 32, 32)
+        (out,) = session.run(None, {"clips": clip.numpy()})
+        torch.testing.assert_close(torch.from_numpy(out), logits(model, clip, False), atol=1e-5, rtol=1e-4)

@@ -48,6 +48,17 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).reshape(-1, length, width)  # [N, L, D]
         return self.out_proj(y)
 
+    def class_token_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The output at the class token only: [N, L, D] -> [N, 1, D]. Keys and values still use every token."""
+        _, length, width = x.shape  # [N, L, D]
+        w, b = self.in_proj_weight, self.in_proj_bias
+        q = F.linear(x[:, :1], w[:width], b[:width])  # [N, 1, D]
+        kv = F.linear(x, w[width:], b[width:])  # [N, L, 2D]
+        q = q.view(-1, 1, self.heads, width // self.heads).transpose(1, 2)  # [N, h, 1, d]
+        kv = kv.view(-1, length, 2, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)  # [2, N, h, L, d]
+        y = F.scaled_dot_product_attention(q, kv[0], kv[1])  # [N, h, 1, d]
+        return self.out_proj(y.transpose(1, 2).reshape(-1, 1, width))  # [N, 1, D]
+
 
 class STAdapter(nn.Module):
     """fc1 -> depthwise temporal conv (kernel (k,1,1)) -> fc2, added to the patch tokens.
@@ -118,9 +129,17 @@ class ResidualAttentionBlock(nn.Module):
         self.adapter_pre_attn = make() if pre_attn_adapter else None
         self.adapter_pre_mlp = make() if pre_mlp_adapter else None
 
-    def forward(self, x: torch.Tensor, num_frames: int, use_conv3d: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, num_frames: int, use_conv3d: bool = False, class_token_only: bool = False
+    ) -> torch.Tensor:
+        """[N, L, D] -> [N, L, D], or [N, 1, D] with class_token_only (the same values at the class token)."""
         if self.adapter_pre_attn is not None:
-            x = self.adapter_pre_attn(x, num_frames, use_conv3d)
+            x = self.adapter_pre_attn(x, num_frames, use_conv3d)  # patch tokens feed the keys and values: all of them
+        if class_token_only:
+            # Tokens mix only in attention, so the class token's output needs its own query and MLP
+            # row only; the pre-MLP adapter changes patch tokens only, so it has nothing to do here.
+            x = x[:, :1] + self.attn.class_token_forward(self.ln_1(x))  # [N, 1, D]
+            return x + self.mlp(self.ln_2(x))
         x = x + self.attn(self.ln_1(x))
         if self.adapter_pre_mlp is not None:
             x = self.adapter_pre_mlp(x, num_frames, use_conv3d)
@@ -138,9 +157,13 @@ class Transformer(nn.Module):
             for i in range(cfg.layers)
         )
 
-    def forward(self, x: torch.Tensor, num_frames: int, use_conv3d: bool = False) -> torch.Tensor:
-        for block in self.resblocks:
-            x = block(x, num_frames, use_conv3d)
+    def forward(
+        self, x: torch.Tensor, num_frames: int, use_conv3d: bool = False, trim_last_block: bool = False
+    ) -> torch.Tensor:
+        """[N, L, D] -> [N, L, D], or [N, 1, D] (the class token) with trim_last_block."""
+        last = len(self.resblocks) - 1
+        for i, block in enumerate(self.resblocks):
+            x = block(x, num_frames, use_conv3d, class_token_only=trim_last_block and i == last)
         return x
 
 
@@ -169,6 +192,9 @@ class STAdapterViT(nn.Module):
         # Which exact form the adapters' temporal conv runs in (see STAdapter). A plain attribute set
         # before a run, never flipped inside forward.
         self.use_conv3d = True
+        # Only the class token leaves the transformer, so the last block computes it alone (exact; see
+        # ResidualAttentionBlock). False runs every token through, for comparisons.
+        self.trim_last_block = True
 
     def freeze_backbone(self) -> None:
         """Only the adapters and the head train."""
@@ -197,7 +223,8 @@ class STAdapterViT(nn.Module):
         self.check_input(x)
         num_frames = x.shape[2]
         frames = x.transpose(1, 2).flatten(0, 1)  # [B*T, 3, H, W]
-        tokens = self.transformer(self.embed(frames), num_frames, self.use_conv3d)  # [B*T, L, D]
+        tokens = self.embed(frames)  # [B*T, L, D]
+        tokens = self.transformer(tokens, num_frames, self.use_conv3d, self.trim_last_block)  # [B*T, L or 1, D]
         cls_token = tokens[:, 0].unflatten(0, (-1, num_frames))  # [B, T, D]
         return self.ln_post(cls_token.mean(dim=1))  # [B, D]
 
