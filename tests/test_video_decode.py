@@ -10,7 +10,8 @@ import pytest
 import stadapter_deploy.video.decode as decode_module
 from stadapter_deploy.errors import VideoError
 from stadapter_deploy.video import decode_frames, load_eval_views, prepare_eval_views
-from stadapter_deploy.video.decode import decord_available, probe
+from stadapter_deploy.video.decode import decord_available, probe, scan
+from stadapter_deploy.video.limits import DecodeLimits
 
 needs_decord = pytest.mark.skipif(not decord_available(), reason="decord is not installed on this platform")
 
@@ -51,12 +52,14 @@ def textured(n, h=48, w=64, seed=0):
 
 @needs_decord
 @pytest.mark.parametrize("suffix,codec", [(".mp4", "libx264"), (".webm", "libvpx-vp9")])
-def test_decord_and_pyav_same_pixels(tmp_path, suffix, codec):
-    options = {"g": "5"} if codec == "libx264" else {"g": "5", "deadline": "realtime", "cpu-used": "8"}
+def test_decord_and_pyav_same_pixels(tmp_path, monkeypatch, suffix, codec):
+    options = {"g": "5", "bf": "0"} if codec == "libx264" else {"g": "5", "deadline": "realtime", "cpu-used": "8"}
     path = encode(tmp_path / f"clip{suffix}", textured(24), codec=codec, options=options)
     indices = [23, 0, 7, 7, 12, 3, 19]  # any order, repeats, across keyframes
-    info = probe(path)
-    assert decode_module._decode_decord(path, info, sorted(set(indices))) is not None  # decord really ran
+    monkeypatch.setattr(decode_module, "SEEK_MIN_FRAMES", 0)  # decord runs only where seeking pays
+    info = scan(path)
+    assert decode_module._decord_suits(info)
+    assert decode_module._decode_decord(path, info, sorted(set(indices)), DecodeLimits()) is not None
     a = decode_frames(path, indices, decoder="decord")
     b = decode_frames(path, indices, decoder="pyav")
     assert a.shape == (7, 48, 64, 3) and a.dtype == np.uint8
@@ -86,8 +89,9 @@ def test_rotation_tag_gives_frames_as_displayed(tmp_path, tag, expected_corner):
     frames[:, :12, :12] = (255, 0, 0)  # red block at the top-left of the stored picture
     path = encode(tmp_path / "phone.mp4", frames, rotation=tag)
     assert probe(path).rotation == tag % 360
-    if decord_available():  # decord ignores rotation tags, so PyAV takes over
-        assert decode_module._decode_decord(path, probe(path), [0]) is None
+    if decord_available():  # decord ignores some rotation tags: it may run only where it shows the same frame
+        got = decode_module._decode_decord(path, scan(path), [0], DecodeLimits())
+        assert got is None or np.array_equal(got[0], decode_frames(path, [0], decoder="pyav")[0])
     decoders = ["pyav"] + (["decord"] if decord_available() else [])
     outputs = [decode_frames(path, [0, 3], decoder=d) for d in decoders]
     for out in outputs:
@@ -140,19 +144,24 @@ def test_video_longer_than_an_hour_decodes_only_what_it_needs(tmp_path):
     assert ev.num_video_frames == 5 and ev.clips.shape == (1, 3, 4, 32, 32)
 
 
-def test_pyav_decodes_only_the_frames_it_needs(tmp_path, monkeypatch):
+def test_long_video_seeks_and_decodes_only_the_frames_it_needs(tmp_path, monkeypatch):
     path = encode(tmp_path / "gop.mp4", levels(60, 16, 16, step=4), options={"g": "6", "bf": "0"})
     decoded = []
-    real = decode_module._decoded
+    real = decode_module._frames
 
-    def counting(container, stream):
-        for frame in real(container, stream):
+    def counting(container, stream, limits):
+        for frame in real(container, stream, limits):
             decoded.append(frame.pts)
             yield frame
 
-    monkeypatch.setattr(decode_module, "_decoded", counting)
+    monkeypatch.setattr(decode_module, "_frames", counting)
+    monkeypatch.setattr(decode_module, "SEEK_MIN_FRAMES", 60)  # treat this clip as a long video
     assert frame_ids(decode_frames(path, [2, 57], decoder="pyav"), step=4) == [2, 57]
-    assert len(decoded) <= 16  # probe's first frame + two keyframe groups, not all 60 frames
+    assert len(decoded) <= 12  # two keyframe groups, not all 60 frames
+    decoded.clear()
+    monkeypatch.setattr(decode_module, "SEEK_MIN_FRAMES", 61)  # a short video: one sequential pass
+    assert frame_ids(decode_frames(path, [2, 57], decoder="pyav"), step=4) == [2, 57]
+    assert len(decoded) == 58
 
 
 def test_4k_input(tmp_path):

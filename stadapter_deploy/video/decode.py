@@ -1,27 +1,42 @@
-"""Decode just the frames a clip needs, as uint8 RGB, the way a person sees the video.
+"""Decode exactly the frames a player shows, as uint8 RGB turned for display.
 
-decord is the default decoder; PyAV is the fallback (no decord wheel for Python 3.12+ / macOS arm64) and
-can be chosen. Both go through one probe made with PyAV that only demuxes packets (no decoding): it gives
-the frame count from the packets themselves (container metadata can disagree with what decodes), each
-frame's timestamp (variable frame rate), and the rotation tag. decord is used only where its own index
-agrees with the probe and there is no rotation tag; otherwise PyAV decodes, seeking to the keyframe
-before each needed frame, so memory holds only the requested frames, never the whole video.
+Frame i is the i-th frame that a full sequential decode of the file yields, in the decoder's output
+order: what `ffmpeg -i video -vsync passthrough f_%05d.png` writes. N is the number of frames that
+decode. Container timestamps are only hints (some files have none, duplicates, or out-of-order ones).
+
+A packet scan (demux only, no decoding) checks the decode limits and picks a path per file:
+- sequential (PyAV): decode every frame from the start without converting it, hold only the wanted
+  ones, convert those. Exact by definition, and the same pass counts N. Every video below
+  SEEK_MIN_FRAMES takes it: there it costs about what seeking does (docs/benchmarks.md).
+- seek (PyAV, long videos): seek to the keyframe before each wanted frame and prove the landing: the
+  frames decoded from there must carry exactly the timestamps of the packets from that keyframe on.
+  Where they do not (an overshooting seek, packed B-frames, no timestamps), decode sequentially.
+- decord (long videos, when asked for): only for streams without frame reordering in mp4/mkv/webm, and
+  only where decord's frame for the last wanted index equals PyAV's (decoder rounding aside).
 """
 
 from __future__ import annotations
 
 import bisect
 import io
+import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import av
 import numpy as np
 
 from ..errors import VideoError
+from .limits import DecodeLimits, VideoTooLargeError
 
 VideoSource = str | os.PathLike | bytes
 DECODERS = ("decord", "pyav")
+SEEK_MIN_FRAMES = 3000  # shorter videos decode sequentially: as fast as seeking there, and exact by definition
+SEEK_MIN_SAVING = 2  # and only where seeking decodes at most half the frames a sequential pass would
+MAX_LEADING_FRAMES = 8  # frames a decoder may output after a seek before the keyframe aimed at
+DECORD_CODECS = ("h264", "hevc", "vp8", "vp9", "av1")
+DECORD_FORMATS = ("mov", "mp4", "matroska", "webm")
+DECORD_TOLERANCE = 2  # levels: decord bundles an older FFmpeg whose pixels can differ by decoder rounding
 
 
 def decord_available() -> bool:
@@ -34,20 +49,24 @@ def decord_available() -> bool:
 
 @dataclass
 class Probe:
-    """What the packets say: one entry per frame, in display order."""
-
-    pts: list[int]  # presentation timestamps, sorted; frame i has pts[i]
-    keyframe_pts: list[int]  # sorted
-    time_base: float
-    rotation: int  # degrees counterclockwise to turn a decoded frame to display it (0, 90, 180, 270)
+    num_frames: int  # frames that decode; where `counted` is False, the packets that should yield one
     height: int
     width: int
     codec: str
-    notes: list[str] = field(default_factory=list)
+    rotation: int = 0  # degrees counterclockwise to turn a decoded frame to display it
+    counted: bool = False
+    frame_pts: list[int] = field(default_factory=list)  # the packets' pts, sorted ([] where unusable)
+    keyframes: list[int] = field(default_factory=list)  # indices into frame_pts of the keyframes
+    reordered: bool = True  # decode order differs from display order (B-frames), or timestamps are missing
+    format: str = ""
 
-    @property
-    def num_frames(self) -> int:
-        return len(self.pts)
+
+class ShortVideoError(VideoError):
+    """Fewer frames decode than the packets promised."""
+
+
+class _Unproven(Exception):
+    """A seek's landing or a frame's identity cannot be proven; decode sequentially instead."""
 
 
 def _name(video: VideoSource) -> str:
@@ -80,130 +99,222 @@ def _video_stream(container: av.container.InputContainer, video: VideoSource) ->
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         raise VideoError(f"no video stream in {_name(video)} (it holds: {', '.join(kinds)})")
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
+    # Slice threads, PyAV's default. Frame threads (FFmpeg 8) drop the last frames after a trailing packet
+    # that holds no picture, and conceal damaged packets differently: not the reference decode.
+    stream.thread_type = "SLICE"
     return stream
 
 
-def probe(video: VideoSource) -> Probe:
-    """Demux every packet (cheap: no decoding), then decode one frame to read size and rotation."""
+def _check_headers(container, stream, limits: DecodeLimits) -> None:
+    """The limits against what the headers declare, before anything is decoded."""
+    codec = stream.codec_context
+    if codec.width and codec.height:
+        limits.check_size(codec.width, codec.height)
+    if stream.frames:
+        limits.check_frames(stream.frames)
+    if stream.duration and stream.time_base:
+        limits.check_duration(float(stream.duration * stream.time_base))
+    elif container.duration:
+        limits.check_duration(container.duration / av.time_base)
+
+
+def scan(video: VideoSource, limits: DecodeLimits | None = None) -> Probe:
+    """Headers and packets only, no decoding: size, codec, packet count, timestamps and keyframes."""
+    limits = limits or DecodeLimits.from_env()
     with _open_container(video) as container:
         stream = _video_stream(container, video)
-        pts, keys = [], []
+        _check_headers(container, stream, limits)
+        pts, key_pts, count = [], [], 0
         try:
             for packet in container.demux(stream):
-                if packet.size == 0 or packet.pts is None:
+                if packet.size == 0 or packet.is_discard:  # discard: before an edit list's start
                     continue
-                pts.append(packet.pts)
-                if packet.is_keyframe:
-                    keys.append(packet.pts)
+                count += 1
+                limits.check_frames(count)
+                if packet.pts is not None:
+                    pts.append(packet.pts)
+                    if packet.is_keyframe:
+                        key_pts.append(packet.pts)
         except av.FFmpegError:
-            pass  # truncated: keep the packets read so far; decoding will tell what really holds a frame
-        if not pts:
-            raise VideoError(f"the video has no frames: {_name(video)}")
-        pts.sort()
-        keys.sort()
-        if not keys or keys[0] > pts[0]:
-            keys.insert(0, pts[0])  # some muxers leave the first keyframe unflagged
-        container.seek(pts[0], stream=stream, backward=True)
-        first = next(_decoded(container, stream), None)
-        if first is None:
-            raise VideoError(f"no frame of the video can be decoded: {_name(video)}")
-        rotation = int(round(first.rotation or 0)) % 360
-        if rotation % 90:
-            raise VideoError(f"unsupported rotation tag {rotation} degrees in {_name(video)}")
-        return Probe(
-            pts=pts,
-            keyframe_pts=keys,
-            time_base=float(stream.time_base or 0),
-            rotation=rotation,
-            height=first.height,
-            width=first.width,
-            codec=stream.codec_context.name,
-        )
+            pass  # truncated: keep the packets read so far
+        codec, fmt, time_base = stream.codec_context, container.format.name, stream.time_base
+    if count == 0:
+        raise VideoError(f"the video has no frames: {_name(video)}")
+    info = Probe(num_frames=count, height=codec.height, width=codec.width, codec=codec.name, format=fmt)
+    if len(pts) == count and len(set(pts)) == count:  # timestamps usable to check seeks against
+        info.frame_pts = sorted(pts)
+        info.reordered = pts != info.frame_pts
+        position = {p: i for i, p in enumerate(info.frame_pts)}
+        info.keyframes = sorted(position[p] for p in key_pts)
+        if time_base:
+            limits.check_duration(float((info.frame_pts[-1] - info.frame_pts[0]) * time_base))
+    return info
 
 
-def _decoded(container, stream):
-    """Decoded frames from the current position; stops quietly at corrupt data (truncated files)."""
+def _frames(container, stream, limits: DecodeLimits):
+    """Decoded frames in output order from the current position, within the limits.
+
+    Like ffmpeg, a packet that fails to decode is skipped and decoding goes on; a demuxing error
+    (a truncated file) ends the video quietly; running out of memory raises VideoTooLargeError.
+    """
+    count = 0
     try:
         for packet in container.demux(stream):
-            yield from packet.decode()
+            try:
+                decoded = packet.decode()
+            except av.error.MemoryError:
+                raise
+            except av.FFmpegError:
+                continue
+            for frame in decoded:
+                count += 1
+                limits.check_frames(count)
+                limits.check_size(frame.width, frame.height)
+                yield frame
+    except av.error.MemoryError:
+        raise VideoTooLargeError("decoding ran out of memory (the process's memory limit)") from None
     except av.FFmpegError:
         return
 
 
-def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
-    """[K, H, W, 3] turned counterclockwise by `rotation` degrees, as players display it."""
-    if rotation == 0:
-        return frames
-    return np.ascontiguousarray(np.rot90(frames, k=rotation // 90, axes=(1, 2)))
+def _decode_sequential(video: VideoSource, keep: set[int], stop: int | None, limits: DecodeLimits):
+    """Decode from the start, converting the frames whose index is in `keep`, up to frame `stop` (None: to
+    the end). Returns ({index: RGB frame}, frames decoded, the first frame's (rotation, height, width)).
 
-
-def _decode_pyav(video: VideoSource, info: Probe, wanted: list[int]) -> dict[int, np.ndarray]:
-    """Frames for sorted unique indices, seeking to the keyframe before each one that is far ahead."""
-    out: dict[int, np.ndarray] = {}
+    Frames are converted at once: a decoder may still write into a frame it has output (concealing a
+    damaged packet in a later frame changed held ones).
+    """
+    held, count, first = {}, 0, None
     with _open_container(video) as container:
         stream = _video_stream(container, video)
-        frames, last_pts = None, None  # the decoding position: iterator and pts of the last frame decoded
+        for frame in _frames(container, stream, limits):
+            first = first or (_rotation(frame), frame.height, frame.width)
+            if count in keep:
+                held[count] = _rgb(frame)
+            count += 1
+            if stop is not None and count > stop:
+                break
+    return held, count, first
 
-        def seek(pts: int) -> None:
-            nonlocal frames, last_pts
-            container.seek(pts, stream=stream, backward=True)
-            frames, last_pts = _decoded(container, stream), None
 
-        def frame_at(target: int):
-            """Decode forward to `target`; the frame with exactly that pts, or None."""
-            nonlocal last_pts
-            held = None
-            while last_pts is None or last_pts < target:
-                frame = next(frames, None)
-                if frame is None:
-                    break
-                if frame.pts == target:
-                    held = frame
-                last_pts = frame.pts if frame.pts is not None else target
-            return held
+def _seek_landing(container, stream, info: Probe, index: int, limits: DecodeLimits):
+    """Seek to the keyframe at or before `index`; (frames from the keyframe landed on, its index).
 
+    The landing is proven: the first keyframe decoded must carry the pts of a keyframe the scan
+    listed, at or before `index`. A seek that overshoots (MPEG-TS, MPEG-PS) is retried from the
+    keyframes before.
+    """
+    key_index = {info.frame_pts[k]: k for k in info.keyframes}
+    j = bisect.bisect_right(info.keyframes, index) - 1
+    for key in reversed(info.keyframes[max(0, j - 2) : j + 1]):
+        container.seek(info.frame_pts[key], stream=stream, backward=True)
+        frames = _frames(container, stream, limits)
+        for frame in itertools.islice(frames, MAX_LEADING_FRAMES):
+            landed = key_index.get(frame.pts)
+            if landed is not None:
+                if landed <= index:
+                    return itertools.chain([frame], frames), landed
+                break
+    raise _Unproven
+
+
+def _verified(frames, start: int, info: Probe):
+    """(index, frame) from index `start` on, each frame's pts checked against the packets'."""
+    for index, frame in enumerate(frames, start):
+        if index >= len(info.frame_pts) or frame.pts != info.frame_pts[index]:
+            raise _Unproven
+        if frame.is_corrupt:  # concealed: its pixels depend on what was decoded before the seek
+            raise _Unproven
+        yield index, frame
+
+
+def _decode_seeking(video: VideoSource, info: Probe, wanted: list[int], limits: DecodeLimits) -> dict:
+    """{index: frame} for sorted `wanted`, seeking to the keyframe before each one that lies ahead."""
+    out = {}
+    with _open_container(video) as container:
+        stream = _video_stream(container, video)
+        walk, next_index = None, 0
         for index in wanted:
-            target = info.pts[index]
-            key = info.keyframe_pts[bisect.bisect_right(info.keyframe_pts, target) - 1]
-            if frames is None or last_pts is None or last_pts < key or last_pts >= target:
-                seek(key)
-            frame = frame_at(target)
-            if frame is None and key != info.pts[0]:  # the seek landed past the target: go from the start
-                seek(info.pts[0])
-                frame = frame_at(target)
-            if frame is None:
-                break  # the packets promised a frame that does not decode
-            out[index] = frame.to_ndarray(format="rgb24")
+            key = info.keyframes[bisect.bisect_right(info.keyframes, index) - 1]
+            if walk is None or key > next_index:
+                frames, landed = _seek_landing(container, stream, info, index, limits)
+                walk = _verified(frames, landed, info)
+            for i, frame in walk:
+                if i == index:
+                    out[index] = _rgb(frame)
+                    break
+            else:
+                return out  # the video ends before `index`
+            next_index = index + 1
     return out
 
 
-def _decord_agrees(reader, info: Probe) -> bool:
-    """decord's own index (count and timestamps) must match the packets, or its seeks can land elsewhere."""
-    if len(reader) != info.num_frames or info.time_base <= 0:
+def _count_from_last_keyframe(video: VideoSource, info: Probe, limits: DecodeLimits) -> int:
+    """N of a long video: the last keyframe's index plus the frames that decode from it (proven)."""
+    with _open_container(video) as container:
+        stream = _video_stream(container, video)
+        frames, landed = _seek_landing(container, stream, info, len(info.frame_pts) - 1, limits)
+        return landed + sum(1 for _ in _verified(frames, landed, info))
+
+
+def _should_seek(info: Probe, wanted: list[int]) -> bool:
+    """Seek only in long videos, and only where it skips most of the decoding."""
+    if len(info.frame_pts) < SEEK_MIN_FRAMES or not info.keyframes or info.keyframes[0] != 0:
         return False
-    starts = reader.get_frame_timestamp(np.arange(info.num_frames))[:, 0]
-    expected = np.asarray(info.pts, dtype=np.float64) * info.time_base
-    return bool(np.allclose(starts - starts[0], expected - expected[0], atol=0.5 * info.time_base + 1e-6))
+    work = sum(index - info.keyframes[bisect.bisect_right(info.keyframes, index) - 1] + 1 for index in wanted)
+    return SEEK_MIN_SAVING * work <= wanted[-1]
 
 
-def _decode_decord(video: VideoSource, info: Probe, wanted: list[int]) -> dict[int, np.ndarray] | None:
-    """Frames via decord, or None where decord cannot be trusted with this file."""
+def _rotation(frame: av.VideoFrame) -> int:
+    """Degrees counterclockwise to turn the frame to display it (0, 90, 180, 270)."""
+    rotation = int(round(frame.rotation or 0)) % 360
+    if rotation % 90:
+        raise VideoError(f"unsupported rotation tag of {rotation} degrees")
+    return rotation
+
+
+def _rgb(frame: av.VideoFrame) -> np.ndarray:
+    """[H, W, 3] uint8, turned counterclockwise by the rotation tag as players display it."""
+    rotation = _rotation(frame)
+    image = frame.to_ndarray(format="rgb24")
+    return np.ascontiguousarray(np.rot90(image, k=rotation // 90)) if rotation else image
+
+
+def _decord_suits(info: Probe) -> bool:
+    """decord returns frames in decode order and mis-seeks in MPEG-PS: only plain streams qualify."""
+    return not info.reordered and info.codec in DECORD_CODECS and any(f in info.format for f in DECORD_FORMATS)
+
+
+def _decode_decord(video: VideoSource, info: Probe, wanted: list[int], limits: DecodeLimits) -> dict | None:
+    """{index: RGB frame} via decord, or None where its last frame is not PyAV's (or it fails)."""
     import decord
 
-    if info.rotation:  # decord ignores rotation tags (and fails on some)
+    proof = _decode_seeking(video, info, wanted[-1:], limits).get(wanted[-1])
+    if proof is None or info.rotation or proof.shape != (info.height, info.width, 3):  # decord ignores rotation
         return None
     source = io.BytesIO(video) if isinstance(video, bytes | bytearray) else os.fspath(video)
     try:
         reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=0)  # 0: FFmpeg picks
-        if not _decord_agrees(reader, info):
-            return None
         batch = reader.get_batch(wanted).asnumpy()  # [K, H, W, 3]
     except (decord.DECORDError, RuntimeError, ValueError):
         return None
-    if batch.shape[1:] != (info.height, info.width, 3):
+    if batch.shape[1:] != proof.shape or np.abs(batch[-1] - proof.astype(np.int16)).max() > DECORD_TOLERANCE:
         return None
     return dict(zip(wanted, batch, strict=True))
+
+
+def _decode_wanted(video: VideoSource, info: Probe, wanted: list[int], decoder: str, limits: DecodeLimits) -> dict:
+    """{index: RGB frame} for sorted unique `wanted`, by the path that suits the file (module docstring)."""
+    if _should_seek(info, wanted):
+        try:
+            if decoder == "decord" and _decord_suits(info):
+                got = _decode_decord(video, info, wanted, limits)
+                if got is not None:
+                    return got
+            return _decode_seeking(video, info, wanted, limits)
+        except _Unproven:
+            pass
+    return _decode_sequential(video, set(wanted), wanted[-1], limits)[0]
 
 
 def resolve_decoder(decoder: str | None) -> str:
@@ -216,38 +327,77 @@ def resolve_decoder(decoder: str | None) -> str:
     return decoder
 
 
-def decode_with_probe(video: VideoSource, info: Probe, indices: list[int], decoder: str | None = None) -> np.ndarray:
+def decode_with_probe(
+    video: VideoSource, info: Probe, indices: list[int], decoder: str | None = None, limits: DecodeLimits | None = None
+) -> np.ndarray:
     """uint8 RGB frames [K, H, W, 3] for `indices` (any order, repeats allowed) of a probed video."""
     if not indices:
         raise ValueError("no frame indices given")
+    decoder = resolve_decoder(decoder)
     bad = [i for i in indices if not 0 <= i < info.num_frames]
     if bad:
         raise VideoError(f"frame index {bad[0]} is outside the video's {info.num_frames} frames: {_name(video)}")
     wanted = sorted(set(int(i) for i in indices))
-    got = None
-    if resolve_decoder(decoder) == "decord":
-        got = _decode_decord(video, info, wanted)
-    if got is None:
-        got = _decode_pyav(video, info, wanted)
+    got = _decode_wanted(video, info, wanted, decoder, limits or DecodeLimits.from_env())
     missing = [i for i in wanted if i not in got]
     if missing:
         raise ShortVideoError(
             f"frame {missing[0]} of {info.num_frames} does not decode (truncated or corrupt video?): {_name(video)}"
         )
-    return _rotate(np.stack([got[i] for i in indices]), info.rotation)
-
-
-class ShortVideoError(VideoError):
-    """Fewer frames decode than the packets promised."""
-
-
-def count_decodable_frames(video: VideoSource) -> int:
-    """Decode every frame (without converting it) to count the ones that really decode; slow, rare path."""
-    with _open_container(video) as container:
-        stream = _video_stream(container, video)
-        return sum(1 for _ in _decoded(container, stream))
+    return np.stack([got[i] for i in indices])
 
 
 def decode_frames(video: VideoSource, indices, decoder: str | None = None) -> np.ndarray:
     """uint8 RGB frames [K, H, W, 3] of `video` (a path or bytes) at `indices`, rotated for display."""
-    return decode_with_probe(video, probe(video), [int(i) for i in indices], decoder)
+    return decode_with_probe(video, scan(video), [int(i) for i in indices], decoder)
+
+
+def decode_sampled(video: VideoSource, pick, decoder: str | None = None, limits: DecodeLimits | None = None):
+    """(frames [K, H, W, 3], indices, probe) for indices = pick(N), N the frames that decode.
+
+    Short videos take one sequential pass: it holds the frames pick() wants for the packet count and
+    for one frame fewer (a trailing packet that yields no frame), and counts N as it goes; a second
+    pass fetches the rest only where N differs more (hidden or damaged frames).
+    """
+    decoder = resolve_decoder(decoder)
+    limits = limits or DecodeLimits.from_env()
+    info = scan(video, limits)
+    if _should_seek(info, pick(info.num_frames)):
+        try:
+            info = replace(info, num_frames=_count_from_last_keyframe(video, info, limits), counted=True)
+            indices = pick(info.num_frames)
+            return decode_with_probe(video, info, indices, decoder, limits), indices, info
+        except _Unproven:
+            pass
+    guesses = [n for n in (info.num_frames, info.num_frames - 1) if n > 0]
+    held, count, first = _decode_sequential(video, {i for n in guesses for i in pick(n)}, None, limits)
+    if count == 0:
+        raise VideoError(f"no frame of the video can be decoded: {_name(video)}")
+    indices = pick(count)
+    missing = sorted(set(indices) - held.keys())
+    if missing:
+        held.update(_decode_sequential(video, set(missing), missing[-1], limits)[0])
+    rotation, height, width = first
+    info = replace(info, num_frames=count, counted=True, rotation=rotation, height=height, width=width)
+    return np.stack([held[i] for i in indices]), indices, info
+
+
+def count_decodable_frames(video: VideoSource, limits: DecodeLimits | None = None) -> int:
+    """Decode every frame (without converting it) and count the ones that decode."""
+    return _decode_sequential(video, set(), None, limits or DecodeLimits.from_env())[1]
+
+
+def probe(video: VideoSource, limits: DecodeLimits | None = None) -> Probe:
+    """scan() plus N counted by decoding (a proven tail count in long videos), size and rotation as shown."""
+    limits = limits or DecodeLimits.from_env()
+    info = scan(video, limits)
+    _, count, first = _decode_sequential(video, set(), None if info.num_frames < SEEK_MIN_FRAMES else 0, limits)
+    if count == 0:
+        raise VideoError(f"no frame of the video can be decoded: {_name(video)}")
+    if info.num_frames >= SEEK_MIN_FRAMES:
+        try:
+            count = _count_from_last_keyframe(video, info, limits)
+        except _Unproven:
+            count = count_decodable_frames(video, limits)
+    rotation, height, width = first
+    return replace(info, num_frames=count, counted=True, rotation=rotation, height=height, width=width)

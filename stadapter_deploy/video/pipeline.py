@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import VideoError
 from ..preprocessing import Preprocessing
-from .decode import Probe, ShortVideoError, VideoSource, count_decodable_frames, decode_with_probe, probe
+from .decode import VideoSource, decode_sampled
 from .sampling import eval_indices
 from .transforms import eval_transform
 
@@ -23,22 +22,12 @@ class EvalViews:
 
 
 def decode_clip_frames(video: VideoSource, pick, decoder: str | None = None):
-    """Probe, choose indices with `pick(num_frames)`, decode them. Returns (frames, indices, probe).
+    """Choose indices with `pick(N)`, N the frames that decode, and decode them: (frames, indices, probe).
 
-    If fewer frames decode than the packets promise (a truncated file), the real count is taken and
-    the indices are chosen again, so sampling always sees the frames that exist.
+    Sampling always sees the frames that really decode (a truncated or damaged file has fewer than
+    its packets promise); see `decode_sampled`.
     """
-    info = probe(video)
-    indices = pick(info.num_frames)
-    try:
-        return decode_with_probe(video, info, indices, decoder), indices, info
-    except ShortVideoError:
-        real = count_decodable_frames(video)
-        if real == 0:
-            raise VideoError("no frame of the video can be decoded") from None
-        info = Probe(**{**info.__dict__, "pts": info.pts[:real]})
-        indices = pick(info.num_frames)
-        return decode_with_probe(video, info, indices, "pyav"), indices, info
+    return decode_sampled(video, pick, decoder)
 
 
 def eval_picker(pre: Preprocessing):
