@@ -50,7 +50,7 @@ class Attention(nn.Module):
 
     def class_token_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The output at the class token only: [N, L, D] -> [N, 1, D]. Keys and values still use every token."""
-        _, length, width = x.shape  # [N, L, D]
+        length, width = x.shape[1], self.out_proj.in_features  # a Python int, so ONNX folds the weight slices
         w, b = self.in_proj_weight, self.in_proj_bias
         q = F.linear(x[:, :1], w[:width], b[:width])  # [N, 1, D]
         kv = F.linear(x, w[width:], b[width:])  # [N, L, 2D]
