@@ -49,36 +49,26 @@ def bench_parser() -> argparse.ArgumentParser:
 
 
 def candidates(bundle) -> list[str]:
-    from stadapter_deploy.runtime.predictor import runnable
+    from stadapter_deploy.runtime.predictor import AUTO_ORDER, runnable
 
-    order = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "torch-cpu")
-    return [name for name in order if runnable(bundle, name) is None]
-
-
-def make_predictor(bundle, name: str, threads: int):
-    from stadapter_deploy.runtime import load_predictor
-    from stadapter_deploy.runtime.backends.ort_backend import OrtPredictor
-
-    if name.startswith("onnxruntime"):
-        return OrtPredictor(bundle, device=name.split("-")[1], threads=threads)
-    return load_predictor(bundle, backend=name)
+    return [name for name in AUTO_ORDER if runnable(bundle, name) is None]
 
 
 def run_bench(argv: list[str]) -> int:
     args = bench_parser().parse_args(argv)
     import torch
 
-    from stadapter_deploy.runtime import bench
-    from stadapter_deploy.runtime.bundle import load_bundle
+    from stadapter_deploy.export import bench
+    from stadapter_deploy.runtime import load_bundle, load_predictor
 
     if min(args.batches) < 1 or args.iters < 1 or args.repeats < 1 or args.threads < 1:
         raise ValueError("--batches, --iters, --repeats and --threads must be positive")
     torch.set_num_threads(args.threads)
     b = load_bundle(args.bundle)
     names = args.backends or candidates(b)
-    predictors = [make_predictor(b, n, args.threads) for n in names]
-    gflop = bench.model_gflops(b.config, b.preprocessing["num_frames"])
-    shape = bench.matmul_shape(b.config, b.preprocessing["num_frames"])
+    predictors = [load_predictor(b, backend=n, threads=args.threads) for n in names]
+    gflop = bench.model_gflops(b.config, b.preprocessing.num_frames)
+    shape = bench.matmul_shape(b.config, b.preprocessing.num_frames)
     peak = bench.matmul_gflops(args.threads, *shape)
     by_lib = {
         "torch.mm": bench.torch_matmul_gflops(args.threads, *shape),
@@ -137,7 +127,7 @@ def run_bench(argv: list[str]) -> int:
 
 
 def median_rows(rows):
-    from stadapter_deploy.runtime.bench import Row
+    from stadapter_deploy.export.bench import Row
 
     groups: dict[tuple, list] = {}
     for r in rows:

@@ -83,9 +83,9 @@ def export_parser() -> argparse.ArgumentParser:
 
 def run_export(argv: list[str]) -> int:
     args = export_parser().parse_args(argv)
-    from stadapter_deploy.runtime.exporter import ExportOptions, export_bundle, load_source
-    from stadapter_deploy.runtime.onnx_export import DEFAULT_CONV_FORM, DEFAULT_OPSET
-    from stadapter_deploy.runtime.tensorrt_build import DEFAULT_TIMING_CACHE, BatchProfile
+    from stadapter_deploy.export.exporter import ExportOptions, export_bundle, load_source
+    from stadapter_deploy.export.onnx_export import DEFAULT_CONV_FORM, DEFAULT_OPSET
+    from stadapter_deploy.export.tensorrt_build import DEFAULT_TIMING_CACHE, BatchProfile
 
     profile = BatchProfile(args.trt_min_batch, args.trt_opt_batch, args.trt_max_batch)
     if args.check_videos < 1:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
+from .labels import read_labels
 from .preprocessing import Preprocessing
 
 
@@ -73,7 +75,7 @@ def get_recipe(name: str) -> Recipe:
 
 def class_names(dataset: str) -> list[str]:
     """Class names shipped with the package for `dataset` (index = line number)."""
-    path = resources.files("stadapter_deploy") / "data" / f"{dataset}_classes.txt"
+    path = Path(str(resources.files("stadapter_deploy") / "data" / f"{dataset}_classes.txt"))
     if not path.is_file():
         raise ValueError(f"no class-name file for {dataset!r} in stadapter_deploy/data/")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return read_labels(path)

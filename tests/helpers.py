@@ -36,7 +36,7 @@ def make_tiny_bundle(tmp_path: Path, name: str = "bundle", fp16: bool = False, v
     Holds model.safetensors (torch backend) and model.onnx (onnxruntime backend), labels = the 6 synthetic
     motion classes, preprocessing 8 frames at 32x32, 1 view.
     """
-    from stadapter_deploy.runtime.exporter import ExportOptions, export_bundle, load_source
+    from stadapter_deploy.export.exporter import ExportOptions, export_bundle, load_source
 
     ckpt = make_tiny_checkpoint(Path(tmp_path) / f"{name}-checkpoint", **kw)
     source = load_source(checkpoint=ckpt)

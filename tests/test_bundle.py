@@ -14,8 +14,8 @@ import pytest
 from stadapter_deploy import BundleError, load_predictor
 from stadapter_deploy.model import get_preset
 from stadapter_deploy.runtime import choose_backend, load_bundle
-from stadapter_deploy.runtime.bench import model_gflops
-from stadapter_deploy.runtime.tensorrt_build import BatchProfile, plan_name, tensorrt_missing
+from stadapter_deploy.export.bench import model_gflops
+from stadapter_deploy.export.tensorrt_build import BatchProfile, plan_name, tensorrt_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_corrupt_onnx_with_matching_checksum_is_refused(tiny_bundle, tmp_path):
     rewrite_manifest(copy, fix_checksum)
     with pytest.raises(BundleError, match="onnxruntime cannot load"):
         load_predictor(copy, backend="onnxruntime")
-    from stadapter_deploy.runtime.onnx_export import check_onnx
+    from stadapter_deploy.export.onnx_export import check_onnx
 
     with pytest.raises(BundleError, match="not a valid ONNX model"):
         check_onnx(copy / "model.onnx")
@@ -146,9 +146,9 @@ def test_tensorrt_artifact_for_another_gpu_is_not_offered(tiny_bundle, tmp_path)
 
 
 def test_model_gflops_matches_the_design_figure():
-    assert model_gflops(get_preset("vit_b16_adapter12x384")) == pytest.approx(303, abs=1.5)
-    b16_24 = model_gflops(get_preset("vit_b16_adapter24x384"))
-    assert b16_24 - model_gflops(get_preset("vit_b16_adapter12x384")) == pytest.approx(8 * 12 * 0.232, rel=0.02)
+    assert model_gflops(get_preset("vit_b16_adapter12x384"), num_frames=8) == pytest.approx(303, abs=1.5)
+    b16_24 = model_gflops(get_preset("vit_b16_adapter24x384"), 8)
+    assert b16_24 - model_gflops(get_preset("vit_b16_adapter12x384"), 8) == pytest.approx(8 * 12 * 0.232, rel=0.02)
 
 
 def test_bench_cli_prints_a_table_and_writes_a_plot(tiny_bundle, tmp_path):

@@ -17,7 +17,7 @@ from export.cli import main
 from stadapter_deploy import BundleError, build_model, load_predictor
 from stadapter_deploy.model import trainable_state_dict
 from stadapter_deploy.runtime import load_bundle
-from stadapter_deploy.runtime.onnx_export import count_ops
+from stadapter_deploy.export.onnx_export import count_ops
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny preset: ln_pre + 2 per block x 3 blocks + ln_post
@@ -102,7 +102,7 @@ def test_fp16_onnx_runs_through_the_predictor(fp16_bundle):
 
 
 def test_trt_without_tensorrt_writes_onnx_and_exits_2(checkpoint, tmp_path):
-    from stadapter_deploy.runtime.tensorrt_build import tensorrt_missing
+    from stadapter_deploy.export.tensorrt_build import tensorrt_missing
 
     if tensorrt_missing() is None:
         pytest.skip("TensorRT and a GPU are available here")
@@ -190,11 +190,11 @@ def test_clip_adapter_pair_that_does_not_fit(tmp_path, capsys):
 
 
 def test_labels_resolution(tmp_path):
-    from stadapter_deploy.runtime.exporter import load_source
+    from stadapter_deploy.export.exporter import load_source
 
     ckpt = make_tiny_checkpoint(tmp_path / "c5", recipe=None, num_classes=5)
     src = load_source(checkpoint=ckpt, dataset="synthetic")  # 6 synthetic classes != 5: generated names
-    assert src.labels == [f"class_{i}" for i in range(5)] and src.preprocessing["num_frames"] == 8
+    assert src.labels == [f"class_{i}" for i in range(5)] and src.preprocessing.num_frames == 8
     names = tmp_path / "names.txt"
     names.write_text("a\nb\nc\nd\ne\n")
     assert load_source(checkpoint=ckpt, labels_file=names).labels == list("abcde")
@@ -203,11 +203,11 @@ def test_labels_resolution(tmp_path):
         load_source(checkpoint=ckpt, labels_file=names)
     k400 = load_source(checkpoint=make_tiny_checkpoint(tmp_path / "c6", recipe=None), dataset="k400")
     assert k400.labels[:2] == ["class_0", "class_1"]  # 6 != 400
-    assert k400.preprocessing["sampling_rate"] == 16 and k400.preprocessing["temporal_views"] == 3
+    assert k400.preprocessing.sampling_rate == 16 and k400.preprocessing.temporal_views == 3
 
 
 def test_parity_failure_leaves_nothing(tmp_path, monkeypatch, capsys):
-    from stadapter_deploy.runtime import parity
+    from stadapter_deploy.export import parity
 
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
     monkeypatch.setattr(parity, "FP32_REL_TOL", 0.0)  # any rounding difference now fails the fp32 gate
@@ -287,7 +287,7 @@ def test_synthetic_recipe_constant_matches_recipes():
 def test_large_models_keep_weights_in_external_data(tmp_path, monkeypatch):
     from helpers import make_tiny_bundle
 
-    from stadapter_deploy.runtime import onnx_export
+    from stadapter_deploy.export import onnx_export
 
     monkeypatch.setattr(onnx_export, "INLINE_LIMIT", 0)  # treat the tiny model as if it were over 2 GB
     bundle = make_tiny_bundle(tmp_path)

@@ -11,6 +11,13 @@ import pytest
 
 from stadapter_deploy import BundleError, load_predictor
 from stadapter_deploy.runtime import load_bundle
+from stadapter_deploy.video import CLIP_MEAN, CLIP_STD
+
+
+def torch_tensor(values):
+    import torch
+
+    return torch.tensor(values).view(1, 3, 1, 1, 1)
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +28,9 @@ def video(tmp_path_factory):
 
 
 def test_torch_and_onnxruntime_classify_the_same(tiny_bundle, video):
-    results = {b: load_predictor(tiny_bundle, backend=b).classify(video, top_k=6) for b in ("torch", "onnxruntime")}
-    torch_res, ort_res = results["torch"], results["onnxruntime"]
+    backends = ("torch-cpu", "onnxruntime-cpu")  # named devices: the same on a machine with a GPU
+    results = {b: load_predictor(tiny_bundle, backend=b).classify(video, top_k=6) for b in backends}
+    torch_res, ort_res = results["torch-cpu"], results["onnxruntime-cpu"]
     assert torch_res["backend"] == "torch-cpu" and ort_res["backend"] == "onnxruntime-cpu"
     assert [x["index"] for x in torch_res["labels"]] == [x["index"] for x in ort_res["labels"]]
     np.testing.assert_allclose(
@@ -38,8 +46,8 @@ def test_torch_and_onnxruntime_classify_the_same(tiny_bundle, video):
 def test_dynamic_batch(tiny_bundle, batch):
     rng = np.random.default_rng(batch)
     clips = rng.standard_normal((batch, 3, 8, 32, 32)).astype(np.float32)
-    ort_logits = load_predictor(tiny_bundle, backend="onnxruntime").predict(clips)
-    torch_logits = load_predictor(tiny_bundle, backend="torch").predict(clips)
+    ort_logits = load_predictor(tiny_bundle, backend="onnxruntime-cpu").predict(clips)
+    torch_logits = load_predictor(tiny_bundle, backend="torch-cpu").predict(clips)
     assert ort_logits.shape == (batch, 6) and ort_logits.dtype == np.float32
     np.testing.assert_allclose(ort_logits, torch_logits, rtol=1e-4, atol=1e-5)
 
@@ -48,7 +56,7 @@ def test_predict_splits_batches_over_max(tiny_bundle):
     predictor = load_predictor(tiny_bundle, backend="onnxruntime")
     clips = np.random.default_rng(0).standard_normal((5, 3, 8, 32, 32)).astype(np.float32)
     whole = predictor.predict(clips)
-    predictor.max_batch = 2
+    predictor.runner.max_batch = 2
     np.testing.assert_allclose(predictor.predict(clips), whole, rtol=1e-5, atol=1e-6)
 
 
@@ -79,9 +87,56 @@ def test_views_layout(tiny_bundle, video):
             predictor.view_layout(bad)
 
 
-def test_auto_picks_onnxruntime_cpu_here(tiny_bundle):
+def test_auto_picks_the_fastest_runnable_backend(tiny_bundle):
+    import torch
+
     predictor = load_predictor(tiny_bundle)
-    assert predictor.backend == "onnxruntime-cpu"  # no GPU on CI: fastest CPU backend the bundle holds
+    if torch.cuda.is_available():  # the bundle holds no engine: ONNX Runtime's CUDA provider or torch on CUDA
+        assert predictor.backend in ("onnxruntime-cuda", "torch-cuda")
+    else:
+        assert predictor.backend == "onnxruntime-cpu"  # the fastest CPU backend the bundle holds
+        assert "passed over: tensorrt" in predictor.selection
+
+
+def test_a_new_runner_is_one_class_and_one_registry_line(tiny_bundle, monkeypatch):
+    from stadapter_deploy.runtime import RUNNERS, Runner
+
+    class ConstantRunner(Runner):  # a stand-in engine: every clip gets the same logits
+        name = "constant"
+
+        @classmethod
+        def available(cls, bundle, device):
+            return None
+
+        def __init__(self, bundle, device="cpu", precision="fp32", threads=None):
+            self.num_classes = bundle.config.num_classes
+
+        def run(self, clips):
+            return np.tile(np.arange(self.num_classes, dtype=np.float32), (len(clips), 1))
+
+    monkeypatch.setitem(RUNNERS, "constant", ConstantRunner)
+    predictor = load_predictor(tiny_bundle, backend="constant")
+    assert predictor.backend == "constant" and predictor.predict(np.zeros((2, 3, 8, 32, 32), np.float32)).shape == (
+        2,
+        6,
+    )
+    assert predictor.top_k(predictor.predict(np.zeros((1, 3, 8, 32, 32), np.float32)), 1)[0]["index"] == 5
+
+
+def test_manifest_mean_and_std_normalize_the_input(tiny_bundle, tmp_path, video):
+    import json
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["preprocessing"] |= {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    clip_default = load_predictor(tiny_bundle, backend="torch-cpu").preprocess(video).clips
+    clip_custom = load_predictor(copy, backend="torch-cpu").preprocess(video).clips
+    pixels_default = clip_default * torch_tensor(CLIP_STD) + torch_tensor(CLIP_MEAN)  # both back to [0, 1] pixels
+    pixels_custom = clip_custom * 0.25 + 0.5
+    np.testing.assert_allclose(pixels_custom.numpy(), pixels_default.numpy(), atol=1e-5)
+    assert not np.allclose(clip_custom.numpy(), clip_default.numpy(), atol=1e-2)
 
 
 def test_unknown_backend(tiny_bundle):
@@ -91,7 +146,7 @@ def test_unknown_backend(tiny_bundle):
 
 def test_tensorrt_backend_says_what_is_missing(tiny_bundle):
     pytest.importorskip("torch")
-    from stadapter_deploy.runtime.tensorrt_build import tensorrt_missing
+    from stadapter_deploy.runtime.runners.trt_runner import tensorrt_missing
 
     if tensorrt_missing() is None:
         pytest.skip("TensorRT is available here")

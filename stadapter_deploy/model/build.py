@@ -17,7 +17,7 @@ def build_model(
     *,
     clip: str | Path | None = None,
     adapter: str | Path | None = None,
-    checkpoint: str | Path | None = None,
+    checkpoint: str | Path | W.Checkpoint | None = None,
     **overrides,
 ) -> STAdapterViT:
     """Build the model, optionally loading weights.
@@ -33,10 +33,10 @@ def build_model(
     if checkpoint is not None:
         if clip is not None or adapter is not None:
             raise ValueError("pass either checkpoint= or clip=/adapter=, not both")
-        cfg, state = W.read_checkpoint(checkpoint)
-        cfg = cfg.replace(**overrides) if overrides else cfg
+        ckpt = checkpoint if isinstance(checkpoint, W.Checkpoint) else W.read_checkpoint(checkpoint)
+        cfg = ckpt.config.replace(**overrides) if overrides else ckpt.config
         model = STAdapterViT(cfg)
-        load_strict(model, state, source=str(checkpoint))
+        load_strict(model, ckpt.state, source="checkpoint" if isinstance(checkpoint, W.Checkpoint) else str(checkpoint))
         return model
 
     backbone = W.load_clip_state_dict(clip) if clip is not None else None

@@ -23,8 +23,6 @@ class ModelConfig:
     # head
     num_classes: int = 400
     dropout: float = 0.5
-    # the clip length the recipe trains with; the model itself accepts any T
-    num_frames: int = 8
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -56,11 +54,16 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in LEGACY_FIELDS}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
         return cls(**d)
 
+
+# Fields older versions wrote that no longer belong to the architecture (num_frames: the model takes any
+# T; the clip length is the preprocessing's). Read and ignored, so old checkpoints and bundles load.
+LEGACY_FIELDS = ("num_frames",)
 
 VIT_B16 = dict(width=768, layers=12, heads=12, patch_size=16, image_size=224)
 VIT_L14 = dict(width=1024, layers=24, heads=16, patch_size=14, image_size=224)

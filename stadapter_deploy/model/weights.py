@@ -14,6 +14,7 @@ import json
 import re
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -225,7 +226,13 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, extra: dict | None
     return path
 
 
-def read_checkpoint(path: str | Path) -> tuple[ModelConfig, StateDict]:
+class Checkpoint(NamedTuple):
+    config: ModelConfig
+    state: StateDict
+    meta: dict  # the whole config.json: format, config, and what training wrote (preprocessing, class_names, ...)
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read our format from its directory, its config.json, or its model.safetensors."""
     path = _existing(path)
     folder = path if path.is_dir() else path.parent
@@ -237,4 +244,4 @@ def read_checkpoint(path: str | Path) -> tuple[ModelConfig, StateDict]:
         cfg = ModelConfig.from_dict(meta["config"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"{config_path} is not a valid checkpoint config: {e}") from e
-    return cfg, load_safetensors(weights_path)
+    return Checkpoint(cfg, load_safetensors(weights_path), meta)

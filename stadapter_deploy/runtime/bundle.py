@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BundleError
+from ..labels import read_labels
 from ..model.config import ModelConfig
+from ..preprocessing import Preprocessing
 
 SCHEMA_VERSION = "stadapter-deploy/bundle-v1"
 MANIFEST_FILE = "manifest.json"
@@ -84,10 +86,7 @@ class Bundle:
     manifest: dict
     labels: list[str]
     config: ModelConfig
-
-    @property
-    def preprocessing(self) -> dict:
-        return dict(self.manifest["preprocessing"])
+    preprocessing: Preprocessing
 
     @property
     def model_name(self) -> str:
@@ -128,11 +127,12 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         for entry in [manifest["labels"], *manifest["artifacts"]]:
             for f in [entry, *entry.get("extra_files", [])]:
                 verify_file(path, f)
-    labels = read_labels(path / manifest["labels"]["file"])
+    labels = read_labels(path / manifest["labels"]["file"], error=BundleError)
     config = ModelConfig.from_dict(manifest["config"])
     if len(labels) != config.num_classes:
         raise BundleError(f"{path}: {len(labels)} labels for a model with {config.num_classes} classes")
-    return Bundle(path=path, manifest=manifest, labels=labels, config=config)
+    preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
+    return Bundle(path=path, manifest=manifest, labels=labels, config=config, preprocessing=preprocessing)
 
 
 def check_manifest(manifest: dict, where: Path) -> None:
@@ -145,6 +145,10 @@ def check_manifest(manifest: dict, where: Path) -> None:
     lacking = [k for k in PREPROCESSING_KEYS if k not in manifest["preprocessing"]]
     if lacking:
         raise BundleError(f"{where}: preprocessing lacks {lacking}")
+    try:
+        Preprocessing.from_dict(manifest["preprocessing"])
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{where}: bad preprocessing: {e}") from e
     if not manifest["artifacts"]:
         raise BundleError(f"{where}: the bundle lists no artifacts")
     try:
@@ -164,21 +168,6 @@ def verify_file(folder: Path, entry: dict) -> None:
         )
     if sha256_file(path) != entry["sha256"]:
         raise BundleError(f"bundle file {path} fails its sha256 check: it was modified after export")
-
-
-def read_labels(path: Path) -> list[str]:
-    return [line.rstrip("\r") for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
-
-
-def read_labels_file(path: str | Path, num_classes: int | None = None) -> list[str]:
-    """A user-supplied class-name file (one per line); the count must match the model."""
-    path = Path(path)
-    if not path.is_file():
-        raise BundleError(f"labels file not found: {path}")
-    labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if num_classes is not None and len(labels) != num_classes:
-        raise BundleError(f"{path} has {len(labels)} class names but the model has {num_classes} classes")
-    return labels
 
 
 # ----------------------------------------------------------------------------- writing

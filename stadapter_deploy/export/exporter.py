@@ -8,7 +8,6 @@ verify=False, every parity gate) has passed.
 from __future__ import annotations
 
 import datetime
-import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +16,13 @@ import torch
 from tqdm import tqdm
 
 from ..errors import BundleError
+from ..labels import placeholder_labels, read_labels
 from ..model import build_model, save_checkpoint
 from ..model.config import backbone_name
-from ..model.weights import CONFIG_FILE, WEIGHTS_FILE
+from ..model.weights import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint
 from ..preprocessing import Preprocessing
 from ..recipes import class_names, get_recipe
-from . import bundle as B
+from ..runtime import bundle as B
 from .onnx_export import DEFAULT_CONV_FORM, DEFAULT_OPSET, count_ops, export_onnx, external_data_file
 from .parity import check_artifact, check_inputs, reference_logits
 from .tensorrt_build import DEFAULT_TIMING_CACHE, BatchProfile
@@ -39,7 +39,7 @@ class ParityError(BundleError):
 class ExportSource:
     model: torch.nn.Module
     labels: list[str]
-    preprocessing: dict
+    preprocessing: Preprocessing
     model_name: str
     dataset: str | None
     origin: dict  # where the weights and labels came from, for the manifest
@@ -90,23 +90,17 @@ def load_source(
         get_recipe(dataset)  # unknown names fail here, with the choices
     extra: dict = {}
     if checkpoint is not None:
-        model = build_model(checkpoint=checkpoint)
-        folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
-        meta = json.loads((folder / CONFIG_FILE).read_text())
-        extra = {k: meta[k] for k in ("recipe", "class_names") if k in meta}
+        ckpt = read_checkpoint(checkpoint)
+        model = build_model(checkpoint=ckpt)
+        extra = {k: ckpt.meta[k] for k in ("recipe", "preprocessing", "class_names") if k in ckpt.meta}
         origin = {"checkpoint": str(Path(checkpoint).absolute())}
     else:
         model = build_model(preset, clip=clip, adapter=adapter)
         origin = {"clip": str(Path(clip).absolute()), "adapter": str(Path(adapter).absolute())}
     cfg = model.cfg
-    recipe = extra.get("recipe")
-    if recipe:
-        dataset = recipe.get("dataset", dataset)
-        preprocessing = _preprocessing(cfg, recipe)
-    elif dataset is not None:
-        preprocessing = get_recipe(dataset).preprocessing.replace(size=cfg.image_size).to_dict()
-    else:
-        preprocessing = _preprocessing(cfg, {})
+    recipe = extra.get("recipe") or {}
+    dataset = recipe.get("dataset", dataset)
+    preprocessing = source_preprocessing(cfg, extra, dataset)
     labels, labels_from = resolve_labels(cfg.num_classes, labels_file, extra.get("class_names"), dataset)
     origin["labels"] = labels_from
     if name is None:
@@ -116,14 +110,18 @@ def load_source(
     return ExportSource(model.eval(), labels, preprocessing, name, dataset, origin, extra)
 
 
-def _preprocessing(cfg, recipe: dict) -> dict:
-    return Preprocessing(
-        size=cfg.image_size,
-        num_frames=int(recipe.get("num_frames", cfg.num_frames)),
-        sampling_rate=int(recipe.get("sampling_rate", 0)),
-        spatial_views=int(recipe.get("spatial_views", 1)),
-        temporal_views=int(recipe.get("temporal_views", 1)),
-    ).to_dict()
+def source_preprocessing(cfg, extra: dict, dataset: str | None) -> Preprocessing:
+    """The checkpoint's own preprocessing; else the older checkpoints' recipe entry; else the dataset's
+    recipe; else 8 uniform frames. The size is always the model's."""
+    if "preprocessing" in extra:
+        return Preprocessing.from_dict(extra["preprocessing"]).replace(size=cfg.image_size)
+    recipe = extra.get("recipe")
+    if recipe:  # written by versions before the typed Preprocessing
+        keys = ("num_frames", "sampling_rate", "spatial_views", "temporal_views")
+        return Preprocessing(size=cfg.image_size, **{k: int(recipe[k]) for k in keys if k in recipe})
+    if dataset is not None:
+        return get_recipe(dataset).preprocessing.replace(size=cfg.image_size)
+    return Preprocessing(size=cfg.image_size)
 
 
 def resolve_labels(
@@ -131,7 +129,7 @@ def resolve_labels(
 ) -> tuple[list[str], str]:
     """(labels, where they came from): --labels, the checkpoint, the dataset preset, or class_<i>."""
     if labels_file is not None:
-        return B.read_labels_file(labels_file, num_classes), str(labels_file)
+        return read_labels(labels_file, num_classes, error=BundleError), str(labels_file)
     if checkpoint_names and len(checkpoint_names) == num_classes:
         return list(checkpoint_names), "checkpoint"
     if dataset is not None:
@@ -141,7 +139,7 @@ def resolve_labels(
             names = []
         if len(names) == num_classes:
             return names, f"dataset preset {dataset}"
-    return [f"class_{i}" for i in range(num_classes)], "generated"
+    return placeholder_labels(num_classes), "generated"
 
 
 # ----------------------------------------------------------------------------- export
@@ -163,7 +161,7 @@ def export_bundle(source: ExportSource, out: str | Path, options: ExportOptions 
     from .tensorrt_build import tensorrt_missing
 
     model, pre = source.model.float().eval(), source.preprocessing
-    cfg = model.cfg.replace(num_frames=pre["num_frames"])
+    cfg = model.cfg
     trt_missing = tensorrt_missing() if options.trt else None
     steps = ["weights", "onnx fp32"] + ["onnx fp16"] * options.fp16 + ["tensorrt"] * (options.trt and not trt_missing)
     steps += ["parity"] * options.verify
@@ -171,28 +169,28 @@ def export_bundle(source: ExportSource, out: str | Path, options: ExportOptions 
     with B.BundleWriter(out, overwrite=options.overwrite) as w:
         tmp = w.tmp
         bar.set_postfix_str("weights")
-        save_checkpoint(model, tmp, extra=source.extra)
+        save_checkpoint(model, tmp, extra={**source.extra, "preprocessing": pre.to_dict()})
         (tmp / B.LABELS_FILE).write_text("\n".join(source.labels) + "\n", encoding="utf-8")
         artifacts = [B.artifact_entry(tmp, WEIGHTS_FILE, backend="torch", precision="fp32", extra_files=[CONFIG_FILE])]
         bar.update()
 
         bar.set_postfix_str("onnx fp32")
         onnx_fields = dict(opset=options.opset, temporal_conv=options.conv_form, exporter=options.exporter)
-        artifacts.append(_onnx_artifact(model, tmp, ONNX_FILE, "fp32", cfg, options, onnx_fields))
+        artifacts.append(_onnx_artifact(model, tmp, ONNX_FILE, "fp32", pre, options, onnx_fields))
         bar.update()
         if options.fp16:
             bar.set_postfix_str("onnx fp16")
-            artifacts.append(_onnx_artifact(model, tmp, ONNX_FP16_FILE, "fp16", cfg, options, onnx_fields))
+            artifacts.append(_onnx_artifact(model, tmp, ONNX_FP16_FILE, "fp16", pre, options, onnx_fields))
             bar.update()
         if options.trt and not trt_missing:
             bar.set_postfix_str("tensorrt")
-            artifacts.append(_trt_artifact(tmp, cfg, options))
+            artifacts.append(_trt_artifact(tmp, pre, options))
             bar.update()
 
         manifest = make_manifest(source, cfg, tmp, artifacts)
         if options.verify:
             bar.set_postfix_str("parity")
-            verify_bundle(model, B.Bundle(tmp, manifest, source.labels, cfg), options)
+            verify_bundle(model, B.Bundle(tmp, manifest, source.labels, cfg, pre), options)
             bar.update()
         bar.close()
         (tmp / B.README_FILE).write_text(model_card(manifest))
@@ -200,7 +198,7 @@ def export_bundle(source: ExportSource, out: str | Path, options: ExportOptions 
     return ExportResult(path=path, manifest=manifest, trt_missing=trt_missing)
 
 
-def _onnx_artifact(model, folder: Path, name: str, precision: str, cfg, options: ExportOptions, fields) -> dict:
+def _onnx_artifact(model, folder: Path, name: str, precision: str, pre, options: ExportOptions, fields) -> dict:
     path = export_onnx(
         model,
         folder / name,
@@ -208,7 +206,7 @@ def _onnx_artifact(model, folder: Path, name: str, precision: str, cfg, options:
         fp16=precision == "fp16",
         form=options.conv_form,
         exporter=options.exporter,
-        num_frames=cfg.num_frames,
+        num_frames=pre.num_frames,
     )
     data = external_data_file(path)
     ops = count_ops(path)
@@ -223,15 +221,14 @@ def _onnx_artifact(model, folder: Path, name: str, precision: str, cfg, options:
     )
 
 
-def _trt_artifact(folder: Path, cfg, options: ExportOptions) -> dict:
+def _trt_artifact(folder: Path, pre: Preprocessing, options: ExportOptions) -> dict:
     import tensorrt as trt
 
     from .tensorrt_build import build_engine, gpu_name, plan_name
 
     gpu = gpu_name()
     plan = folder / plan_name(gpu, trt.__version__)
-    clip_shape = (3, cfg.num_frames, cfg.image_size, cfg.image_size)
-    build_engine(folder / ONNX_FILE, plan, clip_shape, options.trt_profile, options.timing_cache)
+    build_engine(folder / ONNX_FILE, plan, pre.clip_shape, options.trt_profile, options.timing_cache)
     p = options.trt_profile
     return B.artifact_entry(
         folder,
@@ -255,7 +252,7 @@ def make_manifest(source: ExportSource, cfg, folder: Path, artifacts: list[dict]
         "dataset": source.dataset,
         "labels": B.file_entry(folder, B.LABELS_FILE),
         "num_classes": cfg.num_classes,
-        "preprocessing": source.preprocessing,
+        "preprocessing": source.preprocessing.to_dict(),
         "artifacts": artifacts,
         "parity": None,  # filled by verify_bundle; None = exported with --no-verify
         "source": source.origin,
@@ -265,7 +262,7 @@ def make_manifest(source: ExportSource, cfg, folder: Path, artifacts: list[dict]
 
 def verify_bundle(model: torch.nn.Module, bundle: B.Bundle, options: ExportOptions) -> dict:
     """Run every artifact through its real backend on the check inputs; figures into the manifest."""
-    from .predictor import load_predictor
+    from ..runtime.predictor import load_predictor
 
     inputs = check_inputs(bundle.preprocessing, options.check_videos, options.check_random)
     reference = reference_logits(model, inputs)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import BundleError
-from .bundle import INPUT_NAME, OUTPUT_NAME
+from ..runtime.bundle import INPUT_NAME, OUTPUT_NAME
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 18

@@ -18,9 +18,9 @@ import torch
 from ..model.config import ModelConfig
 
 
-def model_gflops(cfg: ModelConfig, num_frames: int | None = None) -> float:
+def model_gflops(cfg: ModelConfig, num_frames: int) -> float:
     """Forward GFLOP (1 multiply-add = 2 FLOP) of one clip: 303 for B/16 12x384 at 8 frames."""
-    t = num_frames or cfg.num_frames
+    t = num_frames
     d, length, patches = cfg.width, cfg.tokens_per_frame, cfg.grid**2
     embed = 2 * patches * d * 3 * cfg.patch_size**2
     block = 24 * length * d * d + 4 * length * length * d  # qkv, out_proj, MLP 4x; q@k and attn@v
@@ -30,9 +30,9 @@ def model_gflops(cfg: ModelConfig, num_frames: int | None = None) -> float:
     return (t * (embed + cfg.layers * block + adapters * adapter) + head) / 1e9
 
 
-def matmul_shape(cfg: ModelConfig, num_frames: int | None = None) -> tuple[int, int, int]:
+def matmul_shape(cfg: ModelConfig, num_frames: int) -> tuple[int, int, int]:
     """(M, K, N) of one clip's MLP up-projection: the GEMM shape the model spends most time in."""
-    return cfg.tokens_per_frame * (num_frames or cfg.num_frames), cfg.width, 4 * cfg.width
+    return cfg.tokens_per_frame * num_frames, cfg.width, 4 * cfg.width
 
 
 def _median_rate(run, flop: float, seconds: float) -> float:
@@ -112,8 +112,8 @@ def time_predictor(
     """
     clips = np.random.default_rng(0).standard_normal((batch, *predictor.input_shape)).astype(np.float32)
     predictor.predict(clips[:1])  # warm-up (first-call allocation), cheap at batch 1
-    p = predictor.preprocessing
-    peak = matmul_gflops(threads, *matmul_shape(predictor.bundle.config, p["num_frames"]), seconds=matmul_s)
+    shape = matmul_shape(predictor.bundle.config, predictor.preprocessing.num_frames)
+    peak = matmul_gflops(threads, *shape, seconds=matmul_s)
     times, start = [], time.perf_counter()
     for _ in range(iters):
         t = time.perf_counter()
@@ -126,7 +126,7 @@ def time_predictor(
     achieved = gflop_per_clip * batch / p50
     return Row(
         predictor.backend,
-        getattr(predictor, "precision", "fp32"),
+        predictor.precision,
         batch,
         len(times),
         batch / p50,

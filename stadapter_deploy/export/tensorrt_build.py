@@ -1,4 +1,4 @@
-"""ONNX -> TensorRT FP16 engine (TensorRT 10 Python API), kept apart from inference (backends/trt_backend.py).
+"""ONNX -> TensorRT FP16 engine (TensorRT 10 Python API), kept apart from inference (runtime/runners/trt_runner.py).
 
 Engines are tied to one GPU model and one TensorRT version, so the plan file is named after both and
 the manifest records them; the runtime only offers an engine built for the GPU it runs on.
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BundleError
-from .bundle import INPUT_NAME
+from ..runtime.bundle import INPUT_NAME
+from ..runtime.runners.trt_runner import gpu_name, tensorrt_missing  # noqa: F401  (re-exported)
 
 DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "stadapter-deploy" / "tensorrt-timing.cache"
 
@@ -35,40 +36,10 @@ class BatchProfile:
         return tuple((b, *clip_shape) for b in (self.min, self.opt, self.max))  # type: ignore[return-value]
 
 
-def tensorrt_missing() -> str | None:
-    """None when TensorRT and a CUDA GPU are usable here, else what is missing, in words."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "TensorRT is not installed (pip install tensorrt from NVIDIA's index; see README)"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible to torch"
-    return None
-
-
-def gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0)
-
-
 def plan_name(gpu: str, trt_version: str, precision: str = "fp16") -> str:
     """e.g. 'model.fp16.nvidia-h100-80gb-hbm3.trt10.3.0.plan' (engines are not portable)."""
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
     return f"model.{precision}.{slug}.trt{trt_version}.plan"
-
-
-def engine_for_this_machine(bundle) -> dict | None:
-    """The bundle's TensorRT artifact built for this GPU and TensorRT version, if any."""
-    import tensorrt as trt
-
-    here = gpu_name()
-    for a in bundle.find("tensorrt"):
-        if a.get("gpu") == here and a.get("tensorrt_version") == trt.__version__:
-            return a
-    return None
 
 
 def build_engine(

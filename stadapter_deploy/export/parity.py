@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..preprocessing import Preprocessing
+
 FP32_REL_TOL = 1e-4
 HALF_MIN_COSINE = 0.999
 
@@ -26,20 +28,19 @@ class CheckInputs:
     random: np.ndarray  # [M, 3, T, S, S] standard normal
 
 
-def check_inputs(preprocessing: dict, num_videos: int = 3, num_random: int = 2, seed: int = 0) -> CheckInputs:
+def check_inputs(pre: Preprocessing, num_videos: int = 3, num_random: int = 2, seed: int = 0) -> CheckInputs:
     """Decode `num_videos` generated motion videos (one view each) and draw `num_random` random clips."""
-    from ..video import load_eval_views
+    from ..video import prepare_eval_views
     from ..video.synthetic import write_motion_video
 
-    p = preprocessing
+    one_view = pre.replace(spatial_views=1, temporal_views=1)
     clips = []
     with tempfile.TemporaryDirectory(prefix="stadapter-parity-") as tmp:
         for i in range(num_videos):
             video = write_motion_video(Path(tmp) / f"check_{i}.mp4", label=i % 6, seed=seed + i)
-            views = load_eval_views(video, num_frames=p["num_frames"], sampling_rate=p["sampling_rate"], size=p["size"])
-            clips.append(views.numpy())  # [1, 3, T, S, S]
+            clips.append(prepare_eval_views(video, one_view).clips.numpy())  # [1, 3, T, S, S]
     gen = torch.Generator().manual_seed(seed)
-    shape = (num_random, 3, p["num_frames"], p["size"], p["size"])
+    shape = (num_random, *pre.clip_shape)
     random = torch.randn(shape, generator=gen).numpy()
     empty = np.zeros((0, *shape[1:]), np.float32)
     return CheckInputs(clips=np.concatenate(clips) if clips else empty, random=random)

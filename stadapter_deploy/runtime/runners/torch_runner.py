@@ -1,0 +1,57 @@
+"""PyTorch: the bundle's safetensors weights in eager mode, on CPU (fp32, or bf16 where the CPU has it)
+or CUDA (fp16 by default)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ...errors import BundleError, WeightsError
+from ...model import STAdapterViT
+from ...model.weights import load_safetensors
+from ..bundle import Bundle
+from ..runner import Runner, cuda_available
+
+
+class TorchRunner(Runner):
+    name = "torch"
+    devices = ("cpu", "cuda")
+    precisions = ("fp32", "fp16", "bf16")
+
+    @classmethod
+    def available(cls, bundle: Bundle, device: str) -> str | None:
+        if not bundle.find("torch"):
+            return "the bundle holds no torch artifact"
+        if device == "cuda" and not cuda_available():
+            return "no CUDA GPU"
+        return None
+
+    @classmethod
+    def default_precision(cls, bundle: Bundle, device: str) -> str:
+        return "fp16" if device == "cuda" else "fp32"
+
+    def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
+        if device == "cuda" and not cuda_available():
+            raise ValueError("backend torch-cuda asked for, but torch sees no CUDA GPU")
+        if precision == "fp16" and device != "cuda":
+            raise ValueError("fp16 on the torch backend needs CUDA; use fp32 or bf16 on the CPU")
+        if threads:
+            torch.set_num_threads(threads)
+        artifact = bundle.find("torch")[0]
+        try:  # the artifact file the manifest names, with the manifest's architecture
+            model = STAdapterViT(bundle.config)
+            model.load_state_dict(load_safetensors(bundle.file(artifact)), strict=True)
+        except (WeightsError, RuntimeError) as e:
+            raise BundleError(f"cannot load the torch weights of {bundle.path}: {str(e).splitlines()[0]}") from e
+        self.model = model.eval().to(device)
+        if precision == "fp16":
+            self.model.half()  # LayerNorm still computes in fp32 (model/vit.py)
+        self.device, self.precision = device, precision
+
+    @torch.inference_mode()
+    def run(self, clips: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(clips).to(self.device)
+        if self.precision == "bf16":
+            with torch.autocast(self.device, dtype=torch.bfloat16):
+                return self.model(x).float().cpu().numpy()
+        return self.model(x).float().cpu().numpy()
