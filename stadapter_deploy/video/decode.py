@@ -11,8 +11,9 @@ A packet scan (demux only, no decoding) checks the decode limits and picks a pat
 - seek (PyAV, long videos): seek to the keyframe before each wanted frame and prove the landing: the
   frames decoded from there must carry exactly the timestamps of the packets from that keyframe on.
   Where they do not (an overshooting seek, packed B-frames, no timestamps), decode sequentially.
-- decord (long videos, when asked for): only for streams without frame reordering in mp4/mkv/webm, and
-  only where decord's frame for the last wanted index equals PyAV's (decoder rounding aside).
+- decord (opt-in, long videos): only for streams without frame reordering in mp4/mkv/webm, and only
+  where decord's frame for the last wanted index equals PyAV's (decoder rounding aside). Its older
+  FFmpeg conceals a damaged packet differently, which that check cannot see: hence not the default.
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ def _decode_sequential(video: VideoSource, keep: set[int], stop: int | None, lim
     held, count, first = {}, 0, None
     with _open_container(video) as container:
         stream = _video_stream(container, video)
+        _check_headers(container, stream, limits)
         for frame in _frames(container, stream, limits):
             first = first or (_rotation(frame), frame.height, frame.width)
             if count in keep:
@@ -318,8 +320,9 @@ def _decode_wanted(video: VideoSource, info: Probe, wanted: list[int], decoder: 
 
 
 def resolve_decoder(decoder: str | None) -> str:
+    """None means PyAV: decord is no faster on short clips (docs/benchmarks.md) and conceals damage differently."""
     if decoder is None:
-        return "decord" if decord_available() else "pyav"
+        return "pyav"
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS} or None, got {decoder!r}")
     if decoder == "decord" and not decord_available():
