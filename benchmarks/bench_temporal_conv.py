@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from stadapter_deploy import build_model
-from stadapter_deploy.model import STAdapter
-from stadapter_deploy.runtime.backends.ort_backend import make_session
 from stadapter_deploy.export.onnx_export import export_onnx
+from stadapter_deploy.model import STAdapter
+from stadapter_deploy.runtime.runners.ort_runner import make_session
 
 FORMS = ("shift", "conv3d")
 

@@ -40,8 +40,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the demo cannot listen on host:port, checked before the model loads; None when it can."""
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if problem := port_problem(args.host, args.port):
+        print(f"error: cannot listen on {args.host}:{args.port} ({problem}); pick another with --port", file=sys.stderr)
+        return 2
     from .app import LocalClassifier, ServiceClassifier, build_demo
 
     try:

@@ -1,12 +1,14 @@
 """The Gradio page: upload a video (or pick an example) and see what the model says and what it looked at.
 
-Two ways to classify behind one page:
+Three ways to classify behind one page:
 - `LocalClassifier`: a Predictor in this process (`python -m demo --bundle BUNDLE`). The frames shown are the
   model's own input clips, denormalized, so the page shows exactly the crops the model saw.
 - `ServiceClassifier`: a running BentoML service (`--service URL`, HTTP `POST /classify`). The service sends
   back the sampled frame indices; the page decodes those frames locally for display (uncropped).
+- `InProcessClassifier`: the page mounted inside the BentoML service at `/ui` (STADAPTER_UI=1); it calls the
+  running service in-process (`bentoml.get_current_service()`), as BentoML's Gradio example does.
 
-`build_demo(classifier)` returns the Blocks; `python -m demo` launches it, and the BentoML service can mount
+`build_demo(classifier)` returns the Blocks; `python -m demo` launches it, and the BentoML service mounts
 the same Blocks at `/ui` with `bentoml.gradio.mount_gradio_app`.
 """
 
@@ -41,7 +43,24 @@ class DemoResult:
     frame_indices: list[list[int]]  # [V][T] frame numbers in the video
     model_name: str
     backend: str
+    precision: str = "fp32"
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def result_from(classification, model_name: str, backend_note: str = "") -> DemoResult:
+    """DemoResult from a Classification that kept its clips: the exact crops the model saw."""
+    from stadapter_deploy.video import denormalize
+
+    num_views = len(classification.clips)
+    return DemoResult(
+        labels=classification.labels,
+        frames=denormalize(classification.clips),  # [V, T, S, S, 3]
+        frame_indices=_indices_per_view(classification.frame_indices, num_views),
+        model_name=model_name,
+        backend=classification.backend + backend_note,
+        precision=classification.precision,
+        timings_ms=dict(classification.timings_ms),
+    )
 
 
 class LocalClassifier:
@@ -73,34 +92,44 @@ class LocalClassifier:
     @property
     def frames_shown(self) -> int:
         """How many frames the strip shows per video: views x frames per clip."""
-        spatial, temporal = self.predictor.view_layout(self.views)
-        return spatial * temporal * self.predictor.preprocessing["num_frames"]
+        pre = self.predictor.preprocessing.with_views(self.views)
+        return pre.views * pre.num_frames
 
     def __call__(self, video: str | Path, top_k: int = TOP_K) -> DemoResult:
-        from stadapter_deploy.video import denormalize
-
         predictor = self.predictor
-        start = time.perf_counter()
-        views = predictor.preprocess(video, views=self.views)  # decode once; these clips are what the model sees
-        infer_start = time.perf_counter()
-        logits = predictor.predict(views.clips)  # [V, C]
-        infer_ms = (time.perf_counter() - infer_start) * 1000.0
-        labels = predictor.top_k(logits, top_k=min(top_k, len(predictor.labels)))
-        timings = {
-            "decode": views.timings_ms["decode"],
-            "preprocess": views.timings_ms["preprocess"],
-            "infer": infer_ms,
-            "total": (time.perf_counter() - start) * 1000.0,
-        }
-        frame_indices = _indices_per_view(views.frame_indices, views.clips.shape[0])
-        return DemoResult(
-            labels=labels,
-            frames=denormalize(views.clips),  # [V, T, S, S, 3]
-            frame_indices=frame_indices,
-            model_name=predictor.model_name,
-            backend=predictor.backend,
-            timings_ms=timings,
-        )
+        top_k = min(top_k, len(predictor.labels))
+        result = predictor.classify(video, top_k=top_k, views=self.views, keep_clips=True)  # decoded once
+        return result_from(result, predictor.model_name)
+
+
+class InProcessClassifier:
+    """Classifies through the BentoML service this page is mounted in, without HTTP: the same decode
+    workers, checks and cross-request batching as POST /classify."""
+
+    is_async = True
+    frames_shown = 8
+
+    def __init__(self, service=None):
+        self._service = service
+
+    @property
+    def service(self):
+        import bentoml
+
+        return self._service or bentoml.get_current_service()
+
+    async def __call__(self, video: str | Path, top_k: int = TOP_K) -> DemoResult:
+        from serve.service import BadRequest
+        from stadapter_deploy.errors import VideoError
+
+        service = self.service
+        try:
+            result = await service.classify_video(Path(video), min(top_k, len(service.bundle.labels)))
+        except BadRequest as e:
+            if e.status >= 500:
+                raise ServiceUnavailable(str(e)) from None
+            raise VideoError(str(e)) from None
+        return result_from(result, service.bundle.model_name, " (BentoML service, in-process)")
 
 
 class ServiceClassifier:
@@ -149,6 +178,7 @@ class ServiceClassifier:
             frame_indices=[indices],
             model_name=self.model_name(),
             backend=f"{body.get('backend', '?')} via {self.url}",
+            precision=body.get("precision", "?"),
             timings_ms=timings,
         )
 
@@ -160,15 +190,11 @@ class ServiceUnavailable(RuntimeError):
 def _service_model_name(url: str, timeout_s: float) -> str:
     import httpx
 
-    for method in ("GET", "POST"):  # BentoML API methods are POST; a plain route may be GET
-        try:
-            response = httpx.request(method, f"{url}/metadata", timeout=timeout_s)
-        except httpx.HTTPError:
-            return "unknown (service not reachable)"
-        if response.status_code == 200:
-            body = response.json()
-            return str(body.get("model_name") or body.get("model") or "unknown")
-    return "unknown"
+    try:
+        response = httpx.get(f"{url}/metadata", timeout=timeout_s)
+    except httpx.HTTPError:
+        return "unknown (service not reachable)"
+    return str(response.json().get("model_name", "unknown")) if response.status_code == 200 else "unknown"
 
 
 def _error_text(response) -> str:
@@ -207,7 +233,7 @@ def details_markdown(result: DemoResult) -> str:
     num_views, num_frames = result.frames.shape[:2]
     return (
         f"**{top['label']}** ({top['score']:.1%})\n\n"
-        f"Model: `{result.model_name}` · backend: `{result.backend}` · "
+        f"Model: `{result.model_name}` · backend: `{result.backend}` · precision: `{result.precision}` · "
         f"{num_views} view(s) x {num_frames} frames\n\n"
         f"| stage | ms |\n|---|---:|\n{rows}"
     )
@@ -231,16 +257,35 @@ def friendly_error(error: Exception) -> str:
 
 
 def make_handler(classifier: Callable[..., DemoResult]) -> Callable[[str | None], tuple]:
-    """Wrap a classifier as the page's event handler: bad input becomes a message, never a traceback."""
+    """Wrap a classifier as the page's event handler: bad input becomes a message, never a traceback.
+    An async classifier (one that runs inside the service's event loop) gets an async handler."""
 
-    def classify(video: str | None) -> tuple[dict[str, float], list, str]:
+    def check(video: str | None) -> None:
         if not video:
             raise gr.Error("Upload a video first, or pick one of the examples.", print_exception=False)
+
+    def page_error(e: Exception, video: str) -> gr.Error:
+        message = friendly_error(e).replace(str(video), Path(video).name)  # no server paths in the page
+        return gr.Error(message, duration=15, print_exception=False)
+
+    if getattr(classifier, "is_async", False):
+
+        async def classify(video: str | None) -> tuple[dict[str, float], list, str]:
+            check(video)
+            try:
+                result = await classifier(video)
+            except Exception as e:  # noqa: BLE001 - any failure on user input becomes a message in the page
+                raise page_error(e, video) from e
+            return result_outputs(result)
+
+        return classify
+
+    def classify(video: str | None) -> tuple[dict[str, float], list, str]:
+        check(video)
         try:
             result = classifier(video)
         except Exception as e:  # noqa: BLE001 - any failure on user input becomes a message in the page
-            message = friendly_error(e).replace(str(video), Path(video).name)  # no server paths in the page
-            raise gr.Error(message, duration=15, print_exception=False) from e
+            raise page_error(e, video) from e
         return result_outputs(result)
 
     return classify
@@ -253,6 +298,17 @@ def example_videos() -> list[str]:
 def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE, subtitle: str = "") -> gr.Blocks:
     """The page. `classifier(video_path) -> DemoResult` (a LocalClassifier or a ServiceClassifier)."""
     classify = make_handler(classifier)
+    # The examples get a handler of their own name: sharing `classify` would register the examples' private
+    # endpoint as /classify and push the public one to /classify_1.
+    if getattr(classifier, "is_async", False):
+
+        async def classify_example(video):
+            return await classify(video)
+    else:
+
+        def classify_example(video):
+            return classify(video)
+
     strip_height = gallery_height(getattr(classifier, "frames_shown", 8))
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(
@@ -282,7 +338,7 @@ def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE
                         examples=[[p] for p in examples],
                         inputs=video,
                         outputs=outputs,
-                        fn=classify,
+                        fn=classify_example,
                         run_on_click=True,
                         cache_examples=False,
                         api_visibility="private",

@@ -2,8 +2,10 @@
 
 Two services in one server:
 - `STAdapter` (the API, public): takes uploads, checks them (serve/guard.py), decodes and preprocesses
-  them in a pool of worker processes (serve/workers.py), sends the clips to the model, and answers
-  with the JSON that `Predictor.classify` returns.
+  them in a pool of worker processes (serve/workers.py running serve/decoding.py, which imports only the
+  video pipeline), sends the clips to the model, and answers with `Classification.to_dict()`, the JSON
+  that `Predictor.classify` returns. With STADAPTER_UI=1 the Gradio demo is mounted at /ui and calls
+  this service in-process.
 - `STAdapterModel` (internal, reached through `bentoml.depends`): one batchable `predict`; BentoML's
   adaptive batching concatenates the clips of concurrent requests along dim 0 into one model call.
 
@@ -17,6 +19,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import bentoml
 import numpy as np
@@ -25,29 +28,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from serve.decoding import make_decoder
 from serve.guard import UploadGuard, UploadRoute
 from serve.settings import Settings, load_settings
 from serve.workers import JobFailed, JobRejected, ProcessPool
 from stadapter_deploy.errors import ConfigError, STAdapterError
-from stadapter_deploy.runtime import BACKENDS, Bundle, Predictor, choose_backend, load_bundle
-from stadapter_deploy.runtime.predictor import runnable
+from stadapter_deploy.runtime import Bundle, load_bundle
+from stadapter_deploy.runtime.predictor import Classification, check_top_k, classification, resolve_backend, runnable
 
 log = logging.getLogger("stadapter.serve")
 
 
 def check_backend(bundle: Bundle, backend: str) -> None:
     """Refuse, before any worker starts, a backend that is unknown or cannot run this bundle here."""
-    if backend == "auto":
-        choose_backend(bundle)  # raises when nothing can run it
-        return
-    base, _, device = backend.partition("-")
-    devices = ("", "cpu", "cuda", "tensorrt") if base == "onnxruntime" else ("", "cpu", "cuda")
-    if base not in BACKENDS or device not in devices:
-        raise ConfigError(
-            f"STADAPTER_BACKEND={backend!r}: choose auto, torch, onnxruntime or tensorrt, optionally with "
-            "a device (-cpu, -cuda; onnxruntime also -tensorrt)"
-        )
-    if reason := runnable(bundle, backend):
+    try:
+        name, device, _ = resolve_backend(bundle, backend)  # "auto" raises when nothing can run it
+    except ValueError as e:
+        raise ConfigError(f"STADAPTER_BACKEND={backend!r}: {e}") from None
+    if reason := runnable(bundle, f"{name}-{device}"):
         raise ConfigError(f"STADAPTER_BACKEND={backend!r} cannot run here: {reason}")
 
 
@@ -90,7 +88,7 @@ class STAdapterModel:
         from stadapter_deploy import load_predictor
 
         self.predictor = load_predictor(BUNDLE, backend=SETTINGS.backend)
-        log.info("model %s on %s", self.predictor.model_name, self.predictor.backend)
+        log.info("model %s on %s (%s)", self.predictor.model_name, self.predictor.backend, self.predictor.selection)
         if SETTINGS.warmup:  # the largest batch once, so memory (e.g. ONNX Runtime's arena) peaks before serving
             start = time.perf_counter()
             self.predictor.predict(np.zeros((SETTINGS.max_batch_size, *self.predictor.input_shape), np.float32))
@@ -106,29 +104,9 @@ class STAdapterModel:
         return self.predictor.predict(clips)
 
     @bentoml.api
-    def backend(self) -> str:
-        return self.predictor.backend
-
-
-# ----------------------------------------------------------------------------- decoding (in worker processes)
-
-
-def make_decoder(bundle_path: str):
-    """Runs in each decode process: the bundle's preprocessing (no model), one torch thread."""
-    import torch
-
-    torch.set_num_threads(1)
-    layout = Predictor(load_bundle(bundle_path, verify=False))
-
-    def decode(path: str, views: int | None) -> dict:
-        ev = layout.preprocess(path, views)
-        return {
-            "clips": ev.clips.numpy(),  # [V, 3, T, S, S]
-            "frames": [int(i) for view in ev.frame_indices for i in view],
-            "timings_ms": {k: float(v) for k, v in ev.timings_ms.items()},
-        }
-
-    return decode
+    def info(self) -> dict:
+        """What answers: {"backend", "precision"}."""
+        return self.predictor.info()
 
 
 # ----------------------------------------------------------------------------- the public API
@@ -151,16 +129,16 @@ async def metadata(_: Request) -> JSONResponse:
 
 
 def mount_ui(service_class):
-    """With STADAPTER_UI_URL set, serve the Gradio demo at /ui. The page posts each upload to this
-    service's own /classify, so it gets the same checks and the same batching as any client."""
-    if not SETTINGS.ui_url:
+    """With STADAPTER_UI=1, serve the Gradio demo at /ui. The page calls this service in-process
+    (`bentoml.get_current_service()`), so its uploads get the same decoding and batching as any client."""
+    if not SETTINGS.ui:
         return service_class
     try:
-        from demo.app import ServiceClassifier, build_demo
+        from demo.app import InProcessClassifier, build_demo
     except ImportError as e:  # e.g. a bento, which carries neither demo/ nor gradio
-        raise SystemExit(f"stadapter serve: cannot start: STADAPTER_UI_URL needs the demo and gradio ({e})") from None
+        raise SystemExit(f"stadapter serve: cannot start: STADAPTER_UI=1 needs the demo and gradio ({e})") from None
 
-    page = build_demo(ServiceClassifier(SETTINGS.ui_url), subtitle=f"Served by BentoML: {BUNDLE.model_name}")
+    page = build_demo(InProcessClassifier(), subtitle=f"Served by BentoML: {BUNDLE.model_name}")
     return bentoml.gradio.mount_gradio_app(page, path="/ui")(service_class)
 
 
@@ -177,9 +155,10 @@ class STAdapter:
     model = bentoml.depends(STAdapterModel)
 
     def __init__(self) -> None:
-        self.layout = Predictor(BUNDLE)  # preprocessing, labels and top-k; the model runs elsewhere
-        self.pool = ProcessPool(make_decoder, (str(BUNDLE.path),), SETTINGS.decode_workers, SETTINGS.decode_timeout_s)
-        self._backend: str | None = None
+        self.bundle = BUNDLE  # preprocessing and labels; the model runs in STAdapterModel
+        setup_args = (BUNDLE.preprocessing.to_dict(),)
+        self.pool = ProcessPool(make_decoder, setup_args, SETTINGS.decode_workers, SETTINGS.decode_timeout_s)
+        self._info: dict | None = None
 
     @bentoml.on_startup
     async def start_decoders(self) -> None:
@@ -196,12 +175,16 @@ class STAdapter:
     async def classify(self, video: Path, top_k: int | None = None, views: int | None = None) -> dict:
         """Top-k classes of one uploaded video (multipart field `video`)."""
         try:
-            top_k = self._check_options(top_k, views)
-            start = time.perf_counter()
-            decoded = await self._decode(video, views, "the video")
-            return await self._finish([decoded], top_k, start)
+            return (await self.classify_video(video, top_k, views)).to_dict()
         except BadRequest as e:
             return error(e.status, str(e))
+
+    async def classify_video(self, video: Path, top_k: int | None = None, views: int | None = None) -> Classification:
+        """One video file -> Classification; BadRequest with the status to answer. The /ui page calls this."""
+        top_k = self._check_options(top_k, views)
+        start = time.perf_counter()
+        decoded = await self._decode(video, views, "the video")
+        return (await self._finish([decoded], top_k, start))[0]
 
     @bentoml.api(route="/classify_batch")
     async def classify_batch(self, videos: list[Path], top_k: int | None = None, views: int | None = None) -> dict:
@@ -216,19 +199,18 @@ class STAdapter:
             for d in decoded:
                 if isinstance(d, BaseException):
                     raise d
-            return {"results": await self._finish(decoded, top_k, start, single=False)}
+            return {"results": [r.to_dict() for r in await self._finish(decoded, top_k, start)]}
         except BadRequest as e:
             return error(e.status, str(e))
 
     # -------------------------------------------------------------- steps
 
     def _check_options(self, top_k: int | None, views: int | None) -> int:
-        num_classes = len(self.layout.labels)
+        num_classes = len(self.bundle.labels)
         top_k = min(DEFAULT_TOP_K, num_classes) if top_k is None else top_k
-        if not 1 <= top_k <= num_classes:
-            raise BadRequest(400, f"top_k must be between 1 and {num_classes} (the number of classes), got {top_k}")
         try:
-            self.layout.view_layout(views)
+            check_top_k(top_k, num_classes)
+            self.bundle.preprocessing.with_views(views)
         except ValueError as e:
             raise BadRequest(400, str(e)) from None
         return top_k
@@ -246,7 +228,7 @@ class STAdapter:
                 ) from None
             raise BadRequest(422, f"cannot decode {what}: the decoder failed on it") from None
 
-    async def _finish(self, decoded: list[dict], top_k: int, start: float, single: bool = True):
+    async def _finish(self, decoded: list[dict], top_k: int, start: float) -> list[Classification]:
         clips = np.concatenate([d["clips"] for d in decoded])  # [sum of V, 3, T, S, S]
         t0 = time.perf_counter()
         try:
@@ -255,39 +237,32 @@ class STAdapter:
             log.error("model call failed: %s: %s", type(e).__name__, e)
             raise BadRequest(503, "the model is overloaded or unavailable right now; try again shortly") from None
         infer_ms = (time.perf_counter() - t0) * 1e3
-        backend = await self.backend()
+        info = await self.info()
         results, offset = [], 0
         for d in decoded:
-            views = len(d["clips"])
-            results.append(
-                {
-                    "labels": self.layout.top_k(logits[offset : offset + views], top_k),
-                    "backend": backend,
-                    "frames": d["frames"],
-                    "timings_ms": {
-                        "decode": d["timings_ms"]["decode"],
-                        "preprocess": d["timings_ms"]["preprocess"],
-                        "infer": infer_ms,
-                        "total": (time.perf_counter() - start) * 1e3,
-                    },
-                }
-            )
-            offset += views
-        return results[0] if single else results
+            views = SimpleNamespace(**d)  # the EvalViews fields the decode worker sent back
+            num_views = len(d["clips"])
+            logits_of_video = logits[offset : offset + num_views]
+            result = classification(views, logits_of_video, self.bundle.labels, top_k, info, infer_ms, start, True)
+            results.append(result)  # keeps its clips for the /ui page; to_dict() leaves them out
+            offset += num_views
+        return results
 
-    async def backend(self) -> str:
-        if self._backend is None:
-            self._backend = await self.model.to_async.backend()
-        return self._backend
+    async def info(self) -> dict:
+        if self._info is None:
+            self._info = await self.model.to_async.info()
+        return self._info
 
     async def metadata(self) -> dict:
-        manifest = self.layout.manifest
+        manifest = self.bundle.manifest
+        info = await self.info()
         return {
-            "model_name": self.layout.model_name,
-            "num_classes": len(self.layout.labels),
-            "classes": self.layout.labels,
-            "preprocessing": self.layout.preprocessing,
-            "backend": await self.backend(),
+            "model_name": self.bundle.model_name,
+            "num_classes": len(self.bundle.labels),
+            "classes": self.bundle.labels,
+            "preprocessing": self.bundle.preprocessing.to_dict(),
+            "backend": info["backend"],
+            "precision": info["precision"],
             "bundle": {
                 "path": BUNDLE.path.name,
                 "schema_version": manifest.get("schema_version"),
@@ -295,7 +270,7 @@ class STAdapter:
                     {k: a.get(k) for k in ("file", "backend", "precision", "bytes", "batch")}
                     for a in manifest.get("artifacts", [])
                 ],
-                **{k: manifest[k] for k in ("architecture", "parity", "versions", "created") if k in manifest},
+                **{k: manifest[k] for k in ("parity", "versions", "created") if k in manifest},
             },
             "limits": {
                 "max_upload_mb": SETTINGS.max_upload_mb,

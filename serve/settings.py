@@ -13,9 +13,8 @@
 | STADAPTER_MAX_VIDEOS            | 16                        | most videos in one /classify_batch request           |
 | STADAPTER_REQUEST_TIMEOUT_S     | 300                       | whole-request limit of each service                  |
 | STADAPTER_WARMUP                | 1                         | 1: run one full batch at startup (memory peaks then) |
-| STADAPTER_UI_URL                | (unset: no page)          | mount the Gradio demo at /ui, classifying through    |
-|                                 |                           | this URL: the service's own address, e.g.            |
-|                                 |                           | http://127.0.0.1:3000                                |
+| STADAPTER_UI                    | 0                         | 1: mount the Gradio demo at /ui (it calls this       |
+|                                 |                           | service in-process; needs gradio and demo/)          |
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ class Settings:
     max_videos: int = 16
     request_timeout_s: float = 300.0
     warmup: bool = True
-    ui_url: str = ""
+    ui: bool = False
 
     @property
     def max_upload_bytes(self) -> int:
@@ -72,13 +71,6 @@ def _flag(name: str, default: bool) -> bool:
     if raw not in ("0", "1", "true", "false", "yes", "no"):
         raise ConfigError(f"{name}={raw!r} must be 1 or 0")
     return raw in ("1", "true", "yes")
-
-
-def _url(name: str) -> str:
-    raw = os.environ.get(name, "").strip().rstrip("/")
-    if raw and not raw.startswith(("http://", "https://")):
-        raise ConfigError(f"{name}={raw!r} must be an http:// or https:// URL (the service's own address)")
-    return raw
 
 
 def find_bundle() -> Path:
@@ -109,5 +101,5 @@ def load_settings() -> Settings:
         max_videos=_number("STADAPTER_MAX_VIDEOS", 16, int, 1),
         request_timeout_s=_number("STADAPTER_REQUEST_TIMEOUT_S", 300.0, float, 1),
         warmup=_flag("STADAPTER_WARMUP", True),
-        ui_url=_url("STADAPTER_UI_URL"),
+        ui=_flag("STADAPTER_UI", False),
     )

@@ -42,3 +42,18 @@ def make_tiny_bundle(tmp_path: Path, name: str = "bundle", fp16: bool = False, v
     source = load_source(checkpoint=ckpt)
     options = ExportOptions(fp16=fp16, verify=verify, progress=False, check_videos=2, check_random=2)
     return export_bundle(source, Path(tmp_path) / name, options).path
+
+
+SERVE_MAX_UPLOAD_MB = 1  # the test server's upload limit: small, so the 413 test sends little
+
+
+def stop_process(proc) -> None:
+    """Terminate a subprocess.Popen, then kill it if it does not exit in 15 s."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)

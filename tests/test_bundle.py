@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from stadapter_deploy import BundleError, load_predictor
-from stadapter_deploy.model import get_preset
-from stadapter_deploy.runtime import choose_backend, load_bundle
 from stadapter_deploy.export.bench import model_gflops
 from stadapter_deploy.export.tensorrt_build import BatchProfile, plan_name, tensorrt_missing
+from stadapter_deploy.model import get_preset
+from stadapter_deploy.runtime import choose_backend, load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 

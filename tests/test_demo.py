@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import stop_process as stop
 
-from demo.screenshot import CHROMIUM_ARGS, free_port
+from demo.screenshot import CHROMIUM_ARGS
+from serve.local import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,15 +34,6 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> 
             pass
         time.sleep(0.5)
     raise TimeoutError(f"demo did not answer at {url} within {timeout_s:.0f} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +94,18 @@ def test_client_classify_matches_predictor(demo_url, predictor, clips_dir):
     shown = np.stack([read_image(item["image"]) for item in gallery])
     np.testing.assert_array_equal(shown, model_frames)
 
-    assert predictor.backend in details and predictor.model_name in details
+    assert predictor.backend in details and predictor.model_name in details and predictor.precision in details
     for stage in ("decode", "preprocess", "infer", "total"):
         assert f"| {stage} |" in details
+
+
+def test_the_documented_api_name_is_the_public_one(demo_url):
+    from gradio_client import Client
+
+    # The page's "Use via API" lists /classify and nothing else: no /classify_1 twin of the examples' handler.
+    assert list(
+        Client(demo_url, verbose=False).view_api(return_format="dict", print_info=False)["named_endpoints"]
+    ) == ["/classify"]
 
 
 def test_client_bad_file_gives_message_and_app_keeps_working(demo_url, clips_dir):

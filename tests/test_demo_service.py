@@ -1,30 +1,14 @@
-"""`python -m demo --service URL`: the page's classifier against a real `bentoml serve` over real HTTP."""
+"""The demo against a real `bentoml serve`: `--service URL` over HTTP, and the page mounted at /ui."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_serve import free_port, start_server, stop_server, wait_ready
 
 
 @pytest.fixture(scope="module")
-def service_url(tiny_bundle, tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo-service")
-    port = free_port()
-    env = {
-        "STADAPTER_BUNDLE": str(tiny_bundle),
-        "STADAPTER_DECODE_WORKERS": "1",
-        "BENTOML_DO_NOT_TRACK": "True",
-        "BENTOML_HOME": str(root / "bentoml"),
-        "STADAPTER_UI_URL": f"http://127.0.0.1:{port}",  # the page at /ui classifies through this service
-    }
-    log_path = root / "server.log"
-    process, url = start_server(env, log_path, port=port)
-    try:
-        wait_ready(process, url, log_path)
-        yield url
-    finally:
-        stop_server(process)
+def service_url(server):
+    return server[0]  # the session's one `bentoml serve` (conftest.py), started with STADAPTER_UI=1
 
 
 @pytest.mark.slow
@@ -58,7 +42,7 @@ def test_service_classifier_matches_predictor(service_url, tiny_bundle, tmp_path
 
 
 @pytest.mark.slow
-def test_demo_page_mounted_at_ui_classifies_through_the_service(service_url, tiny_bundle, tmp_path):
+def test_demo_page_mounted_at_ui_calls_the_service_in_process(service_url, tiny_bundle, tmp_path):
     import httpx
     from gradio_client import Client, handle_file
 
@@ -73,4 +57,5 @@ def test_demo_page_mounted_at_ui_classifies_through_the_service(service_url, tin
     client = Client(f"{service_url}/ui/", verbose=False)
     top5, gallery, details = client.predict(handle_file(str(video)), api_name="/classify")
     assert [c["label"] for c in top5["confidences"]] == [e["label"] for e in expected["labels"]]
-    assert len(gallery) == 8 and service_url in details  # the page went through the service's HTTP API
+    assert len(gallery) == 8 and "BentoML service, in-process" in details  # it went through the service
+    assert list(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == ["/classify"]

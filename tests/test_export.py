@@ -15,9 +15,9 @@ from helpers import SYNTHETIC_RECIPE, make_tiny_checkpoint
 
 from export.cli import main
 from stadapter_deploy import BundleError, build_model, load_predictor
+from stadapter_deploy.export.onnx_export import count_ops
 from stadapter_deploy.model import trainable_state_dict
 from stadapter_deploy.runtime import load_bundle
-from stadapter_deploy.export.onnx_export import count_ops
 
 ROOT = Path(__file__).resolve().parents[1]
 # tiny preset: ln_pre + 2 per block x 3 blocks + ln_post

@@ -44,7 +44,10 @@ def test_quickstart_runs_every_step_and_writes_a_bundle(quickstart_run):
     assert (work / "data" / "train.txt").read_text().count("\n") == 48
     assert (work / "run" / "log.jsonl").exists()
     predictor = load_predictor(work / "run" / "bundle")
-    assert predictor.backend == "onnxruntime-cpu"
+    import torch
+
+    cuda = torch.cuda.is_available()  # auto takes the GPU where there is one
+    assert predictor.backend in (("onnxruntime-cuda", "torch-cuda") if cuda else ("onnxruntime-cpu",))
     assert predictor.labels == ["moving left", "moving right", "moving up", "moving down", "approaching", "receding"]
     result = predictor.classify(ROOT / "demo" / "examples" / "moving_left.mp4")
     assert len(result["labels"]) == 5
@@ -53,7 +56,9 @@ def test_quickstart_runs_every_step_and_writes_a_bundle(quickstart_run):
 
 def test_quickstart_skips_finished_steps_and_starts_the_demo(quickstart_run):
     import httpx
-    from test_demo import free_port, stop
+    from helpers import stop_process as stop
+
+    from serve.local import free_port
 
     work, args, _ = quickstart_run
     port = free_port()

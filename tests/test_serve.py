@@ -1,7 +1,7 @@
 """The BentoML service, for real: `bentoml serve` in a subprocess on a free loopback port, real HTTP.
 
-One server (module scope) serves a tiny exported bundle; every test talks to it over HTTP and
-compares with `Predictor.classify` in this process. The server is stopped by its process group.
+One server (the session's `server` fixture in conftest.py) serves a tiny exported bundle; every test
+talks to it over HTTP and compares with `Predictor.classify` in this process.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,69 +17,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from helpers import SERVE_MAX_UPLOAD_MB as MAX_UPLOAD_MB
 
+from serve.local import ROOT, free_port
 from stadapter_deploy import load_predictor
 from stadapter_deploy.video.synthetic import write_motion_video
-
-ROOT = Path(__file__).resolve().parent.parent
-MAX_UPLOAD_MB = 1
-STARTUP_TIMEOUT_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(env: dict, log_path: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    port = port or free_port()
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return process, f"http://127.0.0.1:{port}"
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group; then SIGKILL whatever of it and its workers is left."""
-    import psutil
-
-    try:
-        family = psutil.Process(process.pid).children(recursive=True)  # workers run in their own groups
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except (ProcessLookupError, psutil.NoSuchProcess):
-        return
-    for child in family:
-        try:
-            child.wait(timeout=10)
-        except psutil.TimeoutExpired:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
-def wait_ready(process: subprocess.Popen, url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"bentoml serve exited ({process.returncode}):\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"bentoml serve not ready after {STARTUP_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -92,33 +32,6 @@ def videos(tmp_path_factory) -> dict[str, Path]:
         "webm": write_motion_video(root / "clip.webm", label=5, seed=1),
         "mp4b": write_motion_video(root / "other.mp4", label=0, seed=2),
     }
-
-
-@pytest.fixture(scope="module")
-def server(tiny_bundle, tmp_path_factory):
-    """A running `bentoml serve` with the tiny bundle; yields (url, its TMPDIR)."""
-    root = tmp_path_factory.mktemp("serve")
-    server_tmp = root / "tmp"
-    server_tmp.mkdir()
-    env = {
-        "STADAPTER_BUNDLE": str(tiny_bundle),
-        "STADAPTER_MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
-        "STADAPTER_DECODE_WORKERS": "4",  # decodes finish in fours, so they meet at the model
-        "STADAPTER_MAX_VIDEOS": "4",
-        "TMPDIR": str(server_tmp),  # every temp file the server makes lands here, so the test can look
-        # Each `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts: a private
-        # home keeps another server on this machine from wiping this one's metrics.
-        "BENTOML_HOME": str(root / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "True",
-    }
-    log_path = root / "server.log"
-    process, url = start_server(env, log_path)
-    try:
-        wait_ready(process, url, log_path)
-        (root / "baseline.txt").write_text("\n".join(map(str, tmp_files(server_tmp))))
-        yield url, server_tmp
-    finally:
-        stop_server(process)
 
 
 def tmp_files(folder: Path) -> list[Path]:
@@ -164,10 +77,10 @@ def test_classify_matches_predictor_in_process(server, local, videos, kind):
     assert response.status_code == 200, response.text
     body = response.json()
     expected = local.classify(videos[kind], top_k=3)
-    assert set(body) == set(expected)
+    assert set(body) == set(expected.to_dict()) and body["precision"] == expected.precision
     assert set(body["timings_ms"]) == {"decode", "preprocess", "infer", "total"}
-    assert body["backend"] == expected["backend"]
-    assert body["frames"] == expected["frames"]
+    assert body["backend"] == expected.backend
+    assert body["frames"] == expected.frames
     assert_same_labels(body["labels"], expected["labels"])
 
 
@@ -266,11 +179,11 @@ def test_hundreds_of_concurrent_requests_all_succeed(server, videos):
 def test_metadata(server, tiny_bundle):
     url, _ = server
     body = httpx.get(f"{url}/metadata", timeout=30).json()
-    manifest = load_predictor(tiny_bundle, backend="torch").manifest
+    manifest = load_predictor(tiny_bundle, backend="torch").bundle.manifest
     assert body["model_name"] == manifest["model_name"]
     assert body["num_classes"] == 6 and len(body["classes"]) == 6
-    assert body["preprocessing"]["num_frames"] == 8
-    assert body["backend"] in ("onnxruntime-cpu", "torch-cpu")
+    assert body["preprocessing"] == manifest["preprocessing"]
+    assert body["backend"].startswith(("onnxruntime-", "torch-")) and body["precision"] in ("fp32", "fp16")
     assert {a["file"] for a in body["bundle"]["artifacts"]} >= {"model.onnx", "model.safetensors"}
     assert body["limits"]["max_upload_mb"] == MAX_UPLOAD_MB
 

@@ -44,9 +44,15 @@ class Classification:
         d = {k: v for k, v in asdict(self).items() if k not in ("clips", "frame_indices")}
         return {**d, "frames": self.frames}
 
+    # Read like the dict that earlier versions returned: result["labels"], set(result), dict(result).
     def __getitem__(self, key: str):
-        """Read like the dict earlier versions returned (result["labels"])."""
         return self.to_dict()[key]
+
+    def __iter__(self):
+        return iter(self.to_dict())
+
+    def keys(self):
+        return self.to_dict().keys()
 
 
 def top_k_labels(labels: list[str], logits: np.ndarray, top_k: int = 5) -> list[dict]:
