@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +29,8 @@ import httpx
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
+from serve.local import ServerFailed, start_server, stop_server, wait_ready
+from stadapter_deploy.export.bench import time_ms
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -40,48 +38,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # ----------------------------------------------------------------------------- the server
-
-
-def start_server(bundle: Path, env: dict, log_path: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "STADAPTER_BUNDLE": str(bundle), **env},
-        stdout=open(log_path, "wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"bentoml serve exited:\n{log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop_server(process)
-    sys.exit("bentoml serve did not become ready in 600 s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    family = psutil.Process(process.pid).children(recursive=True)
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    psutil.wait_procs(family, timeout=15)
-    for child in family:
-        if child.is_running():
-            child.kill()
 
 
 def server_rss_mb(process: subprocess.Popen) -> float:
@@ -188,15 +144,6 @@ def make_video(folder: Path) -> Path:
     return write_motion_video(folder / "load.mp4", label=0, seed=0, size=(640, 360), num_frames=300, fps=30)
 
 
-def time_ms(fn, runs: int) -> list[float]:
-    out = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1e3)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, required=True, help="model bundle to serve")
@@ -239,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         video_path = make_video(Path(tmp))
         video = video_path.read_bytes()
         log_path = args.server_log or Path(tmp) / "server.log"
-        process, url = start_server(args.bundle, env, log_path)
+        process, url = start_server({**env, "STADAPTER_BUNDLE": str(args.bundle)}, log_path)
+        try:
+            wait_ready(process, url, log_path, timeout_s=600)
+        except ServerFailed as e:
+            stop_server(process)
+            sys.exit(str(e))
         try:
             backend = httpx.get(f"{url}/metadata", timeout=60).json()["backend"]
             print(f"server up at {url} on {backend}; video {len(video) / 1e6:.2f} MB", file=sys.stderr)

@@ -119,15 +119,15 @@ class InProcessClassifier:
         return self._service or bentoml.get_current_service()
 
     async def __call__(self, video: str | Path, top_k: int = TOP_K) -> DemoResult:
-        from serve.service import BadRequest
         from stadapter_deploy.errors import VideoError
 
         service = self.service
         try:
             result = await service.classify_video(Path(video), min(top_k, len(service.bundle.labels)))
-        except BadRequest as e:
-            if e.status >= 500:
-                raise ServiceUnavailable(str(e)) from None
+        except Exception as e:
+            status = getattr(e, "status", None)  # the service's answer in words, with the HTTP status it would send
+            if status is None or status >= 500:
+                raise ServiceUnavailable(str(e)) from e
             raise VideoError(str(e)) from None
         return result_from(result, service.bundle.model_name, " (BentoML service, in-process)")
 

@@ -15,19 +15,37 @@ import sys
 import tempfile
 from pathlib import Path
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from serve.settings import ROOT, find_bundle
 from stadapter_deploy.errors import STAdapterError
 from stadapter_deploy.runtime import load_bundle
 
 CODE = ("serve", "stadapter_deploy")
+UI_PACKAGES = ("gradio", "gradio_client")
+
+
+def bento_packages(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
+    """The bento's Python packages, from the one place they are declared: pyproject.toml's dependencies
+    plus the `cpu` extra (onnxruntime). The bento carries no demo/, so gradio stays out."""
+    project = tomllib.loads(pyproject.read_text())["project"]
+    packages = [*project["dependencies"], *project["optional-dependencies"]["cpu"]]
+    return [p for p in packages if not p.startswith(UI_PACKAGES)]
 
 
 def stage(bundle: Path, folder: Path) -> None:
-    """Copy the code, the bentofile and the bundle (as bundle/) into `folder`."""
+    """Copy the code, the bentofile (with its packages filled in) and the bundle (as bundle/) into `folder`."""
+    import yaml
+
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in CODE:
         shutil.copytree(ROOT / name, folder / name, ignore=ignore)
-    shutil.copy2(ROOT / "bentofile.yaml", folder / "bentofile.yaml")
+    bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+    bentofile["python"] = {**bentofile.get("python", {}), "packages": bento_packages()}
+    (folder / "bentofile.yaml").write_text(yaml.safe_dump(bentofile, sort_keys=False))
     shutil.copytree(bundle, folder / "bundle", ignore=ignore)
 
 

@@ -35,6 +35,23 @@ def matmul_shape(cfg: ModelConfig, num_frames: int) -> tuple[int, int, int]:
     return cfg.tokens_per_frame * num_frames, cfg.width, 4 * cfg.width
 
 
+def time_ms(fn, runs: int, warmup: int = 0) -> list[float]:
+    """Wall milliseconds of `runs` calls of fn(), after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - start) * 1e3)
+    return out
+
+
+def median_ms(fn, runs: int, warmup: int = 1) -> float:
+    """The benchmarks' one timer: median wall milliseconds of `runs` calls (machines here are noisy)."""
+    return statistics.median(time_ms(fn, runs, warmup))
+
+
 def _median_rate(run, flop: float, seconds: float) -> float:
     run()
     rates, end = [], time.perf_counter() + seconds
