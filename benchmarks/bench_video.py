@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from stadapter_deploy.preprocessing import Preprocessing
 from stadapter_deploy.video import load_eval_views, prepare_eval_views
 from stadapter_deploy.video.dataset import VideoClipDataset
 from stadapter_deploy.video.sampling import eval_indices
@@ -79,7 +80,8 @@ def median_ms(fn, repeats: int) -> float:
 
 
 def loader_clips_per_s(path: Path, workers: int, clips: int = 24) -> float:
-    ds = VideoClipDataset([(path, 0)] * clips, num_frames=8, sampling_rate=16, size=224, train=True, augment="k400")
+    pre = Preprocessing(num_frames=8, sampling_rate=16, size=224)
+    ds = VideoClipDataset([(path, 0)] * clips, pre, train=True, augment="k400")
     loader = DataLoader(ds, batch_size=4, num_workers=workers)
     start = time.perf_counter()
     count = sum(len(labels) for _, labels, _ in loader)
