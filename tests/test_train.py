@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 
 from stadapter_deploy import build_model
 from stadapter_deploy.errors import ConfigError, WeightsError
+from stadapter_deploy.preprocessing import Preprocessing
 from stadapter_deploy.train.checkpoint import REFERENCE_KEYS, list_checkpoints
 from stadapter_deploy.train.config import build_config
 from stadapter_deploy.train.loop import run
@@ -102,6 +104,7 @@ def test_short_synthetic_run_learns_and_writes_every_output(motion_data, tmp_pat
         "spatial_views": 1,
         "temporal_views": 1,
     }
+    assert meta["preprocessing"] == Preprocessing(num_frames=8, sampling_rate=0, size=32).to_dict()
     assert meta["class_names"] == ["moving left", "moving right"]
     model = build_model(checkpoint=out / "final")
     for k, v in state["model"].items():
@@ -119,6 +122,16 @@ def test_short_synthetic_run_learns_and_writes_every_output(motion_data, tmp_pat
     with pytest.raises(WeightsError, match="--pretrain"):
         train_synthetic(tmp_path / "pre2", motion_data, pretrain=out / "final", no_adapters=True)
 
+    # --pretrain reads what build_model(adapter=) reads: a checkpoint as the reference code saves it
+    reference = tmp_path / "checkpoint-3-reference.pth"
+    model_keys = {"module." + k: v for k, v in state["model"].items()}  # saved from its DDP wrapper
+    torch.save(
+        {"model": model_keys, "optimizer": {}, "epoch": 3, "scaler": {}, "args": argparse.Namespace()}, reference
+    )
+    build_model("tiny", adapter=reference, num_classes=2)
+    pre_ref = train_synthetic(tmp_path / "pre3", motion_data, **val_only, pretrain=reference, eval_only=True)
+    assert pre_ref["val_loss"] == pre["val_loss"]  # the same adapters (and the same fresh head)
+
 
 def test_resume_gives_the_same_weights_as_a_straight_run(motion_data, tmp_path):
     train_list = sub_list(motion_data, "train", 24, tmp_path)
@@ -128,6 +141,11 @@ def test_resume_gives_the_same_weights_as_a_straight_run(motion_data, tmp_path):
     train_synthetic(tmp_path / "killed", motion_data, stop_after_epochs=1, **common)
     assert not (tmp_path / "killed" / "final").exists()
     assert [r["epoch"] for r in read_log(tmp_path / "killed")] == [0]
+    # a kill during a save left a temp file; the next run removes it (here one that trains no epoch)
+    torn = tmp_path / "killed" / ".checkpoint-1.pth.tmp-4242"
+    torn.write_bytes(b"PK\x03\x04 half a zip")
+    train_synthetic(tmp_path / "killed", motion_data, auto_resume=True, stop_after_epochs=1, **common)
+    assert not torn.exists()
     train_synthetic(tmp_path / "killed", motion_data, auto_resume=True, **common)
 
     straight, resumed = weights(tmp_path / "straight" / "final"), weights(tmp_path / "killed" / "final")
@@ -171,6 +189,7 @@ def test_two_process_torchrun_matches_one_process(motion_data, tmp_path):
     )
     assert two.returncode == 0, two.stderr[-3000:]
     assert "batch 16 = 2 x 8 x 1 accumulation" in two.stdout
+    assert "\r" not in two.stderr  # output to a pipe: no progress-bar redraws
     # one process, the same global batch of 16 reached as 2 accumulation steps of 8
     train_synthetic(
         tmp_path / "one", motion_data, train_list=train_list, val_list=val_list, epochs=2, total_batch=16, batch_size=8

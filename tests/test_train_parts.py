@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 import torch
 
 from stadapter_deploy.errors import ConfigError, WeightsError
 from stadapter_deploy.model import build_model
+from stadapter_deploy.recipes import Recipe
 from stadapter_deploy.train import checkpoint as ckpt
-from stadapter_deploy.train.config import batch_plan, build_config, check_config, read_data_config
+from stadapter_deploy.train import data
+from stadapter_deploy.train.config import (
+    RECIPE_FLAGS,
+    batch_plan,
+    build_config,
+    check_paths,
+    default_num_workers,
+    read_data_config,
+)
 from stadapter_deploy.train.evaluate import ShardedSampler, evaluate
 from stadapter_deploy.train.optim import WarmupCosine, build_optimizer, build_scheduler, scaled_lr
+from stadapter_deploy.train.progress import progress_bar
+from train.cli import build_parser
+
+# Data paths that need not exist: only check_paths looks at the disk.
+SOME_DATA = dict(train_root="/d/train", train_list="/d/train.txt", val_root="/d/val", val_list="/d/val.txt")
 
 
 def test_schedule_warms_up_linearly_then_half_cosine_to_zero():
@@ -86,20 +103,20 @@ def test_config_layers_recipe_then_toml_then_flags(tmp_path, monkeypatch):
         '[ssv2]\ntrain_root = "/nowhere"\n'
     )
     monkeypatch.setenv("STADAPTER_DATA_CONFIG", str(toml))
-    cfg = build_config("k400", tmp_path / "run", epochs=3, lr_per_256=None)
-    check_config(cfg)
+    cfg = build_config("k400", tmp_path / "run", epochs=3, lr_per_256=None, num_frames=16)
+    check_paths(cfg)
     assert cfg.train_root == tmp_path / "train" and cfg.val_list == tmp_path / "val.txt"
-    assert (cfg.num_classes, cfg.epochs, cfg.sampling_rate, cfg.temporal_views) == (10, 3, 16, 3)
-    assert cfg.lr_per_256 == 1e-3 and cfg.total_batch == 192
+    r, p = cfg.recipe, cfg.recipe.preprocessing
+    assert (r.num_classes, r.epochs, p.num_frames, p.sampling_rate, p.temporal_views) == (10, 3, 16, 16, 3)
+    assert r.lr_per_256 == 1e-3 and r.total_batch == 192 and r.dataset == cfg.dataset == "k400"
     flagged = build_config("k400", tmp_path / "run", data_config=toml, num_classes=7)
-    assert flagged.num_classes == 7
+    assert flagged.recipe.num_classes == 7
 
 
 def test_unset_or_missing_data_fails_with_what_to_set(tmp_path, monkeypatch):
     monkeypatch.delenv("STADAPTER_DATA_CONFIG", raising=False)
-    cfg = build_config("k400", tmp_path / "run")
     with pytest.raises(ConfigError) as e:
-        check_config(cfg)
+        build_config("k400", tmp_path / "run")
     msg = str(e.value)
     for key in ("train_root", "train_list", "val_root", "val_list"):
         assert key in msg
@@ -113,7 +130,7 @@ def test_unset_or_missing_data_fails_with_what_to_set(tmp_path, monkeypatch):
         val_list=tmp_path / "nope.txt",
     )
     with pytest.raises(ConfigError, match="nope.txt does not exist"):
-        check_config(cfg)
+        check_paths(cfg)
     bad = tmp_path / "bad.toml"
     bad.write_text("[k400]\ntrain_roots = 'x'\n")
     with pytest.raises(ConfigError, match="unknown keys.*train_roots"):
@@ -175,3 +192,91 @@ def test_checkpoints_are_atomic_pruned_and_auto_resume_skips_broken(tmp_path):
     with pytest.raises(WeightsError, match="not a readable training checkpoint"):
         ckpt.load_training_checkpoint(newest)
     assert ckpt.latest_valid_checkpoint(tmp_path / "empty") is None
+
+
+def test_pruning_removes_temp_files_of_killed_saves(tmp_path):
+    ckpt.atomic_torch_save(_fake_state(0), ckpt.checkpoint_path(tmp_path, 0))
+    torn = tmp_path / ".checkpoint-1.pth.tmp-4242"  # what a kill during atomic_torch_save leaves
+    torn.write_bytes(b"PK\x03\x04 half a zip")
+    (tmp_path / "notes.tmp-1").write_text("not ours")
+    ckpt.prune_checkpoints(tmp_path, keep_last=0)  # 0 keeps every checkpoint, not the torn file
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-0.pth", "notes.tmp-1"]
+
+
+def test_training_checkpoints_are_read_by_the_one_safe_reader(tmp_path):
+    path = tmp_path / "checkpoint-0.pth"
+    torch.save(_fake_state(0) | {"args": argparse.Namespace(lr=1e-3)}, path)  # as the reference saves args
+    assert ckpt.load_training_checkpoint(path)["args"].lr == 1e-3
+    torch.save({"model": {}, "code": os.system}, path)  # a pickle that would run code is refused
+    with pytest.raises(WeightsError, match="not a readable training checkpoint"):
+        ckpt.load_training_checkpoint(path)
+
+
+def test_every_recipe_value_is_a_flag_and_flags_reach_the_config(tmp_path):
+    settable = {f.name for f in fields(Recipe)} - {"dataset", "preprocessing"}
+    assert settable <= set(RECIPE_FLAGS)
+    argv = ["k400", "--save-dir", str(tmp_path), "--num-frames", "16", "--epochs", "3", "--lr-per-256", "0.5"]
+    argv += ["--train-augment", "none", "--no-adapters", "--num-workers", "1", "--preset", "tiny"]
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in SOME_DATA.items()]
+    args = vars(build_parser().parse_args(argv))
+    cfg = build_config(args.pop("dataset"), args.pop("save_dir"), args.pop("data_config"), **args)
+    r = cfg.recipe
+    assert (r.preprocessing.num_frames, r.epochs, r.lr_per_256, r.train_augment, r.preset) == (
+        16,
+        3,
+        0.5,
+        "none",
+        "tiny",
+    )
+    assert cfg.no_adapters and cfg.num_workers == 1 and cfg.val_list == Path("/d/val.txt")
+    assert r.total_batch == 192 and r.preprocessing.sampling_rate == 16  # unset flags keep the recipe's
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (dict(epochs=0), "epochs must be >= 1"),
+        (dict(lr_per_256=0.0), "lr_per_256 > 0"),
+        (dict(spatial_views=2), "spatial_views must be 1 or 3"),
+        (dict(sampling_rate=0), "uniform sampling"),  # k400 evaluates 3 temporal views
+        (dict(precision="fp8"), "precision must be one of"),
+        (dict(batch_size=0), "batch_size must be >= 1"),
+        (dict(resume="x.pth", auto_resume=True), "either --resume PATH or --auto-resume"),
+        (dict(no_such_option=1), "bad training option"),
+    ],
+)
+def test_bad_values_are_refused_when_the_config_is_built(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config("k400", "run", **SOME_DATA, **bad)
+
+
+def test_default_workers_follow_the_cores_this_process_may_use(monkeypatch):
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    assert default_num_workers() == 2
+    assert build_config("k400", "run", **SOME_DATA).num_workers == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: two processes share the two cores
+    assert default_num_workers() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert default_num_workers() == 4
+
+
+def test_unknown_class_names_get_the_bundle_placeholder():
+    cfg = build_config("k400", "run", **SOME_DATA, num_classes=3)  # not the shipped 400: names unknown
+    assert data.class_names(cfg) == ["class_0", "class_1", "class_2"]
+
+
+def test_progress_off_a_terminal_is_plain_lines(capsys):
+    bar = progress_bar(3, "epoch 1/2", every_s=0)  # pytest's captured stderr is not a terminal
+    for step in range(3):
+        bar.set_postfix(loss=f"{1.0 / (step + 1):.3f}")
+        bar.update(1)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/2: 1/3") and lines[-1].endswith("loss 0.333")
+    quiet = progress_bar(3, "eval", enabled=False, every_s=0)
+    quiet.update(3)
+    quiet.close()
+    assert capsys.readouterr().err == ""

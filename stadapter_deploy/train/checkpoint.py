@@ -14,9 +14,11 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
+from ..model.weights import load_pickle
 
 REFERENCE_KEYS = ("model", "optimizer", "lr_sched", "loss_scaler", "next_epoch")
 _NAME = re.compile(r"checkpoint-(\d+)\.pth")
+TEMP_GLOB = ".checkpoint-*.pth.tmp-*"  # atomic_torch_save's temp files, left behind by a kill mid-save
 
 
 def checkpoint_path(save_dir: Path, epoch: int) -> Path:
@@ -29,7 +31,7 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
     A kill at any moment leaves either the old file or the new one, never a torn one.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # matches TEMP_GLOB
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -51,12 +53,12 @@ def list_checkpoints(save_dir: Path) -> list[tuple[int, Path]]:
 
 
 def load_training_checkpoint(path: Path) -> dict:
-    """Read a checkpoint and check it has the reference keys; WeightsError if not."""
+    """Read a checkpoint (through the one safe reader) and check it has the keys resuming needs."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, unpicklable content
-        raise WeightsError(f"{path} is not a readable training checkpoint ({type(e).__name__}: {e})") from None
-    missing = [k for k in REFERENCE_KEYS if not isinstance(state, dict) or k not in state]
+        state = load_pickle(path)
+    except WeightsError as e:  # missing, truncated, not a torch file, unpicklable content
+        raise WeightsError(f"not a readable training checkpoint: {e}") from None
+    missing = [k for k in REFERENCE_KEYS if k not in state]
     if missing:
         raise WeightsError(f"{path} is not a training checkpoint: missing {missing}")
     return state
@@ -72,11 +74,18 @@ def latest_valid_checkpoint(save_dir: Path) -> tuple[Path, dict] | None:
     return None
 
 
+def remove_torn_temp_files(save_dir: Path) -> list[Path]:
+    """Delete temp files of saves that were killed midway (only one process saves, and never meanwhile)."""
+    torn = sorted(Path(save_dir).glob(TEMP_GLOB))
+    for p in torn:
+        p.unlink(missing_ok=True)
+    return torn
+
+
 def prune_checkpoints(save_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` checkpoints (keep_last <= 0 keeps everything)."""
-    if keep_last <= 0:
-        return []
-    old = [p for _, p in list_checkpoints(save_dir)[:-keep_last]]
+    """Delete all but the newest `keep_last` checkpoints (keep_last <= 0 keeps everything), and torn temp files."""
+    torn = remove_torn_temp_files(save_dir)
+    old = [p for _, p in list_checkpoints(save_dir)[:-keep_last]] if keep_last > 0 else []
     for p in old:
         p.unlink(missing_ok=True)
-    return old
+    return torn + old

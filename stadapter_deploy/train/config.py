@@ -1,4 +1,9 @@
-"""TrainConfig: a recipe's values, then the data config file (TOML), then command-line overrides.
+"""TrainConfig: a recipe (stadapter_deploy/recipes.py), then the data config file (TOML), then flags.
+
+Each setting is declared once, as a dataclass field: the recipe's in `Recipe` / `Preprocessing`,
+the rest in `TrainConfig` below, whose field metadata carries the `--flag` help (train/cli.py
+generates the command line from these fields). Values are checked in `__post_init__`; only the
+filesystem is checked later, by `check_paths`, once a synthetic dataset has been generated.
 
 A data config is a small TOML file; one file can hold several datasets, one table each:
 
@@ -22,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..recipes import get_recipe
+from ..preprocessing import Preprocessing
+from ..recipes import Recipe, get_recipe
+from ..video.augment import AUGMENTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,73 +40,161 @@ DATA_CONFIG_ENV = "STADAPTER_DATA_CONFIG"
 DATA_KEYS = ("train_root", "train_list", "val_root", "val_list")
 PATH_KEYS = (*DATA_KEYS, "class_names")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 MAX_AUTO_BATCH = 64  # per process, as the reference recipes run (3 x 64, 4 x 64)
+MAX_AUTO_WORKERS = 4
+
+
+def option(default=None, *, factory=None, help: str, group: str = "run", **argparse_kwargs):
+    """A TrainConfig field that is also a command-line flag; `argparse_kwargs` such as choices=."""
+    meta = {"help": help, "group": group, **argparse_kwargs}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def default_num_workers() -> int:
+    """DataLoader workers per process: the cores this process may use, shared by the local processes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return min(MAX_AUTO_WORKERS, cores // max(local_processes, 1))
+
+
+# Flags for the recipe's own fields (Recipe and Preprocessing live outside training, so their help
+# is kept here). Preprocessing's size, mean and std are not flags: they follow the model.
+RECIPE_FLAGS: dict[str, dict] = {
+    "preset": {"help": "model preset (default: the recipe's, e.g. vit_b16_adapter12x384)"},
+    "num_classes": {"help": "number of classes (default: the data config's, else the recipe's)"},
+    "num_frames": {"help": "frames per clip"},
+    "sampling_rate": {"help": "frame stride; 0 = uniform over the whole video"},
+    "spatial_views": {"help": "eval spatial crops (1 or 3)"},
+    "temporal_views": {"help": "eval temporal clips"},
+    "train_augment": {
+        "help": "training augmentation: k400 (jitter, crop, flip), ssv2 (RRC + RandAugment), none",
+        "choices": AUGMENTS,
+    },
+    "total_batch": {"help": "effective batch per optimizer step (= processes x --batch-size x accumulation)"},
+    "epochs": {"help": "training epochs"},
+    "warmup_epochs": {"help": "linear warmup epochs (then half-cosine to 0)"},
+    "lr_per_256": {"help": "learning rate per 256 clips; lr = this x total batch / 256"},
+    "weight_decay": {"help": "AdamW weight decay (never on biases)"},
+}
+PREPROCESSING_FLAGS = ("num_frames", "sampling_rate", "spatial_views", "temporal_views")
 
 
 @dataclass
 class TrainConfig:
-    dataset: str
     save_dir: Path
-    # recipe (docs/method.md); every value can be overridden
-    preset: str
-    num_classes: int
-    num_frames: int
-    sampling_rate: int
-    spatial_views: int
-    temporal_views: int
-    train_augment: str
-    total_batch: int  # the effective batch: per-process batch x processes x accumulation steps
-    epochs: int
-    warmup_epochs: float
-    lr_per_256: float
-    weight_decay: float
+    recipe: Recipe  # hyperparameters and preprocessing (docs/method.md); every value can be overridden
     # data
-    train_root: Path | None = None
-    train_list: Path | None = None
-    val_root: Path | None = None
-    val_list: Path | None = None
-    class_names: Path | None = None
-    data_root: Path | None = None  # synthetic only: generated here when absent
+    train_root: Path | None = option(help="folder the training list's paths are relative to", group="data")
+    train_list: Path | None = option(help="training list file, one '<relative path> <label>' per line", group="data")
+    val_root: Path | None = option(help="folder the validation list's paths are relative to", group="data")
+    val_list: Path | None = option(help="validation list file, same format", group="data")
+    class_names: Path | None = option(
+        help="file with one class name per line (default: the shipped list)", group="data"
+    )
+    data_root: Path | None = option(
+        help="synthetic only: where the generated dataset lives; generated when absent (default runs/synthetic-data)",
+        group="data",
+    )
     # model
-    clip: Path | None = None
-    pretrain: Path | None = None
-    no_adapters: bool = False
+    clip: Path | None = option(
+        help="CLIP backbone weights: OpenAI .pt, open_clip/HF state dict or safetensors "
+        "(synthetic: random frozen backbone when unset)",
+        group="model",
+    )
+    pretrain: Path | None = option(
+        help="start the adapters from this checkpoint (reference .pth or our final/ dir); the head starts fresh",
+        group="model",
+    )
+    no_adapters: bool = option(
+        False, help="no adapters: frozen backbone + trained linear head only (the ablation)", group="model"
+    )
     # run
-    batch_size: int | None = None  # per process per forward; None = the largest divisor <= 64
-    eval_batch_size: int | None = None
-    precision: str = "auto"
-    device: str = "auto"
-    num_workers: int = 4
-    seed: int = 0
-    eval_every: int = 1
-    keep_last: int = 3
-    auto_resume: bool = False
-    resume: Path | None = None
-    eval_only: bool = False
-    stop_after_epochs: int | None = None  # leave the loop early, as a kill would (resume tests, time limits)
-    extra: dict = field(default_factory=dict)
+    batch_size: int | None = option(
+        help="clips per process per forward pass; gradient accumulation makes up the total batch "
+        "(default: the largest divisor of the per-process share that is <= 64)"
+    )
+    eval_batch_size: int | None = option(help="videos per process per eval pass (default: from batch size)")
+    precision: str = option(
+        "auto",
+        help="auto (default) = fp16 with loss scaling and a half backbone on CUDA, fp32 on CPU",
+        choices=PRECISIONS,
+    )
+    device: str = option("auto", help="default auto: CUDA when present", choices=DEVICES)
+    num_workers: int = option(
+        factory=default_num_workers,
+        help=f"DataLoader workers per process (default: the CPU cores this process may use, divided by the "
+        f"processes on this machine, at most {MAX_AUTO_WORKERS})",
+    )
+    seed: int = option(0, help="random seed (default 0)")
+    eval_every: int = option(1, help="evaluate every N epochs, and always after the last (default 1)")
+    keep_last: int = option(3, help="keep the newest K checkpoints, delete older (default 3; 0 = all)")
+    auto_resume: bool = option(False, help="continue from the newest valid checkpoint in --save-dir, if any")
+    resume: Path | None = option(help="continue from this checkpoint-N.pth")
+    eval_only: bool = option(False, help="only evaluate (the model from --resume/--auto-resume); writes eval.json")
+    # leave the loop early, as a kill would (resume tests, time limits)
+    stop_after_epochs: int | None = option(
+        help="leave after this many epochs as if killed (the schedule still spans --epochs)"
+    )
+
+    def __post_init__(self) -> None:
+        """Everything that can be checked without touching the disk; all problems in one message."""
+        problems = []
+        for key in DATA_KEYS:
+            if getattr(self, key) is None:
+                flag = "--" + key.replace("_", "-")
+                problems.append(
+                    f'{key} is not set: pass {flag} PATH, or put {key} = "..." in the [{self.dataset}] table '
+                    f"of a TOML data config given by --data-config FILE or ${DATA_CONFIG_ENV}"
+                )
+        r = self.recipe
+        positive = {"num_classes": r.num_classes, "total_batch": r.total_batch, "epochs": r.epochs}
+        positive |= {"eval_every": self.eval_every}
+        problems += [f"{k} must be >= 1, got {v}" for k, v in positive.items() if v < 1]
+        if r.warmup_epochs < 0 or r.lr_per_256 <= 0 or r.weight_decay < 0:
+            problems.append("need warmup_epochs >= 0, lr_per_256 > 0 and weight_decay >= 0")
+        if r.train_augment not in AUGMENTS:
+            problems.append(f"train_augment must be one of {AUGMENTS}, got {r.train_augment!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.device not in DEVICES:
+            problems.append(f"device must be one of {DEVICES}, got {self.device!r}")
+        for key in ("batch_size", "eval_batch_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                problems.append(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            problems.append(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.resume is not None and self.auto_resume:
+            problems.append("pass either --resume PATH or --auto-resume, not both")
+        if problems:
+            raise ConfigError("bad training configuration:\n  " + "\n  ".join(problems))
+
+    @property
+    def dataset(self) -> str:
+        return self.recipe.dataset
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.recipe.preprocessing
 
     def to_dict(self) -> dict:
-        """JSON/torch-safe view (paths as strings)."""
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        """JSON/torch-safe view (paths as strings; the recipe as nested dicts)."""
+        values = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        values["recipe"]["preprocessing"] = self.preprocessing.to_dict()
+        return values
 
     def recipe_meta(self) -> dict:
-        """What export and serving need to preprocess like this run evaluates."""
+        """The checkpoint's `recipe` entry, as earlier exporters read it (new ones read `preprocessing`)."""
+        p = self.preprocessing
         return {
             "dataset": self.dataset,
-            "num_frames": self.num_frames,
-            "sampling_rate": self.sampling_rate,
-            "spatial_views": self.spatial_views,
-            "temporal_views": self.temporal_views,
+            "num_frames": p.num_frames,
+            "sampling_rate": p.sampling_rate,
+            "spatial_views": p.spatial_views,
+            "temporal_views": p.temporal_views,
         }
-
-
-def recipe_defaults(dataset: str) -> dict:
-    recipe = get_recipe(dataset)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)}
-    values |= dataclasses.asdict(recipe.preprocessing)
-    return {k: v for k, v in values.items() if k in fields and k != "dataset"}
 
 
 def read_data_config(path: str | Path, dataset: str) -> dict:
@@ -133,9 +228,11 @@ def read_data_config(path: str | Path, dataset: str) -> dict:
 def build_config(dataset: str, save_dir: str | Path, data_config: str | Path | None = None, **overrides) -> TrainConfig:
     """Recipe defaults <- data config file (explicit, else ${STADAPTER_DATA_CONFIG}) <- overrides.
 
-    Overrides set to None are ignored, so argparse namespaces pass straight through.
+    Overrides are flat (epochs=3, num_frames=16, train_list=...); those set to None are ignored, so
+    argparse namespaces pass straight through.
     """
-    values = recipe_defaults(dataset)
+    recipe = get_recipe(dataset)
+    values = {}
     data_config = data_config or os.environ.get(DATA_CONFIG_ENV) or None
     if data_config:
         values |= read_data_config(data_config, dataset)
@@ -151,24 +248,22 @@ def build_config(dataset: str, save_dir: str | Path, data_config: str | Path | N
         values.setdefault("train_list", root / "train.txt")
         values.setdefault("val_list", root / "val.txt")
         values.setdefault("class_names", root / "classes.txt")
+    pre = {k: values.pop(k) for k in PREPROCESSING_FLAGS if k in values}
+    recipe_keys = set(RECIPE_FLAGS) - set(PREPROCESSING_FLAGS)
+    changes = {k: values.pop(k) for k in recipe_keys if k in values}
     try:
-        return TrainConfig(dataset=dataset, save_dir=Path(save_dir), **values)
-    except TypeError as e:
+        recipe = recipe.replace(preprocessing=recipe.preprocessing.replace(**pre), **changes)
+        return TrainConfig(save_dir=Path(save_dir), recipe=recipe, **values)
+    except (TypeError, ValueError) as e:  # an unknown option; Preprocessing's own checks
         raise ConfigError(f"bad training option: {e}") from None
 
 
-def check_config(cfg: TrainConfig) -> None:
-    """Everything that can be checked before any work: unset or missing paths, bad numbers."""
+def check_paths(cfg: TrainConfig) -> None:
+    """The files and folders the config names exist (run once the synthetic data is generated)."""
     problems = []
     for key in DATA_KEYS:
-        value = getattr(cfg, key)
-        flag = "--" + key.replace("_", "-")
-        if value is None:
-            problems.append(
-                f'{key} is not set: pass {flag} PATH, or put {key} = "..." in the [{cfg.dataset}] table '
-                f"of a TOML data config given by --data-config FILE or ${DATA_CONFIG_ENV}"
-            )
-        elif key.endswith("_list") and not value.is_file():
+        value, flag = getattr(cfg, key), "--" + key.replace("_", "-")
+        if key.endswith("_list") and not value.is_file():
             problems.append(f"{key} {value} does not exist (set by {flag} or the data config)")
         elif key.endswith("_root") and not value.is_dir():
             problems.append(f"{key} {value} is not a folder (set by {flag} or the data config)")
@@ -176,22 +271,6 @@ def check_config(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and not value.exists():
             problems.append(f"{key} {value} does not exist")
-    positive = ("num_classes", "num_frames", "total_batch", "epochs", "spatial_views", "temporal_views")
-    problems += [f"{k} must be >= 1, got {getattr(cfg, k)}" for k in positive if getattr(cfg, k) < 1]
-    if cfg.spatial_views not in (1, 3):
-        problems.append(f"spatial_views must be 1 or 3, got {cfg.spatial_views}")
-    if cfg.sampling_rate < 0:
-        problems.append(f"sampling_rate must be >= 0 (0 = uniform), got {cfg.sampling_rate}")
-    if cfg.sampling_rate == 0 and cfg.temporal_views != 1:
-        problems.append("uniform sampling (sampling_rate 0) covers the whole video: use temporal_views 1")
-    if cfg.warmup_epochs < 0 or cfg.lr_per_256 <= 0 or cfg.weight_decay < 0:
-        problems.append("need warmup_epochs >= 0, lr_per_256 > 0 and weight_decay >= 0")
-    if cfg.precision not in PRECISIONS:
-        problems.append(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
-    if cfg.batch_size is not None and cfg.batch_size < 1:
-        problems.append(f"batch_size must be >= 1, got {cfg.batch_size}")
-    if cfg.resume is not None and cfg.auto_resume:
-        problems.append("pass either --resume PATH or --auto-resume, not both")
     if problems:
         raise ConfigError("bad training configuration:\n  " + "\n  ".join(problems))
 

@@ -29,8 +29,14 @@ def ensure_synthetic_dataset(cfg: TrainConfig, dist: D.DistInfo) -> None:
     D.barrier()
 
 
+def placeholder_names(num_classes: int) -> list[str]:
+    """Names for classes whose names are unknown; the same format as the exporter's (class_0, class_1, ...)."""
+    return [f"class_{i}" for i in range(num_classes)]
+
+
 def class_names(cfg: TrainConfig) -> list[str]:
-    """From --class-names / the data config, else the list shipped for the dataset, else 'class N'."""
+    """From --class-names / the data config, else the list shipped for the dataset, else 'class_N'."""
+    num_classes = cfg.recipe.num_classes
     if cfg.class_names is not None and Path(cfg.class_names).is_file():
         names = [s.strip() for s in Path(cfg.class_names).read_text().splitlines() if s.strip()]
         source = str(cfg.class_names)
@@ -38,29 +44,22 @@ def class_names(cfg: TrainConfig) -> list[str]:
         try:
             names, source = shipped_class_names(cfg.dataset), f"the shipped {cfg.dataset} class list"
         except ValueError:
-            return [f"class {i}" for i in range(cfg.num_classes)]
-        if len(names) != cfg.num_classes:  # e.g. a subset of K400: no trustworthy names
-            return [f"class {i}" for i in range(cfg.num_classes)]
-    if len(names) != cfg.num_classes:
-        raise ConfigError(f"{source} has {len(names)} class names but num_classes is {cfg.num_classes}")
+            return placeholder_names(num_classes)
+        if len(names) != num_classes:  # e.g. a subset of K400: no trustworthy names
+            return placeholder_names(num_classes)
+    if len(names) != num_classes:
+        raise ConfigError(f"{source} has {len(names)} class names but num_classes is {num_classes}")
     return names
 
 
 SKIP_LOGGER = "stadapter_deploy.video.dataset"  # where VideoClipDataset logs each broken video
 
 
-def build_datasets(cfg: TrainConfig, size: int) -> tuple[VideoClipDataset, VideoClipDataset]:
+def build_datasets(cfg: TrainConfig, pre: Preprocessing) -> tuple[VideoClipDataset, VideoClipDataset]:
     """Training (random clips, the recipe's augmentation) and evaluation (all views) datasets."""
-    train = read_video_list(cfg.train_list, cfg.train_root, cfg.num_classes)
-    val = read_video_list(cfg.val_list, cfg.val_root, cfg.num_classes)
-    pre = Preprocessing(
-        num_frames=cfg.num_frames,
-        sampling_rate=cfg.sampling_rate,
-        size=size,
-        spatial_views=cfg.spatial_views,
-        temporal_views=cfg.temporal_views,
-    )
-    train_set = VideoClipDataset(train, pre, train=True, augment=cfg.train_augment, seed=cfg.seed)
+    train = read_video_list(cfg.train_list, cfg.train_root, cfg.recipe.num_classes)
+    val = read_video_list(cfg.val_list, cfg.val_root, cfg.recipe.num_classes)
+    train_set = VideoClipDataset(train, pre, train=True, augment=cfg.recipe.train_augment, seed=cfg.seed)
     val_set = VideoClipDataset(val, pre, train=False, seed=cfg.seed)
     return train_set, val_set
 

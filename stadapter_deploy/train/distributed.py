@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ def setup(device: str = "auto") -> DistInfo:
 
 def cleanup() -> None:
     if dist.is_initialized():
+        gc.collect()  # objects in reference cycles that hold the group (DDP) go first, while it is whole
         dist.destroy_process_group()
 
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
-from tqdm import tqdm
 
 from .distributed import all_reduce_sum
+from .progress import progress_bar
 
 
 class ShardedSampler(Sampler[int]):
@@ -49,7 +49,8 @@ def evaluate(
     model.eval()
     asked = iter(loader.sampler) if isinstance(getattr(loader, "sampler", None), ShardedSampler) else None
     correct1 = correct5 = loss_sum = count = skipped = 0.0
-    for clips, labels, indices in tqdm(loader, desc="eval", leave=False, disable=not progress):
+    bar = progress_bar(len(loader), "eval", enabled=progress)
+    for clips, labels, indices in loader:
         batch, views = clips.shape[:2]
         clips = clips.to(device, non_blocking=True).flatten(0, 1)  # [B*V, 3, T, S, S]
         labels = labels.to(device)
@@ -66,6 +67,8 @@ def evaluate(
         correct5 += hits.any(dim=1).sum().item()
         loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum").item()
         count += batch
+        bar.update(1)
+    bar.close()
     totals = all_reduce_sum([correct1, correct5, loss_sum, count, skipped], device)
     correct1, correct5, loss_sum, count, skipped = totals
     n = max(count, 1.0)

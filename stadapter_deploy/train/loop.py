@@ -7,6 +7,7 @@ model -> resume if asked -> per epoch: train, evaluate, log, plot, checkpoint ->
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import random
@@ -21,32 +22,36 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from ..errors import ConfigError, WeightsError
 from ..model import ModelConfig, build_model, load_clip_state_dict, load_strict, save_checkpoint, trainable_state_dict
 from ..model.config import backbone_name, presets_with_backbone
 from ..model.vit import LayerNorm, STAdapterViT, is_trainable_name
-from ..model.weights import infer_backbone_config
+from ..model.weights import infer_backbone_config, load_adapter_checkpoint
 from ..recipes import get_recipe
 from . import checkpoint as ckpt
 from . import data
 from . import distributed as D
-from .config import TrainConfig, batch_plan, check_config
+from .config import TrainConfig, batch_plan, check_paths
 from .evaluate import ShardedSampler, evaluate
 from .optim import build_optimizer, build_scheduler, scaled_lr
 from .plot import plot_curves
+from .progress import progress_bar
 
 
 def run(cfg: TrainConfig) -> dict:
     """Train (or only evaluate) as `cfg` says; returns the last log record (or the eval result)."""
     dist = D.setup(cfg.device)
+    trainer = None
     try:
         if cfg.dataset == "synthetic":
             data.ensure_synthetic_dataset(cfg, dist)
-        check_config(cfg)
-        return Trainer(cfg, dist).fit()
+        check_paths(cfg)
+        trainer = Trainer(cfg, dist)
+        return trainer.fit()
     finally:
+        if trainer is not None:
+            trainer.close()  # an exception's traceback still holds the trainer
         data.stop_logging_skipped()
         D.cleanup()
 
@@ -79,39 +84,62 @@ def cast_backbone(model: nn.Module, dtype: torch.dtype) -> None:
                 p.data = p.data.to(dtype)
 
 
+def freeze_unreachable_adapter(model: STAdapterViT) -> None:
+    """With trim_last_block the last block computes the class token only, which its pre-MLP adapter
+    (it changes patch tokens only) never reaches: that adapter gets no gradient, and DDP refuses a
+    trainable parameter without one. It is kept (and saved) as initialized."""
+    last = model.transformer.resblocks[-1]
+    if getattr(model, "trim_last_block", False) and last.adapter_pre_mlp is not None:
+        last.adapter_pre_mlp.requires_grad_(False)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, dist: D.DistInfo):
         self.cfg, self.dist, self.device = cfg, dist, dist.device
         self.save_dir = Path(cfg.save_dir)
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        self.batch_size, self.accum_steps = batch_plan(cfg.total_batch, dist.world_size, cfg.batch_size)
+        self.recipe = recipe = cfg.recipe
+        self.batch_size, self.accum_steps = batch_plan(recipe.total_batch, dist.world_size, cfg.batch_size)
         self.precision = self.resolve_precision()
         self.class_names = data.class_names(cfg)
 
         seed_everything(cfg.seed)  # the same initial head/adapters on every rank
         self.model = self.build_model()
-        self.train_set, self.val_set = data.build_datasets(cfg, self.model.cfg.image_size)
+        self.preprocessing = recipe.preprocessing.replace(size=self.model.cfg.image_size)
+        self.train_set, self.val_set = data.build_datasets(cfg, self.preprocessing)
         self.train_loader, self.val_loader = self.build_loaders()
         self.steps_per_epoch = len(self.train_loader) // self.accum_steps
         if self.steps_per_epoch < 1 and not cfg.eval_only:
             raise ConfigError(
                 f"{len(self.train_set)} training videos are fewer than one effective batch of "
-                f"{cfg.total_batch}; lower --total-batch"
+                f"{recipe.total_batch}; lower --total-batch"
             )
-        self.lr = scaled_lr(cfg.lr_per_256, cfg.total_batch)
-        self.optimizer = build_optimizer(self.model, self.lr, cfg.weight_decay)
-        total_steps = cfg.epochs * self.steps_per_epoch
-        self.scheduler = build_scheduler(self.optimizer, round(cfg.warmup_epochs * self.steps_per_epoch), total_steps)
+        self.lr = scaled_lr(recipe.lr_per_256, recipe.total_batch)
+        self.optimizer = build_optimizer(self.model, self.lr, recipe.weight_decay)
+        warmup_steps = round(recipe.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = build_scheduler(self.optimizer, warmup_steps, recipe.epochs * self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.start_epoch, self.records = 0, []
         self.resume()
-        if self.start_epoch == 0 and dist.is_main:
-            self.skip_log.unlink(missing_ok=True)  # a fresh run starts a fresh list
+        if dist.is_main:
+            ckpt.remove_torn_temp_files(self.save_dir)
+            if self.start_epoch == 0:
+                self.skip_log.unlink(missing_ok=True)  # a fresh run starts a fresh list
         D.barrier()
         self.ddp_model = self.model
         if dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
+
+    def close(self) -> None:
+        """Let go of what uses the process group or worker processes, before the group is destroyed.
+
+        DDP sits in a reference cycle that only the garbage collector frees: left to chance, it (with
+        the gloo group its reducer holds) was freed at interpreter exit, after destroy_process_group,
+        and that teardown aborted now and then ("terminate called without an active exception").
+        """
+        self.ddp_model = self.train_loader = self.val_loader = None
+        gc.collect()
 
     # ---- setup -----------------------------------------------------------------------------------
 
@@ -131,7 +159,7 @@ class Trainer:
 
     def build_model(self) -> STAdapterViT:
         cfg = self.cfg
-        overrides = dict(num_classes=cfg.num_classes, num_frames=cfg.num_frames)
+        overrides = dict(num_classes=cfg.recipe.num_classes)
         if cfg.no_adapters:
             overrides["adapter_layers"] = 0
         model = build_model(synthetic_preset(cfg), clip=cfg.clip, **overrides)
@@ -140,6 +168,7 @@ class Trainer:
         model.to(self.device)
         if self.device.type == "cuda" and self.precision in ("fp16", "bf16"):
             cast_backbone(model, torch.float16 if self.precision == "fp16" else torch.bfloat16)
+        freeze_unreachable_adapter(model)  # after the cast: its weights stay fp32 as saved
         return model
 
     def build_loaders(self) -> tuple[DataLoader, DataLoader]:
@@ -155,7 +184,7 @@ class Trainer:
         common = dict(num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda", worker_init_fn=init)
         train_loader = DataLoader(self.train_set, self.batch_size, sampler=sampler, drop_last=True, **common)
         val_sampler = ShardedSampler(len(self.val_set), dist.rank, dist.world_size)
-        eval_batch = cfg.eval_batch_size or max(1, self.batch_size // (cfg.spatial_views * cfg.temporal_views))
+        eval_batch = cfg.eval_batch_size or max(1, self.batch_size // self.preprocessing.views)
         val_loader = DataLoader(self.val_set, eval_batch, sampler=val_sampler, **common)
         return train_loader, val_loader
 
@@ -188,19 +217,20 @@ class Trainer:
             return self.eval_only()
         if self.dist.is_main:
             self.print_plan()
-        last_epoch = cfg.epochs if cfg.stop_after_epochs is None else min(cfg.epochs, cfg.stop_after_epochs)
+        epochs = self.recipe.epochs
+        last_epoch = epochs if cfg.stop_after_epochs is None else min(epochs, cfg.stop_after_epochs)
         for epoch in range(self.start_epoch, last_epoch):
             # Reseeded from (seed, epoch, rank): a resumed run draws exactly what a straight run draws.
             seed_everything(cfg.seed + 1000 * epoch + self.dist.rank)
             self.train_loader.sampler.set_epoch(epoch)
             self.train_set.set_epoch(epoch)
             record = {"epoch": epoch, **self.train_one_epoch(epoch)}
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs:
                 record |= self.validate()
             record["max_mem_mb"] = round(peak_memory_mb(self.device), 1)
             self.records.append(record)
             self.end_epoch(epoch, record)
-        if last_epoch == cfg.epochs and self.dist.is_main:
+        if last_epoch == epochs and self.dist.is_main:
             self.save_final()
         D.barrier()
         return self.records[-1] if self.records else {}
@@ -210,13 +240,7 @@ class Trainer:
         micro_batches = self.steps_per_epoch * self.accum_steps
         loss_sum = clips = 0.0
         skipped_before = self.train_set.skipped
-        bar = tqdm(
-            total=self.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-            disable=not self.dist.is_main,
-            dynamic_ncols=True,
-            leave=False,
-        )
+        bar = progress_bar(self.steps_per_epoch, f"epoch {epoch + 1}/{self.recipe.epochs}", self.dist.is_main)
         start = time.perf_counter()
         for i, (x, labels, _) in enumerate(self.train_loader):
             if i >= micro_batches:
@@ -240,8 +264,8 @@ class Trainer:
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-                bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.current_lr():.2e}")
+                bar.update(1)
         bar.close()
         elapsed = time.perf_counter() - start
         loss_sum, clips, skipped = D.all_reduce_sum(
@@ -295,25 +319,26 @@ class Trainer:
         print(self.summary(record) + note, flush=True)
 
     def summary(self, r: dict) -> str:
-        text = f"epoch {r['epoch'] + 1}/{self.cfg.epochs}: train_loss {r['train_loss']:.4f}, lr {r['lr']:.2e}"
+        text = f"epoch {r['epoch'] + 1}/{self.recipe.epochs}: train_loss {r['train_loss']:.4f}, lr {r['lr']:.2e}"
         if "val_acc1" in r:
             text += f", val_acc1 {r['val_acc1']:.2f}, val_acc5 {r['val_acc5']:.2f}"
         return text + f", {r['clips_per_s']:.1f} clips/s, peak mem {r['max_mem_mb']:.0f} MB"
 
     def print_plan(self) -> None:
-        cfg, m = self.cfg, self.model.cfg
+        cfg, r, m = self.cfg, self.recipe, self.model.cfg
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         print(
-            f"{cfg.dataset}: {len(self.train_set)} train / {len(self.val_set)} val videos, {cfg.num_classes} classes; "
-            f"model {cfg.preset} ({m.adapter_layers} adapter layers, {trainable:,} trainable parameters); "
-            f"batch {cfg.total_batch} = {self.dist.world_size} x {self.batch_size} x {self.accum_steps} accumulation, "
-            f"lr {self.lr:.2e}, {cfg.epochs} epochs x {self.steps_per_epoch} steps, "
+            f"{cfg.dataset}: {len(self.train_set)} train / {len(self.val_set)} val videos, {r.num_classes} classes; "
+            f"model {r.preset} ({m.adapter_layers} adapter layers, {trainable:,} trainable parameters); "
+            f"batch {r.total_batch} = {self.dist.world_size} x {self.batch_size} x {self.accum_steps} accumulation, "
+            f"lr {self.lr:.2e}, {r.epochs} epochs x {self.steps_per_epoch} steps, "
             f"{self.precision} on {self.device}",
             flush=True,
         )
 
     def save_final(self) -> Path:
         extra = {
+            "preprocessing": self.preprocessing.to_dict(),
             "recipe": self.cfg.recipe_meta(),
             "class_names": self.class_names,
             "training": {k: self.records[-1].get(k) for k in ("epoch", "val_acc1", "val_acc5")},
@@ -337,8 +362,9 @@ class Trainer:
 def synthetic_preset(cfg: TrainConfig) -> str:
     """The preset to build: the synthetic recipe's `tiny` stands for a random backbone, so real `--clip`
     weights without an explicit --preset get the first preset whose backbone they fit (e.g. ViT-B/16)."""
-    if cfg.dataset != "synthetic" or cfg.clip is None or cfg.preset != get_recipe("synthetic").preset:
-        return cfg.preset
+    preset = cfg.recipe.preset
+    if cfg.dataset != "synthetic" or cfg.clip is None or preset != get_recipe("synthetic").preset:
+        return preset
     shape = infer_backbone_config(load_clip_state_dict(cfg.clip))
     backbone = ModelConfig(**shape, adapter_layers=shape["layers"])
     fits = presets_with_backbone(backbone)
@@ -348,13 +374,12 @@ def synthetic_preset(cfg: TrainConfig) -> str:
 
 
 def load_adapter_weights(model: STAdapterViT, path: Path) -> None:
-    """--pretrain: the adapter weights of a reference checkpoint (or our final/ directory); the head stays new."""
+    """--pretrain: the adapter weights of our final/ directory, or of any file `build_model(adapter=...)`
+    reads (a reference checkpoint-N.pth); the head stays new."""
     if Path(path).is_dir():
-        from ..model import read_checkpoint
-
-        _, state = read_checkpoint(path)
+        state = build_model(checkpoint=path).state_dict()
     else:
-        state = ckpt.load_training_checkpoint(path)["model"]
+        state = load_adapter_checkpoint(path)
     adapters = {k: v for k, v in state.items() if is_trainable_name(k) and not k.startswith("fc.")}
     own = {k: v for k, v in model.state_dict().items() if is_trainable_name(k) and not k.startswith("fc.")}
     wrong = sorted(set(own) ^ set(adapters)) + [k for k in own if k in adapters and own[k].shape != adapters[k].shape]
