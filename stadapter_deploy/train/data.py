@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..labels import placeholder_labels, read_labels
 from ..preprocessing import Preprocessing
 from ..recipes import class_names as shipped_class_names
 from ..video.dataset import VideoClipDataset, read_video_list
@@ -29,27 +29,17 @@ def ensure_synthetic_dataset(cfg: TrainConfig, dist: D.DistInfo) -> None:
     D.barrier()
 
 
-def placeholder_names(num_classes: int) -> list[str]:
-    """Names for classes whose names are unknown; the same format as the exporter's (class_0, class_1, ...)."""
-    return [f"class_{i}" for i in range(num_classes)]
-
-
 def class_names(cfg: TrainConfig) -> list[str]:
-    """From --class-names / the data config, else the list shipped for the dataset, else 'class_N'."""
+    """From --class-names / the data config, else the list shipped for the dataset, else class_N."""
     num_classes = cfg.recipe.num_classes
-    if cfg.class_names is not None and Path(cfg.class_names).is_file():
-        names = [s.strip() for s in Path(cfg.class_names).read_text().splitlines() if s.strip()]
-        source = str(cfg.class_names)
-    else:
-        try:
-            names, source = shipped_class_names(cfg.dataset), f"the shipped {cfg.dataset} class list"
-        except ValueError:
-            return placeholder_names(num_classes)
-        if len(names) != num_classes:  # e.g. a subset of K400: no trustworthy names
-            return placeholder_names(num_classes)
-    if len(names) != num_classes:
-        raise ConfigError(f"{source} has {len(names)} class names but num_classes is {num_classes}")
-    return names
+    if cfg.class_names is not None:
+        return read_labels(cfg.class_names, num_classes)
+    try:
+        names = shipped_class_names(cfg.dataset)
+    except ValueError:
+        names = []
+    # another count than the shipped list's (e.g. a subset of K400): no trustworthy names
+    return names if len(names) == num_classes else placeholder_labels(num_classes)
 
 
 SKIP_LOGGER = "stadapter_deploy.video.dataset"  # where VideoClipDataset logs each broken video
