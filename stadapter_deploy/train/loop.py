@@ -326,7 +326,7 @@ class Trainer:
 
     def print_plan(self) -> None:
         cfg, r, m = self.cfg, self.recipe, self.model.cfg
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        trainable = sum(v.numel() for v in trainable_state_dict(self.model).values())  # adapters + head, as saved
         print(
             f"{cfg.dataset}: {len(self.train_set)} train / {len(self.val_set)} val videos, {r.num_classes} classes; "
             f"model {r.preset} ({m.adapter_layers} adapter layers, {trainable:,} trainable parameters); "
