@@ -1,0 +1,1 @@
+"""`stadapter-predict`: label folders and lists of videos, timelines of long videos and live streams."""

@@ -1,0 +1,90 @@
+"""`stadapter-predict`: argument parsing over stadapter_deploy.predict.
+
+Every failure a user can cause ends in one line and a non-zero exit code, never a traceback:
+1 when a video failed (its error line is in the output), 2 for bad arguments or input lists,
+130 when interrupted (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLES = """
+examples:
+  stadapter-predict --bundle bundles/synthetic videos/ --out results.jsonl
+  stadapter-predict --bundle bundles/synthetic @val.txt --out results.jsonl     # prints top-1/top-5
+  stadapter-predict --bundle bundles/synthetic --timeline long.mp4 --window 2 --stride 1 --out timeline.jsonl
+  stadapter-predict --bundle bundles/synthetic --timeline rtsp://camera.local/stream
+  torchrun --nnodes 2 --nproc_per_node 4 ... -m predict --bundle B archive/ --out results.jsonl
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stadapter-predict",
+        description="Classify video files, folders and @list.txt files (one JSON line per video), or label "
+        "windows over time with --timeline (files and live streams). Runs under torchrun to shard the inputs.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="video files, folders (searched recursively), "
+        "@list.txt (training list format, labels optional), or with --timeline a stream URL",
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle directory (stadapter-export)")
+    p.add_argument("--out", type=Path, help="JSON lines file; a rerun skips the videos in it (default: stdout)")
+    p.add_argument("--top-k", type=int, default=5, help="labels per video or window (default 5)")
+    p.add_argument("--views", type=int, help="clips per video (default: the recipe's)")
+    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime, tensorrt, or one with its device")
+    p.add_argument("--precision", help="fp32, fp16 or bf16 (default: the backend's)")
+    p.add_argument("--threads", type=int, help="model CPU threads (default: the runtime's)")
+    p.add_argument("--workers", type=int, help="decode processes (default: CPU cores, at most 4)")
+    p.add_argument("--batch-size", type=int, help="clips per model call (default: the runner's max, else 8)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t = p.add_argument_group("timeline")
+    t.add_argument("--timeline", action="store_true", help="one line per window instead of one per video")
+    t.add_argument(
+        "--window", type=float, help="window in seconds (default: the recipe's clip span, or 2 s for a uniform recipe)"
+    )
+    t.add_argument("--stride", type=float, help="seconds between window starts (default: half the window)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from stadapter_deploy.predict.run import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, PredictConfig, run_predict
+
+    config = PredictConfig(
+        bundle=args.bundle,
+        inputs=args.inputs,
+        out=args.out,
+        top_k=args.top_k,
+        views=args.views,
+        backend=args.backend,
+        precision=args.precision,
+        threads=args.threads,
+        workers=args.workers,
+        batch_clips=args.batch_size,
+        timeline=args.timeline,
+        window_s=args.window,
+        stride_s=args.stride,
+        progress=not args.no_progress,
+    )
+    try:
+        return run_predict(config)
+    except (ValueError, OSError) as e:  # our error types subclass ValueError; OSError: paths, permissions
+        print(f"stadapter-predict: error: {str(e).strip()}", file=sys.stderr)
+        return EXIT_USAGE
+    except (Interrupted, KeyboardInterrupt) as e:
+        done = f" ({e})" if str(e) else ""
+        print(f"stadapter-predict: interrupted{done}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

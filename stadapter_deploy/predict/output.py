@@ -1,0 +1,103 @@
+"""Result files: one JSON line per video (or per timeline window), flushed as written, resumable.
+
+A crash can leave a torn last line (no newline): reading the file drops it. In a timeline file every
+window line of a video carries `windows`, the video's window count; a video with fewer lines than
+that was cut off by a crash, and its lines are dropped so the video runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+def parse_lines(path: Path, data: bytes) -> list[dict]:
+    records = []
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or "video" not in record:
+            raise ConfigError(f"{path}:{number}: not a result line of stadapter-predict; choose another --out")
+        records.append(record)
+    return records
+
+
+def check_kind(path: Path, records: list[dict], timeline: bool) -> None:
+    """A timeline file is not a classification file: resuming one as the other would mix them up."""
+    for record in records:
+        if "error" in record:
+            continue
+        if ("start_s" in record) != timeline:
+            held, asked = ("timeline", "classification") if "start_s" in record else ("classification", "timeline")
+            raise ConfigError(f"{path} holds {held} results, not {asked} results; choose another --out")
+
+
+def complete_videos(records: list[dict]) -> list[dict]:
+    """Timeline lines of the videos whose windows are all there (and all error lines)."""
+    seen = defaultdict(int)
+    for record in records:
+        seen[record["video"]] += 1
+    return [r for r in records if "windows" not in r or seen[r["video"]] == r["windows"]]
+
+
+def read_results(path: Path, timeline: bool = False, repair: bool = True) -> list[dict]:
+    """The records of a result file, less a torn last line and cut-off timeline videos; `repair`
+    rewrites the file without them (only the process that writes the file may)."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    records = parse_lines(path, whole)
+    check_kind(path, records, timeline)
+    kept = complete_videos(records) if timeline else records
+    if repair and (len(whole) != len(data) or len(kept) != len(records)):
+        write_all(path, kept)
+    return kept
+
+
+def write_all(path: Path, records: list[dict]) -> None:
+    """Replace `path` by `records` at once: a reader sees the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ResultWriter:
+    """Appends records as JSON lines to `path` (stdout when None), each write flushed."""
+
+    def __init__(self, path: Path | None):
+        self.file = open(path, "a") if path else sys.stdout
+        self.owned = path is not None
+
+    def write(self, records: list[dict]) -> None:
+        self.file.write("".join(json.dumps(r) + "\n" for r in records))  # one write: a video's lines together
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.owned:
+            self.file.close()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_out_path(path: Path) -> None:
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; name a file in it, e.g. {path / 'results.jsonl'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--out {path}: the folder {path.parent} does not exist")

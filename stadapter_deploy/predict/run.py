@@ -1,0 +1,200 @@
+"""A whole `stadapter-predict` run: inputs -> resume -> (shard) -> classify or timeline -> lines -> summary."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import ConfigError
+from .batch import BatchOptions, classify_videos, error_message
+from .distributed import Rank, barrier, join, leave, merge_parts, part_path, part_paths
+from .inputs import VideoInput, collect_inputs, is_stream
+from .output import ResultWriter, check_out_path, read_results
+from .timeline import check_seconds, iter_timeline
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+@dataclass
+class PredictConfig:
+    bundle: Path
+    inputs: list[str]
+    out: Path | None = None  # None: lines to stdout, no resume
+    top_k: int = 5
+    views: int | None = None
+    backend: str = "auto"
+    device: str | None = None
+    precision: str | None = None
+    threads: int | None = None  # model threads (default: the runner's; under torchrun, cores / local ranks)
+    workers: int | None = None  # decode processes
+    batch_clips: int | None = None
+    timeline: bool = False
+    window_s: float | None = None
+    stride_s: float | None = None
+    progress: bool = True
+
+
+class Interrupted(Exception):
+    """Ctrl+C during a run over files: the lines written so far stay, and a rerun resumes."""
+
+
+def say(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def previous_records(out: Path | None, rank: Rank, timeline: bool) -> list[dict]:
+    """What earlier runs wrote: --out and, under torchrun, every part file (only their owners repair them)."""
+    if out is None:
+        return []
+    records = read_results(out, timeline, repair=rank.is_main)
+    for part in part_paths(out):
+        records += read_results(part, timeline, repair=part == part_path(out, rank.rank) and rank.distributed)
+    return records
+
+
+def model_threads(config: PredictConfig, rank: Rank) -> int | None:
+    if config.threads or rank.local_world_size <= 1:
+        return config.threads
+    return max(1, len(os.sched_getaffinity(0)) // rank.local_world_size)
+
+
+def run_predict(config: PredictConfig) -> int:
+    """Run as the command line asks; returns the exit code."""
+    from ..runtime.bundle import load_bundle
+    from ..runtime.predictor import load_predictor
+
+    check_seconds("--window", config.window_s)
+    check_seconds("--stride", config.stride_s)
+    if config.out is not None:
+        check_out_path(config.out)
+    bundle = load_bundle(config.bundle)
+    videos = collect_inputs(config.inputs, len(bundle.labels), streams=config.timeline)
+    rank = join()
+    try:
+        if rank.distributed and config.out is None:
+            raise ConfigError("under torchrun, --out is needed: each rank writes a part file beside it")
+        done = {r["video"] for r in previous_records(config.out, rank, config.timeline)}
+        mine = [v for v in rank.shard(videos) if v.video not in done or is_stream(v.video)]
+        predictor = load_predictor(
+            bundle, config.backend, config.device, config.precision, threads=model_threads(config, rank)
+        )
+        target = part_path(config.out, rank.rank) if rank.distributed else config.out
+        started = time.perf_counter()
+        with ResultWriter(target) as writer:
+            new = predict_videos(predictor, mine, config, writer, rank)
+        seconds = time.perf_counter() - started
+        barrier()
+        if rank.is_main and config.out is not None:
+            merged = merge_parts if rank.distributed else read_results
+            records, considered = merged(config.out, config.timeline), videos
+        else:
+            records, considered = new, mine
+        summarize(considered, records, len(videos) - len(mine) if not rank.distributed else None, config)
+        say(f"{'rank ' + str(rank.rank) + ': ' if rank.distributed else ''}{len(mine)} videos in {seconds:.1f} s")
+        failed = {r["video"] for r in records if "error" in r} & {v.video for v in considered}
+        return EXIT_FAILED if failed else EXIT_OK
+    finally:
+        leave()
+
+
+def predict_videos(predictor, videos: list[VideoInput], config: PredictConfig, writer, rank: Rank) -> list[dict]:
+    bar = tqdm(
+        total=len(videos),
+        unit="video",
+        desc=f"rank {rank.rank}" if rank.distributed else "predict",
+        disable=not config.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    records = []
+    try:
+        results = (
+            timeline_records(predictor, videos, config)
+            if config.timeline
+            else classify_records(predictor, videos, config)
+        )
+        for lines in results:
+            writer.write(lines)
+            records += lines
+            if "error" in lines[0]:
+                say(f"stadapter-predict: {lines[0]['video']}: {lines[0]['error']}")
+            if "latency_ms" not in lines[0]:  # a video done (a stream's windows are not)
+                bar.update()
+    except KeyboardInterrupt:
+        raise Interrupted(f"{len(records)} lines written") from None
+    finally:
+        bar.close()
+    return records
+
+
+def classify_records(predictor, videos: list[VideoInput], config: PredictConfig):
+    options = BatchOptions(config.top_k, config.views, config.workers, config.batch_clips)
+    for record in classify_videos(predictor, videos, options):
+        yield [record]
+
+
+def timeline_records(predictor, videos: list[VideoInput], config: PredictConfig):
+    """A file's window lines all at once (each with `windows`, so resume can tell a whole video); a
+    stream's line by line as each window completes, until the stream ends or Ctrl+C."""
+    args = (config.window_s, config.stride_s, config.top_k, config.views)
+    for video in videos:
+        name = video.video
+        try:
+            if is_stream(name):
+                yield from stream_records(predictor, name, args)
+                continue
+            segments = [s.to_dict() for s in iter_timeline(predictor, name, *args)]
+        except Exception as e:
+            yield [{"video": name, "error": error_message(e)}]
+            continue
+        n = len(segments)
+        yield [{"video": name, **s, "window": i, "windows": n} for i, s in enumerate(segments)]
+
+
+def stream_records(predictor, url: str, args: tuple):
+    latencies = []
+    try:
+        for segment in iter_timeline(predictor, url, *args):
+            latencies.append(segment.latency_ms)
+            yield [{"video": url, **segment.to_dict()}]
+    except KeyboardInterrupt:
+        say(f"stadapter-predict: stopped {url} (Ctrl+C)")
+    if latencies:
+        latencies.sort()
+        say(
+            f"{url}: {len(latencies)} windows, latency from a window's last frame to its line: "
+            f"median {latencies[len(latencies) // 2]:.0f} ms, max {latencies[-1]:.0f} ms"
+        )
+
+
+def summarize(videos: list[VideoInput], records: list[dict], skipped: int | None, config: PredictConfig) -> None:
+    names = {v.video for v in videos}
+    failed = {r["video"] for r in records if "error" in r and r["video"] in names}
+    line = f"{len(videos)} videos, {len(failed)} failed"
+    if skipped:
+        line += f", {skipped} already in {config.out} (skipped)"
+    say(line)
+    if not config.timeline:
+        report = accuracy(videos, records, config.top_k)
+        if report:
+            say(report)
+
+
+def accuracy(videos: list[VideoInput], records: list[dict], top_k: int) -> str | None:
+    """Top-1 and top-5 accuracy over the labeled videos that were classified."""
+    results = {r["video"]: r for r in records if "labels" in r}
+    scored = [(v.label, results[v.video]["labels"]) for v in videos if v.label is not None and v.video in results]
+    if not scored:
+        return None
+    top1 = sum(labels[0]["index"] == label for label, labels in scored) / len(scored)
+    top5 = sum(label in [x["index"] for x in labels[:5]] for label, labels in scored) / len(scored)
+    unscored = sum(v.label is not None for v in videos) - len(scored)
+    text = f"accuracy over {len(scored)} labeled videos: top-1 {100 * top1:.1f}%, top-5 {100 * top5:.1f}%"
+    if top_k < 5:
+        text += f" (top-5 from the {top_k} labels asked for)"
+    return text + (f"; {unscored} labeled videos failed and are not counted" if unscored else "")
