@@ -2,8 +2,12 @@
 
 BentoML's own multipart parsing would read any body size, and it fetches a URL that is sent in a
 file field as text. This guard lets through only what the upload endpoints take:
-- a multipart/form-data body (else 415) no larger than the limit (else 413, after reading a little
-  past the limit so that the client hears the answer rather than a reset connection);
+- POST only (else 405, in JSON); options as form fields, never in the query string (else 400);
+- a multipart/form-data body (else 415) no larger than the limit: a declared Content-Length over it is
+  refused from the headers alone (413, nothing read); an undeclared body is read a little past the
+  limit so that the client hears the answer rather than a reset connection;
+- the whole body within the body deadline (else 408), so a slow upload cannot hold a worker;
+- a complete multipart body (it ends with its closing boundary; else 400 saying the upload was cut off);
 - the video field(s) as real file parts (never a path or URL as text), of a video or binary type
   (else 415), not empty, with a sane name;
 - the option fields as JSON integers (or null), and no other fields.
@@ -13,8 +17,10 @@ Every refusal is a JSON {"error": "..."} in words. The body is held in a spooled
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
+import time
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers, UploadFile
@@ -40,20 +46,24 @@ class UploadRoute:
 
 
 class UploadGuard:
-    def __init__(self, app, routes: dict[str, UploadRoute], max_bytes: int):
-        self.app, self.routes, self.max_bytes = app, routes, max_bytes
+    def __init__(self, app, routes: dict[str, UploadRoute], max_bytes: int, body_timeout_s: float = 60.0):
+        self.app, self.routes, self.max_bytes, self.body_timeout_s = app, routes, max_bytes, body_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
         route = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if route is None or scope["method"] != "POST":
+        if route is None:
             return await self.app(scope, receive, send)
         body = tempfile.SpooledTemporaryFile(max_size=1 << 20)
         try:
             try:
+                check_request_line(scope, route)
                 await self._read_body(scope, receive, body)
                 await check_form(scope, body, route)
             except Refusal as r:
-                return await JSONResponse({"error": str(r)}, status_code=r.status)(scope, receive, send)
+                headers = {"Allow": "POST"} if r.status == 405 else {"Connection": "close"} if r.status == 413 else None
+                return await JSONResponse({"error": str(r)}, status_code=r.status, headers=headers)(
+                    scope, receive, send
+                )
             body.seek(0)
             await self.app(scope, _replay(body, receive), send)
         finally:
@@ -70,10 +80,19 @@ class UploadGuard:
             )
         limit_mb = f"{self.max_bytes / 2**20:g} MB"
         declared = headers.get("content-length", "")
-        too_big = declared.isdigit() and int(declared) > self.max_bytes
-        total = 0
+        if declared.isdigit() and int(declared) > self.max_bytes:  # refused before reading a byte
+            declared_mb = int(declared) / 2**20
+            raise Refusal(
+                413, f"the upload ({declared_mb:.0f} MB declared) is larger than the server's limit of {limit_mb}"
+            )
+        too_big, total = False, 0
+        deadline = time.monotonic() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+            except asyncio.TimeoutError:
+                late = f"the upload did not arrive within {self.body_timeout_s:g} s; send it faster or a smaller file"
+                raise Refusal(408, late) from None
             if message["type"] == "http.disconnect":
                 raise Refusal(400, "the client closed the connection before the upload finished")
             chunk = message.get("body", b"")
@@ -89,8 +108,26 @@ class UploadGuard:
             raise Refusal(400, "the request body is empty: send the video as a file upload")
 
 
+def check_request_line(scope, route: UploadRoute) -> None:
+    if scope["method"] != "POST":
+        raise Refusal(405, f"{scope['path']} takes POST with a multipart upload, not {scope['method']}")
+    if scope.get("query_string"):
+        fields = " ".join(f"-F {name}=..." for name in route.options)
+        raise Refusal(400, f"send options as multipart form fields ({fields}), not in the query string")
+
+
+def check_complete(scope, body) -> None:
+    """A multipart body ends with its closing boundary; one that does not was cut off in transit."""
+    boundary = Headers(scope=scope).get("content-type", "").partition("boundary=")[2].split(";")[0].strip('"')
+    size = body.seek(0, 2)
+    body.seek(max(size - len(boundary) - 16, 0))
+    if boundary and f"--{boundary}--".encode() not in body.read():
+        raise Refusal(400, "the upload is incomplete: the multipart body ends before its closing boundary")
+
+
 async def check_form(scope, body, route: UploadRoute) -> None:
     """Parse the buffered multipart body once to check its fields; raise Refusal on the first problem."""
+    check_complete(scope, body)
     body.seek(0)
     request = Request(scope, _replay(body, None))
     try:
@@ -122,10 +159,12 @@ def check_file(item, field: str) -> None:
     if not isinstance(item, UploadFile):
         raise Refusal(
             400,
-            f"the field {field!r} must be a file upload (a server-side path or a URL is not accepted); "
-            f"e.g. curl -F {field}=@clip.mp4",
+            f"the field {field!r} must be a file part with a file name, e.g. curl -F {field}=@clip.mp4 "
+            "(a plain text value, such as a server-side path or a URL, is not accepted)",
         )
     name = item.filename or ""
+    if not name:
+        raise Refusal(400, f"the uploaded file in {field!r} has an empty file name; send it with its name")
     if len(name) > MAX_NAME or "\x00" in name:
         raise Refusal(400, f"the file name is too long or invalid (at most {MAX_NAME} characters)")
     media_type = (item.content_type or "").split(";")[0].strip().lower()

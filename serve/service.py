@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from serve.decoding import make_decoder
 from serve.guard import UploadGuard, UploadRoute
+from serve.pinning import pin_bundle
 from serve.settings import Settings, load_settings
 from serve.workers import JobFailed, JobRejected, ProcessPool
 from stadapter_deploy.errors import ConfigError, STAdapterError
@@ -50,10 +51,14 @@ def check_backend(bundle: Bundle, backend: str) -> None:
 
 
 def _startup() -> tuple[Settings, Bundle]:
-    """Settings and the bundle, checked on import: a bad setup stops `bentoml serve` with one line."""
+    """Settings and the bundle, checked on import: a bad setup stops `bentoml serve` with one line.
+
+    The first import (in `bentoml serve` itself) verifies the bundle and pins it: every worker, and every
+    worker restarted later, serves that pinned copy, so a bundle rewritten in place never mixes in.
+    """
     try:
         settings = load_settings()
-        bundle = load_bundle(settings.bundle, verify=True)
+        bundle = load_bundle(pin_bundle(settings.bundle), verify=True)
         check_backend(bundle, settings.backend)
         return settings, bundle
     except (STAdapterError, ValueError, OSError) as e:
@@ -62,6 +67,8 @@ def _startup() -> tuple[Settings, Bundle]:
 
 SETTINGS, BUNDLE = _startup()
 DEFAULT_TOP_K = 5
+READY_PROBE_S = 0.8  # /readyz asks the model for at most this long
+READY_FRESH_S = 1.0  # a batch this recent proves the model is up without asking (keeps /readyz cheap under load)
 
 BATCH_CLIPS = bentoml.metrics.Histogram(
     name="stadapter_model_batch_clips",
@@ -112,12 +119,17 @@ class STAdapterModel:
 # ----------------------------------------------------------------------------- the public API
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+RETRY_AFTER_S = 2  # what a 503 tells the client to wait before trying again
+
+
+def error(e: BadRequest) -> JSONResponse:
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if e.status == 503 else None
+    return JSONResponse({"error": str(e)}, status_code=e.status, headers=headers)
 
 
 class BadRequest(Exception):
-    """An answer other than 200: a status and a message in words (4xx, or 503 when the model is away)."""
+    """An answer other than 200: a status and a message in words. 4xx: the request is at fault;
+    503: the server cannot answer right now and the client should retry; 500: the server is broken."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -142,11 +154,25 @@ def mount_ui(service_class):
     return bentoml.gradio.mount_gradio_app(page, path="/ui")(service_class)
 
 
+def model_failure(e: Exception) -> BadRequest:
+    """The answer for a failed model call: 503 (retry) when the model is busy or away, 500 when it broke."""
+    status = int(getattr(e, "error_code", 0) or 0)  # BentoML's client carries the model service's status
+    if status in (429, 503):
+        log.warning("model queue past its latency limit: %s", e)
+        return BadRequest(503, "the model is overloaded right now (its queue is past the latency limit); try again")
+    if status == 0:  # no answer at all: the model worker is down or restarting
+        log.error("model worker unreachable: %s: %s", type(e).__name__, e)
+        return BadRequest(503, "the model is unavailable right now (its worker is restarting); try again")
+    log.error("model call failed with %s: %s", status, e)
+    return BadRequest(500, "the model failed on this input: a fault of this deployment, not of the video")
+
+
 @mount_ui
 @bentoml.service(
     name="stadapter",
     workers=SETTINGS.api_workers,
     traffic={"timeout": SETTINGS.request_timeout_s},
+    runner_probe={"enabled": False},  # /readyz asks the model itself, with a deadline (__is_ready__)
 )
 @bentoml.asgi_app(Starlette(routes=[Route("/metadata", metadata, methods=["GET"])]), path="/")
 class STAdapter:
@@ -159,6 +185,7 @@ class STAdapter:
         setup_args = (BUNDLE.preprocessing.to_dict(),)
         self.pool = ProcessPool(make_decoder, setup_args, SETTINGS.decode_workers, SETTINGS.decode_timeout_s)
         self._info: dict | None = None
+        self._model_ok_at = -1e9  # when a model call last succeeded (time.monotonic)
 
     @bentoml.on_startup
     async def start_decoders(self) -> None:
@@ -168,8 +195,18 @@ class STAdapter:
     def stop_decoders(self) -> None:
         self.pool.close()
 
-    def __is_ready__(self) -> bool:
-        return self.pool.alive > 0
+    async def __is_ready__(self) -> bool:
+        """Ready when decode workers are up and the model answers: a batch that succeeded within the last
+        second counts, else a quick `info()` call. Always answers within a second."""
+        if self.pool.alive == 0:
+            return False
+        if time.monotonic() - self._model_ok_at < READY_FRESH_S:
+            return True
+        try:
+            await asyncio.wait_for(self.model.to_async.info(), READY_PROBE_S)
+        except Exception:  # down, restarting, or too slow to answer: not ready
+            return False
+        return True
 
     @bentoml.api(route="/classify")
     async def classify(self, video: Path, top_k: int | None = None, views: int | None = None) -> dict:
@@ -177,7 +214,7 @@ class STAdapter:
         try:
             return (await self.classify_video(video, top_k, views)).to_dict()
         except BadRequest as e:
-            return error(e.status, str(e))
+            return error(e)
 
     async def classify_video(self, video: Path, top_k: int | None = None, views: int | None = None) -> Classification:
         """One video file -> Classification; BadRequest with the status to answer. The /ui page calls this."""
@@ -188,7 +225,10 @@ class STAdapter:
 
     @bentoml.api(route="/classify_batch")
     async def classify_batch(self, videos: list[Path], top_k: int | None = None, views: int | None = None) -> dict:
-        """Top-k classes of each uploaded video (multipart field `videos`, repeated): {"results": [...]}."""
+        """Top-k classes of each uploaded video (multipart field `videos`, repeated): {"results": [...]}, one
+        entry per video in order: its result, or {"error", "status"} for a video that failed. The answer is 200
+        whenever the request itself was sound, whatever its videos did: each entry carries its own outcome, so
+        one bad file does not cost the client the others' results."""
         try:
             top_k = self._check_options(top_k, views)
             start = time.perf_counter()
@@ -197,11 +237,17 @@ class STAdapter:
                 return_exceptions=True,
             )
             for d in decoded:
-                if isinstance(d, BaseException):
+                if isinstance(d, BaseException) and not isinstance(d, BadRequest):
                     raise d
-            return {"results": [r.to_dict() for r in await self._finish(decoded, top_k, start)]}
+            good = [d for d in decoded if not isinstance(d, BadRequest)]
+            classified = iter(await self._finish(good, top_k, start) if good else [])
+            results = [
+                {"error": str(d), "status": d.status} if isinstance(d, BadRequest) else next(classified).to_dict()
+                for d in decoded
+            ]
+            return {"results": results}
         except BadRequest as e:
-            return error(e.status, str(e))
+            return error(e)
 
     # -------------------------------------------------------------- steps
 
@@ -222,20 +268,25 @@ class STAdapter:
             message = str(e).replace(str(video), "the upload")
             raise BadRequest(422, f"cannot use {what}: {message}") from None
         except JobFailed as e:
+            upload = f"{what} ({video.name}, {video.stat().st_size if video.exists() else '?'} bytes)"
             if e.timed_out:
+                log.warning("decode timed out on %s: %s; its worker was replaced", upload, e)
                 raise BadRequest(
                     422, f"decoding {what} {e}, the server's limit; send a shorter or smaller video"
                 ) from None
-            raise BadRequest(422, f"cannot decode {what}: the decoder failed on it") from None
+            log.error("decode worker failed on %s: %s; it was replaced", upload, e)
+            raise BadRequest(
+                503, f"the server failed while decoding {what} (not the file's fault); try again"
+            ) from None
 
     async def _finish(self, decoded: list[dict], top_k: int, start: float) -> list[Classification]:
         clips = np.concatenate([d["clips"] for d in decoded])  # [sum of V, 3, T, S, S]
         t0 = time.perf_counter()
         try:
             logits = await self.model.to_async.predict(clips)  # [sum of V, C]
-        except Exception as e:  # queue past max latency, or the model worker restarting: retryable
-            log.error("model call failed: %s: %s", type(e).__name__, e)
-            raise BadRequest(503, "the model is overloaded or unavailable right now; try again shortly") from None
+        except Exception as e:
+            raise model_failure(e) from None
+        self._model_ok_at = time.monotonic()
         infer_ms = (time.perf_counter() - t0) * 1e3
         info = await self.info()
         results, offset = [], 0
@@ -289,6 +340,7 @@ STAdapter.add_asgi_middleware(
         "/classify_batch": UploadRoute("videos", max_files=SETTINGS.max_videos),
     },
     max_bytes=SETTINGS.max_upload_bytes,
+    body_timeout_s=SETTINGS.body_timeout_s,
 )
 
 if __name__ == "__main__":

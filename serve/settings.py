@@ -5,6 +5,7 @@
 | STADAPTER_BUNDLE                | ./bundle, else quickstart | model bundle directory (stadapter-export --out ...)  |
 | STADAPTER_BACKEND               | auto                      | auto, torch, onnxruntime, tensorrt (+ -cpu / -cuda)  |
 | STADAPTER_MAX_UPLOAD_MB         | 200                       | larger request bodies get 413                        |
+| STADAPTER_BODY_TIMEOUT_S        | 60                        | an upload not fully received by then gets 408        |
 | STADAPTER_DECODE_TIMEOUT_S      | 30                        | a decode past this is stopped (its process killed)   |
 | STADAPTER_DECODE_WORKERS        | 2                         | decode processes per API worker                      |
 | STADAPTER_API_WORKERS           | 1                         | API (upload + decode) worker processes               |
@@ -36,6 +37,7 @@ class Settings:
     bundle: Path
     backend: str = "auto"
     max_upload_mb: float = 200.0
+    body_timeout_s: float = 60.0
     decode_timeout_s: float = 30.0
     decode_workers: int = 2
     api_workers: int = 1
@@ -93,6 +95,7 @@ def load_settings() -> Settings:
         bundle=find_bundle(),
         backend=os.environ.get("STADAPTER_BACKEND", "").strip() or "auto",
         max_upload_mb=_number("STADAPTER_MAX_UPLOAD_MB", 200.0, float, 0.001),
+        body_timeout_s=_number("STADAPTER_BODY_TIMEOUT_S", 60.0, float, 0.01),
         decode_timeout_s=_number("STADAPTER_DECODE_TIMEOUT_S", 30.0, float, 0.01),
         decode_workers=_number("STADAPTER_DECODE_WORKERS", 2, int, 1),
         api_workers=_number("STADAPTER_API_WORKERS", 1, int, 1),

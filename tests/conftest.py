@@ -1,4 +1,8 @@
+import shutil
+
 import pytest
+
+SERVER_PROCESSES: dict = {}  # url -> the Popen of each server the session started
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +41,9 @@ def server(tiny_bundle, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     server_tmp = root / "tmp"
     server_tmp.mkdir()
+    served = shutil.copytree(tiny_bundle, root / "served-bundle")  # a copy: one test rewrites it in place
     env = {
-        "STADAPTER_BUNDLE": str(tiny_bundle),
+        "STADAPTER_BUNDLE": str(served),
         "STADAPTER_MAX_UPLOAD_MB": str(SERVE_MAX_UPLOAD_MB),
         "STADAPTER_DECODE_WORKERS": "4",  # decodes finish in fours, so they meet at the model
         "STADAPTER_MAX_VIDEOS": "4",
@@ -50,6 +55,7 @@ def server(tiny_bundle, tmp_path_factory):
     }
     log_path = root / "server.log"
     process, url = start_server(env, log_path)
+    process.log_path = log_path  # for tests that read what the server logged
     try:
         try:
             wait_ready(process, url, log_path)
@@ -57,6 +63,35 @@ def server(tiny_bundle, tmp_path_factory):
             pytest.fail(str(e))
         files = sorted(p for p in server_tmp.rglob("*") if p.is_file())
         (root / "baseline.txt").write_text("\n".join(map(str, files)))
+        SERVER_PROCESSES[url] = process
         yield url, server_tmp
     finally:
         stop_server(process)
+
+
+@pytest.fixture(scope="session")
+def server_process(server):
+    """The session server's Popen (its log at .log_path), for tests that kill its workers."""
+    return SERVER_PROCESSES[server[0]]
+
+
+@pytest.fixture(scope="session")
+def bomb(tmp_path_factory):
+    """A 189 KB H.264 file declaring two 8000x8000 frames (a decode bomb)."""
+    import video_corpus
+
+    path = tmp_path_factory.mktemp("bomb") / "bomb.mp4"
+    video_corpus.ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=black:size=8000x8000:rate=1",
+        "-frames:v",
+        "2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        str(path),
+    )
+    return path

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import copy_bundle, rewrite_manifest
 
 from stadapter_deploy import BundleError, load_predictor
 from stadapter_deploy.export.bench import model_gflops
@@ -18,18 +19,6 @@ from stadapter_deploy.model import get_preset
 from stadapter_deploy.runtime import choose_backend, load_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def copy_bundle(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def rewrite_manifest(bundle: Path, change) -> None:
-    path = bundle / "manifest.json"
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest))
 
 
 def test_manifest_lists_every_file_with_its_checksum(tiny_bundle):
@@ -72,7 +61,7 @@ def test_corrupt_onnx_with_matching_checksum_is_refused(tiny_bundle, tmp_path):
         a["sha256"], a["bytes"] = sha256_file(copy / "model.onnx"), (copy / "model.onnx").stat().st_size
 
     rewrite_manifest(copy, fix_checksum)
-    with pytest.raises(BundleError, match="onnxruntime cannot load"):
+    with pytest.raises(BundleError, match="model.onnx is not a readable ONNX model"):  # refused at load
         load_predictor(copy, backend="onnxruntime")
     from stadapter_deploy.export.onnx_export import check_onnx
 
@@ -226,3 +215,36 @@ def test_tensorrt_engine_end_to_end(tmp_path):
     np.testing.assert_allclose(
         predictor.predict(clips), load_predictor(out, backend="torch", device="cpu").predict(clips), atol=5e-3
     )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m["preprocessing"].update(size=48), "takes clips of [N, 3, 8, 32, 32] but the preprocessing makes"),
+        (lambda m: m["preprocessing"].update(num_frames=16), "[N, 3, 16, 32, 32]"),
+        (lambda m: m.update(num_classes=7), "num_classes is 7 but the model config says 6"),
+        (lambda m: m["config"].update(num_classes=5), "6 labels for a model with 5 classes"),
+    ],
+)
+def test_a_manifest_that_does_not_fit_its_model_is_refused_at_load(tiny_bundle, tmp_path, change, message):
+    copy = copy_bundle(tiny_bundle, tmp_path / "b")
+    rewrite_manifest(copy, change)
+    with pytest.raises(BundleError, match="does not fit its model") as info:
+        load_bundle(copy)
+    assert message in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+def test_artifact_paths_stay_inside_the_bundle(tiny_bundle, tmp_path):
+    copy = copy_bundle(tiny_bundle, tmp_path / "b")
+    outside = tmp_path / "outside.onnx"
+    shutil.copy(copy / "model.onnx", outside)  # a valid model, with the right checksum, next to the bundle
+
+    def point_outside(m):
+        next(a for a in m["artifacts"] if a["file"] == "model.onnx")["file"] = "../outside.onnx"
+
+    rewrite_manifest(copy, point_outside)
+    with pytest.raises(BundleError, match="'../outside.onnx', a file outside the bundle"):
+        load_bundle(copy, verify=False)
+    rewrite_manifest(copy, lambda m: m["labels"].update(file=str(tmp_path / "labels.txt")))  # absolute
+    with pytest.raises(BundleError, match="outside the bundle"):
+        load_bundle(copy, verify=False)

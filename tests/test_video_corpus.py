@@ -137,26 +137,6 @@ def test_check_list_keeps_every_file_that_decodes(corpus, tmp_path):
     assert check_video(str(garbage))
 
 
-@pytest.fixture(scope="session")
-def bomb(tmp_path_factory):
-    """A tiny H.264 file declaring two 8000x8000 frames."""
-    path = tmp_path_factory.mktemp("bomb") / "bomb.mp4"
-    video_corpus.ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "color=black:size=8000x8000:rate=1",
-        "-frames:v",
-        "2",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        str(path),
-    )
-    return path
-
-
 def test_limits_refuse_a_huge_frame_before_decoding(bomb, monkeypatch):
     assert bomb.stat().st_size < 1_000_000
     with pytest.raises(VideoTooLargeError, match="8000x8000.*STADAPTER_MAX_PIXELS"):

@@ -123,16 +123,65 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{manifest_path} is not valid JSON: {e}") from e
     check_manifest(manifest, manifest_path)
+    files = [
+        f for entry in [manifest["labels"], *manifest["artifacts"]] for f in [entry, *entry.get("extra_files", [])]
+    ]
+    for f in files:
+        check_inside(path, f["file"])
     if verify:
-        for entry in [manifest["labels"], *manifest["artifacts"]]:
-            for f in [entry, *entry.get("extra_files", [])]:
-                verify_file(path, f)
+        for f in files:
+            verify_file(path, f)
     labels = read_labels(path / manifest["labels"]["file"], error=BundleError)
     config = ModelConfig.from_dict(manifest["config"])
-    if len(labels) != config.num_classes:
-        raise BundleError(f"{path}: {len(labels)} labels for a model with {config.num_classes} classes")
     preprocessing = Preprocessing.from_dict(manifest["preprocessing"])
-    return Bundle(path=path, manifest=manifest, labels=labels, config=config, preprocessing=preprocessing)
+    bundle = Bundle(path=path, manifest=manifest, labels=labels, config=config, preprocessing=preprocessing)
+    check_fits(bundle)
+    return bundle
+
+
+def check_inside(folder: Path, name: str) -> None:
+    """A manifest names files inside its bundle only: no absolute paths, no way out with '..'."""
+    if not isinstance(name, str) or not (folder / name).resolve().is_relative_to(folder.resolve()):
+        raise BundleError(f"{folder}: the manifest names {name!r}, a file outside the bundle; refusing it")
+
+
+def check_fits(bundle: Bundle) -> None:
+    """The manifest, the labels and every artifact agree on the input shape and the number of classes,
+    so a mismatched bundle stops at load with one line instead of failing on every request."""
+    cfg, pre, where = bundle.config, bundle.preprocessing, bundle.path
+    problems = []
+    if len(bundle.labels) != cfg.num_classes:
+        problems.append(f"{len(bundle.labels)} labels for a model with {cfg.num_classes} classes")
+    declared = bundle.manifest.get("num_classes", cfg.num_classes)
+    if declared != cfg.num_classes:
+        problems.append(f"num_classes is {declared} but the model config says {cfg.num_classes}")
+    if pre.size != cfg.image_size:
+        problems.append(f"preprocessing size {pre.size} but the model takes {cfg.image_size}x{cfg.image_size}")
+    for artifact in bundle.find("onnxruntime"):
+        problems += onnx_mismatches(bundle.file(artifact), pre.clip_shape, cfg.num_classes)
+    if problems:
+        raise BundleError(f"{where}: the bundle does not fit its model: " + "; ".join(problems))
+
+
+def onnx_mismatches(path: Path, clip_shape: tuple[int, ...], num_classes: int) -> list[str]:
+    """Compare an ONNX graph's declared input [N, 3, T, S, S] and output [N, C] with what the manifest says."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as e:  # protobuf raises its own errors on a corrupt file
+        return [f"{path.name} is not a readable ONNX model ({type(e).__name__})"]
+    dims = lambda value: [d.dim_value or None for d in value.type.tensor_type.shape.dim]  # None: symbolic
+    got_in, got_out = dims(graph.input[0])[1:], dims(graph.output[0])[1:]
+    out = []
+    if got_in != list(clip_shape):
+        takes, makes = ", ".join(map(str, got_in)), ", ".join(map(str, clip_shape))
+        out.append(f"{path.name} takes clips of [N, {takes}] but the preprocessing makes [N, {makes}]")
+    if got_out != [num_classes]:
+        out.append(
+            f"{path.name} outputs {got_out[0] if got_out else '?'} classes, the labels and config say {num_classes}"
+        )
+    return out
 
 
 def check_manifest(manifest: dict, where: Path) -> None:

@@ -1,0 +1,198 @@
+"""The service under attack and under operator mistakes, over real HTTP against the session's `bentoml serve`:
+decode bombs, killed workers, a bundle rewritten while served, lying Content-Length, bad request shapes.
+The tests that kill workers wait until the server is whole again before they end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psutil
+import pytest
+from helpers import copy_bundle, make_tiny_checkpoint, rewrite_manifest
+
+from serve.local import ROOT, free_port
+from stadapter_deploy import load_predictor
+from stadapter_deploy.video.synthetic import write_motion_video
+
+BOUNDARY = "stadapter-test-boundary"
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> bytes:
+    return write_motion_video(tmp_path_factory.mktemp("hardening") / "clip.mp4", label=3, seed=5).read_bytes()
+
+
+def post(url: str, video: bytes, name: str = "clip.mp4", **kw) -> httpx.Response:
+    return httpx.post(f"{url}/classify", files={"video": (name, video, "video/mp4")}, timeout=120, **kw)
+
+
+def workers(process, marker: str) -> list[psutil.Process]:
+    return [p for p in psutil.Process(process.pid).children(recursive=True) if marker in " ".join(p.cmdline())]
+
+
+def wait_whole(url: str, clip: bytes, timeout_s: float = 120) -> None:
+    """Until /readyz says 200 and a classify succeeds (workers respawned)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if httpx.get(f"{url}/readyz", timeout=5).status_code == 200 and post(url, clip).status_code == 200:
+            return
+        time.sleep(0.5)
+    pytest.fail("the server did not recover")
+
+
+def test_a_decode_bomb_is_refused_from_its_headers_and_good_requests_go_on(server, bomb, clip):
+    url, _ = server
+    response = post(url, bomb.read_bytes(), "bomb.mp4")
+    assert response.status_code == 422, response.text
+    assert "8000x8000" in response.json()["error"] and "STADAPTER_MAX_PIXELS" in response.json()["error"]
+    with ThreadPoolExecutor(3) as pool:  # two bombs in flight beside a good request: each answered properly
+        bombs = [pool.submit(post, url, bomb.read_bytes(), "bomb.mp4") for _ in range(2)]
+        good = pool.submit(post, url, clip)
+        assert good.result().status_code == 200
+        assert [b.result().status_code for b in bombs] == [422, 422]
+    assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+
+
+def test_a_killed_decode_worker_is_a_503_with_retry_after_and_is_logged(server, server_process, clip):
+    url, _ = server
+    decoders = workers(server_process, "multiprocessing.spawn")
+    assert decoders, "no decode worker found"
+    for p in decoders:
+        p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(decoders, timeout=10)
+    response = post(url, clip)  # lands on a dead worker: the server's fault, not the file's
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"].isdigit() and "not the file's fault" in response.json()["error"]
+    wait_whole(url, clip)
+    log = server_process.log_path.read_text()
+    assert "decode worker failed on the video (" in log and "clip.mp4" in log and "its worker process died" in log
+
+
+def test_readyz_answers_at_once_and_says_503_while_the_model_worker_is_down(server, server_process, clip):
+    url, _ = server
+    (model,) = workers(server_process, "--service-name stadapter_model")
+    model.send_signal(signal.SIGKILL)
+    model.wait(10)
+    codes = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        start = time.monotonic()
+        codes.append(httpx.get(f"{url}/readyz", timeout=5).status_code)
+        assert time.monotonic() - start < 2.0  # within a second, plus this loaded machine's slack
+        if codes[-1] == 200:
+            break
+        time.sleep(0.2)
+    assert codes[0] == 503 and codes[-1] == 200, codes
+    wait_whole(url, clip)
+
+
+def test_a_bundle_rewritten_in_place_is_not_mixed_into_what_is_served(
+    server, server_process, tiny_bundle, tmp_path, clip
+):
+    from stadapter_deploy.export.exporter import ExportOptions, export_bundle, load_source
+    from stadapter_deploy.runtime import load_bundle
+
+    url, _ = server
+    served = server_process.log_path.parent / "served-bundle"  # what STADAPTER_BUNDLE names
+    other = load_source(checkpoint=make_tiny_checkpoint(tmp_path / "other", seed=9))
+    other.labels = [f"other {i}" for i in range(6)]
+    export_bundle(other, served, ExportOptions(overwrite=True, verify=False, progress=False))  # in place
+    assert load_bundle(served).labels[0] == "other 0"
+    (model,) = workers(server_process, "--service-name stadapter_model")
+    model.send_signal(signal.SIGKILL)  # the restarted model worker must not load the new files
+    model.wait(10)
+    wait_whole(url, clip)
+
+    expected = load_predictor(tiny_bundle, backend="onnxruntime-cpu")
+    body = post(url, clip, data={"top_k": "6"}).json()
+    by_label = {x["label"]: x["score"] for x in body["labels"]}
+    assert by_label == pytest.approx({x["label"]: x["score"] for x in expected.classify(clip, top_k=6).labels})
+    assert httpx.get(f"{url}/metadata", timeout=30).json()["classes"] == expected.labels
+
+
+def test_a_declared_oversized_body_is_refused_from_the_headers(server):
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=20) as s:
+        head = (
+            f"POST /classify HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            f"Content-Length: {10**12}\r\n\r\n"
+        )
+        s.sendall(head.encode() + b"x" * 1024)
+        start = time.monotonic()
+        reply = s.recv(4096).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 413") and time.monotonic() - start < 10, reply[:200]
+    assert "larger than the server's limit" in reply
+
+
+@pytest.mark.parametrize(
+    "request_kw, status, words",
+    [
+        (dict(params={"top_k": "2"}), 400, "not in the query string"),
+        (dict(filename=""), 400, "empty file name"),
+        (dict(truncate=True), 400, "the upload is incomplete"),
+    ],
+)
+def test_request_shapes_get_answers_that_say_what_is_wrong(server, clip, request_kw, status, words):
+    url, _ = server
+    raw = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="video"; '
+            f'filename="{request_kw.get("filename", "clip.mp4")}"\r\nContent-Type: video/mp4\r\n\r\n'
+        ).encode()
+        + clip
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    if request_kw.get("truncate"):  # a client that died mid-upload, its body cut short
+        raw = raw[: len(raw) // 2]
+    response = httpx.post(
+        f"{url}/classify",
+        content=raw,
+        headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
+        params=request_kw.get("params"),
+        timeout=60,
+    )
+    assert response.status_code == status and words in response.json()["error"], response.text
+
+
+def test_405_is_json(server):
+    url, _ = server
+    response = httpx.get(f"{url}/classify", timeout=30)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert "takes POST" in response.json()["error"]
+
+
+def test_classify_batch_answers_per_video(server, clip, tiny_bundle):
+    url, _ = server
+    files = [("videos", ("good.mp4", clip, "video/mp4")), ("videos", ("bad.mp4", b"not a video" * 50, "video/mp4"))]
+    response = httpx.post(f"{url}/classify_batch", files=files, data={"top_k": "2"}, timeout=120)
+    assert response.status_code == 200, response.text
+    good, bad = response.json()["results"]
+    assert len(good["labels"]) == 2 and "error" not in good
+    assert bad["status"] == 422 and "video 2 of 2" in bad["error"]
+
+
+def test_a_bundle_that_does_not_fit_its_model_stops_the_server_at_once(tiny_bundle, tmp_path):
+    copy = copy_bundle(tiny_bundle, tmp_path / "b")
+    rewrite_manifest(copy, lambda m: m["preprocessing"].update(size=48))
+    env = {**os.environ, "STADAPTER_BUNDLE": str(copy), "BENTOML_HOME": str(tmp_path / "bh")}
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in result.stderr.splitlines() if "stadapter serve: cannot start" in line]
+    assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
+    assert "does not fit its model" in lines[0] and "[N, 3, 8, 32, 32]" in lines[0]
+    assert time.monotonic() - start < 60  # no crash loop: it exits, not retries
