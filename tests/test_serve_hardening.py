@@ -196,3 +196,27 @@ def test_a_bundle_that_does_not_fit_its_model_stops_the_server_at_once(tiny_bund
     assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
     assert "does not fit its model" in lines[0] and "[N, 3, 8, 32, 32]" in lines[0]
     assert time.monotonic() - start < 60  # no crash loop: it exits, not retries
+
+
+def test_a_model_queue_past_its_latency_is_a_503_with_retry_after(tiny_bundle, tmp_path, clip):
+    from serve.local import start_server, stop_server, wait_ready
+
+    env = {
+        "STADAPTER_BUNDLE": str(tiny_bundle),
+        "STADAPTER_MAX_LATENCY_MS": "1",  # a queue of more than one call is past this latency
+        "STADAPTER_WARMUP": "0",
+        "STADAPTER_DECODE_WORKERS": "4",
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+    }
+    process, url = start_server(env, tmp_path / "server.log")
+    try:
+        wait_ready(process, url, tmp_path / "server.log")
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(lambda _: post(url, clip), range(32)))
+    finally:
+        stop_server(process)
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503} and 503 in codes, codes  # refused as busy, never blamed on the client
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"].isdigit() and "overloaded" in r.json()["error"], r.text
