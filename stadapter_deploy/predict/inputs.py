@@ -91,7 +91,8 @@ def collect_inputs(args: list[str], num_classes: int, streams: bool = False) -> 
             found += videos_in_folder(Path(arg))
         else:
             found.append(VideoInput(arg))
-    unique = {}
-    for item in found:
-        unique.setdefault(item.video, item)
+    unique: dict[str, VideoInput] = {}
+    for item in found:  # each video once, at its first place, with a label if any mention gives one
+        if item.video not in unique or unique[item.video].label is None:
+            unique[item.video] = item
     return list(unique.values())

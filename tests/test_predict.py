@@ -1,0 +1,276 @@
+"""stadapter-predict: inputs, batched classification, resume after a kill, bad input, timelines, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from predict.cli import main
+from stadapter_deploy.errors import ConfigError
+from stadapter_deploy.predict.inputs import collect_inputs
+from stadapter_deploy.predict.output import read_results
+from stadapter_deploy.predict.timeline import timeline, windows_for
+from stadapter_deploy.preprocessing import Preprocessing
+from stadapter_deploy.video.sampling import eval_indices
+from stadapter_deploy.video.synthetic import render_motion_frames, write_motion_video, write_video
+
+BIN = Path(sys.executable).parent
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def predictor_for(bundle):
+    from stadapter_deploy.runtime.predictor import load_predictor
+
+    return load_predictor(bundle, backend="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """A folder of 4 synthetic clips (one in a subfolder) and a broken .mp4; a labeled list of the clips."""
+    root = tmp_path_factory.mktemp("predict-videos")
+    paths = [write_motion_video(root / "clips" / f"c{i}.mp4", label=i, seed=10 + i) for i in range(3)]
+    paths.append(write_motion_video(root / "clips" / "deeper" / "c3.mp4", label=3, seed=13))
+    (root / "clips" / "broken.mp4").write_bytes(b"not a video at all")
+    (root / "clips" / "notes.txt").write_text("not a video file")
+    (root / "val.txt").write_text(
+        "# clips with their labels\n" + "".join(f"clips/{p.name} {i}\n" for i, p in enumerate(paths[:3]))
+    )
+    return root, paths
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def test_inputs_from_folders_lists_and_files(videos, tmp_path):
+    root, paths = videos
+    found = collect_inputs([str(root / "clips")], num_classes=6)
+    assert [Path(v.video).name for v in found] == ["broken.mp4", "c0.mp4", "c1.mp4", "c2.mp4", "c3.mp4"]
+    listed = collect_inputs([f"@{root / 'val.txt'}", str(paths[0])], num_classes=6)
+    assert [(Path(v.video), v.label) for v in listed] == [(p, i) for i, p in enumerate(paths[:3])]  # deduplicated
+    (tmp_path / "nolabels.txt").write_text("a video.mp4\nb.mp4\n")
+    assert [(Path(v.video).name, v.label) for v in collect_inputs([f"@{tmp_path / 'nolabels.txt'}"], 6)] == [
+        ("a video.mp4", None),
+        ("b.mp4", None),
+    ]
+    (tmp_path / "bad.txt").write_text("a.mp4 1\nb.mp4 7\n")
+    with pytest.raises(ConfigError, match=r"bad\.txt:2: label 7 is outside \[0, 6\)"):
+        collect_inputs([f"@{tmp_path / 'bad.txt'}"], 6)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no video files in"):
+        collect_inputs([str(tmp_path / "empty")], 6)
+
+
+# ----------------------------------------------------------------------------- classify many
+
+
+def test_folder_and_list_match_classify_and_report_accuracy(tiny_bundle, videos, tmp_path, capsys):
+    root, paths = videos
+    out = tmp_path / "results.jsonl"
+    args = ["--bundle", str(tiny_bundle), "--backend", "onnxruntime", "--workers", "2", "--no-progress"]
+    code = main([*args, str(root / "clips"), f"@{root / 'val.txt'}", "--out", str(out)])
+    assert code == 1  # the broken file failed; the others went on
+    err = capsys.readouterr().err
+    assert "broken.mp4: not a readable video file" in err and "Traceback" not in err
+    assert "accuracy over 3 labeled videos: top-1" in err
+    records = {r["video"]: r for r in lines(out)}
+    assert set(records) == {str(root / "clips" / "broken.mp4")} | {str(p) for p in paths}
+    assert "error" in records[str(root / "clips" / "broken.mp4")]
+    predictor = predictor_for(tiny_bundle)
+    for path in paths:
+        want = predictor.classify(str(path)).to_dict()
+        got = records[str(path)]
+        assert got["frames"] == want["frames"]
+        assert [x["index"] for x in got["labels"]] == [x["index"] for x in want["labels"]]
+        np.testing.assert_allclose([x["score"] for x in got["labels"]], [x["score"] for x in want["labels"]], atol=1e-5)
+        assert set(got["timings_ms"]) == {"decode", "preprocess", "infer"}
+
+
+def test_resume_after_kill_repairs_the_torn_line(tiny_bundle, tmp_path):
+    folder = tmp_path / "videos"
+    small = [write_motion_video(folder / f"a{i}.mp4", label=i % 6, seed=i) for i in range(5)]
+    big = tmp_path / "videos" / "b_long.mp4"  # decodes for seconds: the kill lands while it does
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=30", "-t", "30"]
+        + ["-c:v", "libx264", "-preset", "ultrafast", "-g", "600", str(big)],
+        check=True,
+    )
+    after = [write_motion_video(folder / f"c{i}.mp4", label=i, seed=20 + i) for i in range(3)]
+    out = tmp_path / "results.jsonl"
+    command = [str(BIN / "stadapter-predict"), "--bundle", str(tiny_bundle), str(folder), "--out", str(out)]
+    command += ["--workers", "1", "--batch-size", "1", "--backend", "onnxruntime", "--no-progress"]
+    proc = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    try:
+        while (not out.exists() or len(out.read_text().splitlines()) < len(small)) and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    written = out.read_text()
+    assert len(written.splitlines()) == len(small), "the kill should land while the long video decodes"
+    with open(out, "a") as f:  # what a kill in the middle of a write leaves
+        f.write('{"video": "' + str(after[0]) + '", "labels": [{"la')
+    subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
+    final = out.read_text()
+    assert final.startswith(written)  # the first run's lines kept, not redone
+    records = lines(out)
+    assert sorted(r["video"] for r in records) == sorted(str(p) for p in [*small, big, *after])
+    assert all("labels" in r for r in records)
+
+
+def test_bad_input_gives_a_message_and_an_exit_code(tiny_bundle, videos, tmp_path, capsys):
+    root, _ = videos
+    base = ["--bundle", str(tiny_bundle), "--no-progress"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.txt").write_text("clips/c0.mp4 0\nclips/c1.mp4 one two 1.5\n")
+    cases = [
+        ([str(tmp_path / "empty")], "no video files in"),
+        ([f"@{tmp_path / 'bad.txt'}"], "bad.txt:2: the label must be an integer"),
+        (["--timeline", "--window", "0", str(root / "clips")], "--window must be a positive number of seconds"),
+        (["--timeline", "--stride", "-1", str(root / "clips")], "--stride must be a positive number of seconds"),
+        ([str(root / "clips"), "--out", str(tmp_path / "nowhere" / "r.jsonl")], "does not exist"),
+        (["rtsp://127.0.0.1:9/live"], "streams need --timeline"),
+    ]
+    for args, message in cases:
+        assert main([*base, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err)
+
+
+def test_an_unreachable_stream_is_an_error_line(tiny_bundle, tmp_path, capsys):
+    out = tmp_path / "t.jsonl"
+    code = main(["--bundle", str(tiny_bundle), "--timeline", f"http://127.0.0.1:{free_port()}/x", "--out", str(out)])
+    assert code == 1
+    assert "cannot open the stream" in capsys.readouterr().err
+    assert "cannot open the stream" in lines(out)[0]["error"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- timelines
+
+
+def test_timeline_windows_are_the_recipes_clips(tiny_bundle, tmp_path):
+    predictor = predictor_for(tiny_bundle)
+    clip = write_motion_video(tmp_path / "clip.mp4", label=2, seed=3)  # 16 frames at 8 fps: one 2 s window
+    (segment,) = timeline(predictor, clip)
+    want = predictor.classify(str(clip))
+    assert (segment.start_s, segment.end_s) == (0.0, 2.0) and segment.frames == want.frames
+    np.testing.assert_allclose([x["score"] for x in segment.labels], [x["score"] for x in want.labels], atol=1e-5)
+    frames = np.concatenate([render_motion_frames(c, 40 + c) for c in range(3)])  # 48 frames, 6 s
+    long = write_video(tmp_path / "long.mp4", frames)
+    segments = timeline(predictor, long, window_s=1.0, stride_s=0.5, top_k=2)
+    assert [(s.start_s, s.end_s) for s in segments] == [(k * 0.5, k * 0.5 + 1.0) for k in range(11)]
+    offsets = eval_indices(8, 8, 0)[0]
+    assert [s.frames for s in segments] == [[4 * k + o for o in offsets] for k in range(11)]
+    assert all(len(s.labels) == 2 and set(s.to_dict()) == {"start_s", "end_s", "labels", "frames"} for s in segments)
+    short = write_motion_video(tmp_path / "short.mp4", label=0, seed=1, num_frames=5)
+    (segment,) = timeline(predictor, short)  # shorter than a window: one window, padded the recipe's way
+    assert segment.frames == eval_indices(5, 8, 0)[0] and segment.end_s == 5 / 8
+
+
+def test_default_windows():
+    uniform = Preprocessing(num_frames=8, sampling_rate=0)
+    assert windows_for(uniform, fps=30.0) == windows_for(uniform, 30.0, window_s=2.0, stride_s=1.0)
+    strided = Preprocessing(num_frames=8, sampling_rate=16)
+    win = windows_for(strided, fps=25.0)
+    assert (win.window, win.stride) == (113, 56)  # (T-1)*r+1 frames, half of it
+    with pytest.raises(ConfigError, match="window must be a positive"):
+        windows_for(strided, 25.0, window_s=float("nan"))
+
+
+def test_timeline_over_a_loopback_stream_matches_the_file(tiny_bundle, tmp_path):
+    frames = np.concatenate([render_motion_frames(c, 60 + c) for c in (1, 4, 1)])  # 6 s
+    video = write_video(tmp_path / "long.mp4", frames)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-readrate", "4", "-i", str(video), "-c", "copy"]
+        + ["-f", "mpegts", "-listen", "1", url]
+    )
+    try:
+        wait_listening(port, server)
+        out = tmp_path / "stream.jsonl"
+        base = [str(BIN / "stadapter-predict"), "--bundle", str(tiny_bundle), "--timeline", "--no-progress"]
+        done = subprocess.run([*base, url, "--out", str(out)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "latency from a window's last frame to its line" in done.stderr
+    finally:
+        server.kill()
+        server.wait()
+    streamed = lines(out)
+    from_file = [s.to_dict() for s in timeline(predictor_for(tiny_bundle), video)]
+    assert len(streamed) == len(from_file) == 5
+    for got, want in zip(streamed, from_file, strict=True):
+        assert got["video"] == url and got["latency_ms"] >= 0
+        assert (got["start_s"], got["end_s"], got["frames"]) == (want["start_s"], want["end_s"], want["frames"])
+        assert [x["index"] for x in got["labels"]] == [x["index"] for x in want["labels"]]
+
+
+def wait_listening(port: int, process: subprocess.Popen) -> None:
+    """Wait for a LISTEN socket on the port without connecting (ffmpeg -listen 1 serves one client)."""
+    hex_port = f":{port:04X} "
+    for _ in range(200):
+        table = Path("/proc/net/tcp").read_text()
+        if any(hex_port in line and line.split()[3] == "0A" for line in table.splitlines()[1:]):
+            return
+        assert process.poll() is None, "ffmpeg exited before listening"
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_timeline_file_resume_drops_a_cut_off_video(tmp_path):
+    out = tmp_path / "t.jsonl"
+    whole = [
+        {"video": "a.mp4", "start_s": 0.0, "end_s": 2.0, "labels": [], "window": i, "windows": 2} for i in range(2)
+    ]
+    cut = [{"video": "b.mp4", "start_s": 0.0, "end_s": 2.0, "labels": [], "window": 0, "windows": 3}]
+    out.write_text("".join(json.dumps(r) + "\n" for r in whole + cut) + '{"video": "b.mp4", "st')
+    assert read_results(out, timeline=True) == whole
+    assert lines(out) == whole
+    with pytest.raises(ConfigError, match="holds timeline results, not classification results"):
+        read_results(out, timeline=False)
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+
+def test_torchrun_two_ranks_shard_merge_and_resume(tiny_bundle, videos, tmp_path):
+    root, paths = videos
+    out = tmp_path / "results.jsonl"
+    command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "predict"]
+    command += ["--bundle", str(tiny_bundle), str(root / "clips"), "--out", str(out), "--workers", "1"]
+    command += ["--backend", "onnxruntime", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode != 0  # broken.mp4 failed on its rank
+    assert "rank 0: 3 videos" in done.stderr and "rank 1: 2 videos" in done.stderr, done.stderr
+    records = lines(out)
+    assert sorted(r["video"] for r in records) == sorted([str(root / "clips" / "broken.mp4")] + [str(p) for p in paths])
+    assert not list(tmp_path.glob("results.jsonl.part*"))
+    # A rerun after a crash: two videos missing from --out, one of them in rank 1's part file already.
+    keep = [r for r in records if r["video"] not in (str(paths[0]), str(paths[1]))]
+    out.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    part = next(r for r in records if r["video"] == str(paths[1]))
+    (tmp_path / "results.jsonl.part1").write_text(json.dumps(part) + "\n")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    # Shards are taken from the whole input list [broken, c0, c1, c2, c3]: c0 is rank 1's, c1 (done) rank 0's.
+    assert "rank 0: 0 videos" in done.stderr and "rank 1: 1 videos" in done.stderr, done.stderr
+    assert sorted(r["video"] for r in lines(out)) == sorted(r["video"] for r in records)
+    assert not list(tmp_path.glob("results.jsonl.part*"))
