@@ -274,3 +274,60 @@ def test_torchrun_two_ranks_shard_merge_and_resume(tiny_bundle, videos, tmp_path
     assert "rank 0: 0 videos" in done.stderr and "rank 1: 1 videos" in done.stderr, done.stderr
     assert sorted(r["video"] for r in lines(out)) == sorted(r["video"] for r in records)
     assert not list(tmp_path.glob("results.jsonl.part*"))
+
+
+# ----------------------------------------------------------------------------- a trained model's timeline
+
+TRAIN_CLASSES = (1, 4)  # "moving right", "approaching": two classes train to 100 % val in ~100 tiny steps
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory):
+    """The tiny model trained in-process on clips of two synthetic classes (the 6-class head is kept), exported.
+
+    `python -m train synthetic` takes minutes on this loaded machine; this loop takes ~40 s.
+    """
+    import torch
+    from helpers import SYNTHETIC_RECIPE
+
+    from stadapter_deploy import build_model
+    from stadapter_deploy.export.exporter import ExportOptions, export_bundle, load_source
+    from stadapter_deploy.model import save_checkpoint
+    from stadapter_deploy.train.optim import build_optimizer
+    from stadapter_deploy.video.pipeline import eval_views_from_frames
+
+    torch.manual_seed(0)
+    pre = Preprocessing(num_frames=8, sampling_rate=0, size=32)
+    indices = eval_indices(16, 8, 0)[0]
+    clips = torch.stack(
+        [eval_views_from_frames(render_motion_frames(c, s)[indices], pre)[0] for c in TRAIN_CLASSES for s in range(30)]
+    )
+    targets = torch.tensor([c for c in TRAIN_CLASSES for _ in range(30)])
+    model = build_model("tiny", num_classes=6)
+    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.01)
+    for _ in range(100):
+        batch = torch.randint(0, len(clips), (8,))
+        loss = torch.nn.functional.cross_entropy(model(clips[batch]), targets[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    root = tmp_path_factory.mktemp("trained")
+    checkpoint = save_checkpoint(model.eval(), root / "checkpoint", extra={"recipe": dict(SYNTHETIC_RECIPE)})
+    options = ExportOptions(verify=True, progress=False, check_videos=2, check_random=2)
+    return export_bundle(load_source(checkpoint=checkpoint), root / "bundle", options).path
+
+
+@pytest.mark.slow
+def test_trained_timeline_changes_label_where_the_clips_change(trained_bundle, tmp_path):
+    classes = [1, 4, 4, 1, 4]  # five 2 s clips of unseen seeds, one video
+    video = write_video(
+        tmp_path / "long.mp4", np.concatenate([render_motion_frames(c, 500 + i) for i, c in enumerate(classes)])
+    )
+    out = tmp_path / "timeline.jsonl"
+    assert main(["--bundle", str(trained_bundle), "--timeline", str(video), "--stride", "2", "--out", str(out)]) == 0
+    assert [(r["start_s"], r["labels"][0]["index"]) for r in lines(out)] == [
+        (2.0 * i, c) for i, c in enumerate(classes)
+    ]
+    half = timeline(predictor_for(trained_bundle), video, stride_s=1.0, top_k=1)  # windows across the cuts too
+    whole = [s for s in half if s.start_s % 2 == 0]
+    assert [s.labels[0]["index"] for s in whole] == classes
