@@ -10,6 +10,11 @@ Starts `bentoml serve` on a free loopback port with BUNDLE, makes a 10 s 640x360
    batch sizes the server formed (from /metrics);
 4. server RSS again; raw `Predictor.predict` throughput at the batch size formed with 16 clients.
 Prints a markdown table and the target checks; --json writes every figure.
+
+    python benchmarks/load_test.py --bundle BUNDLE --faults [--low-requests 30]
+
+instead measures good-request latency beside two decode bombs in flight, then kill -9 of the decode
+workers and of the model worker under 4 clients (answers by status, time to the first 200 after).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -144,6 +150,135 @@ def make_video(folder: Path) -> Path:
     return write_motion_video(folder / "load.mp4", label=0, seed=0, size=(640, 360), num_frames=300, fps=30)
 
 
+# ----------------------------------------------------------------------------- fault runs
+
+
+def make_bomb(folder: Path) -> bytes:
+    """A tiny H.264 file that declares two 8000x8000 frames (189 KB; about 4 GB to decode unchecked)."""
+    path = folder / "bomb.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=black:size=8000x8000:rate=1"]
+        + ["-frames:v", "2", "-c:v", "libx264", "-preset", "ultrafast", str(path)],
+        check=True,
+    )
+    return path.read_bytes()
+
+
+def good_latencies(url: str, video: bytes, requests: int) -> tuple[list[float], list[int]]:
+    latencies, codes = [], []
+    with httpx.Client(timeout=600) as client:
+        for _ in range(requests):
+            start = time.perf_counter()
+            r = client.post(f"{url}/classify", files={"video": ("good.mp4", video, "video/mp4")})
+            latencies.append((time.perf_counter() - start) * 1e3)
+            codes.append(r.status_code)
+    return latencies, codes
+
+
+def bomb_run(url: str, video: bytes, bomb: bytes, requests: int) -> dict:
+    """Good-request latency alone, then with two clients sending bombs the whole time."""
+    alone, _ = good_latencies(url, video, requests)
+    stop, bomb_codes = threading.Event(), []
+
+    def bomber() -> None:
+        with httpx.Client(timeout=600) as client:
+            while not stop.is_set():
+                r = client.post(f"{url}/classify", files={"video": ("bomb.mp4", bomb, "video/mp4")})
+                bomb_codes.append(r.status_code)
+
+    threads = [threading.Thread(target=bomber) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        beside, codes = good_latencies(url, video, requests)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    p50_alone, p50_beside = statistics.median(alone), statistics.median(beside)
+    return {
+        "good_p50_ms_alone": p50_alone,
+        "good_p50_ms_beside_two_bombs": p50_beside,
+        "ratio": p50_beside / p50_alone,
+        "good_errors": sum(c != 200 for c in codes),
+        "bombs_sent": len(bomb_codes),
+        "bomb_statuses": sorted(set(bomb_codes)),
+    }
+
+
+def kill_run(url: str, process, video: bytes, kind: str, clients: int = 4, seconds: float = 40.0) -> dict:
+    """`clients` clients for `seconds`; a few seconds in, kill -9 every worker of `kind` ("decode" or
+    "model"). Reports the answers by status and how long after the kill the first 200 came back."""
+    marker = {"decode": "multiprocessing.spawn", "model": "--service-name stadapter_model"}[kind]
+    statuses: dict[int, int] = {}
+    ok_times: list[float] = []
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        with httpx.Client(timeout=600) as client:
+            while not stop.is_set():
+                try:
+                    code = client.post(f"{url}/classify", files={"video": ("k.mp4", video, "video/mp4")}).status_code
+                except httpx.HTTPError:
+                    code = -1  # no answer at all
+                statuses[code] = statuses.get(code, 0) + 1
+                if code == 200:
+                    ok_times.append(time.monotonic())
+
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds / 4)
+    victims = [p for p in psutil.Process(process.pid).children(recursive=True) if marker in " ".join(p.cmdline())]
+    killed_at = time.monotonic()
+    for v in victims:
+        v.kill()
+    time.sleep(seconds * 3 / 4)
+    stop.set()
+    for t in threads:
+        t.join()
+    after = [t for t in ok_times if t > killed_at]
+    return {
+        "killed": f"{len(victims)} {kind} worker(s)",
+        "statuses": dict(sorted(statuses.items())),
+        "recovery_s": (after[0] - killed_at) if after else None,
+    }
+
+
+def fault_runs(args, env: dict) -> int:
+    with tempfile.TemporaryDirectory(prefix="stadapter-faults-") as tmp:
+        env = {**env, "BENTOML_HOME": str(Path(tmp) / "bentoml"), "STADAPTER_BUNDLE": str(args.bundle)}
+        env["STADAPTER_MAX_LATENCY_MS"] = "30000"  # the served default: overload is answered, not queued forever
+        video, bomb = make_video(Path(tmp)).read_bytes(), make_bomb(Path(tmp))
+        log_path = args.server_log or Path(tmp) / "server.log"
+        process, url = start_server(env, log_path)
+        try:
+            wait_ready(process, url, log_path, timeout_s=600)
+            good_latencies(url, video, 3)  # warm-up
+            bombs = bomb_run(url, video, bomb, args.low_requests)
+            print(json.dumps({"bombs": bombs}), file=sys.stderr)
+            kills = [kill_run(url, process, video, kind) for kind in ("decode", "model")]
+        except ServerFailed as e:
+            sys.exit(str(e))
+        finally:
+            stop_server(process)
+    print("\n| run | figure |\n|---|---|")
+    print(f"| good p50 alone | {bombs['good_p50_ms_alone']:.0f} ms |")
+    print(
+        f"| good p50 beside two bombs in flight | {bombs['good_p50_ms_beside_two_bombs']:.0f} ms "
+        f"({bombs['ratio']:.2f}x, target <= 2x); good errors {bombs['good_errors']} |"
+    )
+    print(f"| bombs answered | {bombs['bombs_sent']}, statuses {bombs['bomb_statuses']} |")
+    for k in kills:
+        recovery = "never" if k["recovery_s"] is None else f"{k['recovery_s']:.1f} s"
+        print(
+            f"| kill -9 {k['killed']} under 4 clients | answers by status {k['statuses']}; first 200 after {recovery} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"bombs": bombs, "kills": kills}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, required=True, help="model bundle to serve")
@@ -164,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw-runs", type=int, default=3, help="timed raw predict calls at the formed batch (default 3)")
     p.add_argument("--server-log", type=Path, help="keep the server's log here (default: a temporary file)")
     p.add_argument("--json", type=Path, help="write every figure here")
+    p.add_argument(
+        "--faults",
+        action="store_true",
+        help="instead: good-request latency beside two decode bombs in flight, then kill -9 of the decode "
+        "workers and of the model worker under 4 clients (failed requests, time to recover)",
+    )
     args = p.parse_args(argv)
     if args.clients[0] != 1:
         p.error("--clients must start with 1")
@@ -179,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         "STADAPTER_REQUEST_TIMEOUT_S": "3600",
         "BENTOML_DO_NOT_TRACK": "True",
     }
+    if args.faults:
+        return fault_runs(args, env)
     with tempfile.TemporaryDirectory(prefix="stadapter-load-") as tmp:
         # A private BentoML home: every `bentoml serve` start empties $BENTOML_HOME/prometheus_multiproc_dir,
         # which would wipe this server's batch metrics if another server started meanwhile.
