@@ -1,4 +1,5 @@
-"""serve/workers.py with real processes: a job past its deadline is stopped and its process replaced."""
+"""serve/workers.py with real processes (a job past its deadline is stopped and its process replaced), and
+which side a failure is blamed on."""
 
 from __future__ import annotations
 
@@ -66,3 +67,19 @@ def test_a_worker_that_cannot_start_is_reported():
         pool.close()
 
     asyncio.run(scenario())
+
+
+def test_model_failures_blame_the_right_side():
+    from http import HTTPStatus
+
+    import httpx
+    from bentoml.exceptions import BentoMLException, ServiceUnavailable
+
+    from serve.errors import error, model_failure
+
+    busy = model_failure(ServiceUnavailable("queue full"))  # BentoML's own 503: past max latency
+    assert busy.status == 503 and error(busy).headers["retry-after"] == "2"
+    down = model_failure(httpx.ConnectError("no socket"))  # the model worker is restarting
+    assert down.status == 503 and "restarting" in str(down)
+    broken = model_failure(BentoMLException("boom", error_code=HTTPStatus.INTERNAL_SERVER_ERROR))
+    assert broken.status == 500 and "not of the video" in str(broken) and "retry-after" not in error(broken).headers
