@@ -82,6 +82,11 @@ class DecodePool:
             self.workers, mp_context=context, initializer=_start_worker, initargs=(self.preprocessing,)
         )
 
+    def warm(self) -> None:
+        """Start the processes now (each imports torch: seconds), e.g. while the model loads."""
+        for _ in range(self.workers):
+            self.executor.submit(int)
+
     def submit(self, path: str) -> Future:
         return self.executor.submit(_decode, path)
 
@@ -93,18 +98,26 @@ class DecodePool:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def classify_videos(predictor, videos: list[VideoInput], options: BatchOptions | None = None) -> Iterator[dict]:
+def decode_pool(preprocessing, options: BatchOptions) -> DecodePool:
+    """The pool `classify_videos` needs for this preprocessing; started early, it warms while the model loads."""
+    pool = DecodePool(preprocessing.with_views(options.views).to_dict(), options.workers or default_workers())
+    pool.warm()
+    return pool
+
+
+def classify_videos(
+    predictor, videos: list[VideoInput], options: BatchOptions | None = None, pool: DecodePool | None = None
+) -> Iterator[dict]:
     """One result record per video, in input order: {"video", "labels", "frames", "timings_ms"} or
-    {"video", "error"}."""
+    {"video", "error"}. `pool` (from `decode_pool`, closed here) saves the pool's start-up."""
     options = options or BatchOptions()
     check_top_k(predictor, options.top_k)
     pre = predictor.preprocessing.with_views(options.views)
     batch_clips = options.batch_clips or predictor.max_batch or DEFAULT_BATCH_CLIPS
-    workers = options.workers or default_workers()
-    ahead = options.ahead or 2 * workers + max(1, batch_clips // pre.views)
+    pool = pool or decode_pool(predictor.preprocessing, options)
+    ahead = options.ahead or 2 * pool.workers + max(1, batch_clips // pre.views)
     todo = deque(videos)
     flight: deque[tuple[VideoInput, Future, int]] = deque()  # (video, its decode, attempt)
-    pool = DecodePool(pre.to_dict(), workers)
     try:
         while todo or flight:
             while todo and len(flight) < ahead:

@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from .batch import BatchOptions, classify_videos, error_message
+from .batch import BatchOptions, classify_videos, decode_pool, error_message
 from .distributed import Rank, barrier, join, leave, merge_parts, part_path, part_paths
 from .inputs import VideoInput, collect_inputs, is_stream
 from .output import ResultWriter, check_out_path, read_results
@@ -75,18 +75,21 @@ def run_predict(config: PredictConfig) -> int:
     bundle = load_bundle(config.bundle)
     videos = collect_inputs(config.inputs, len(bundle.labels), streams=config.timeline)
     rank = join()
+    pool = None
     try:
         if rank.distributed and config.out is None:
             raise ConfigError("under torchrun, --out is needed: each rank writes a part file beside it")
         done = {r["video"] for r in previous_records(config.out, rank, config.timeline)}
         mine = [v for v in rank.shard(videos) if v.video not in done or is_stream(v.video)]
+        options = BatchOptions(config.top_k, config.views, config.workers, config.batch_clips)
+        pool = decode_pool(bundle.preprocessing, options) if mine and not config.timeline else None
         predictor = load_predictor(
             bundle, config.backend, config.device, config.precision, threads=model_threads(config, rank)
         )
         target = part_path(config.out, rank.rank) if rank.distributed else config.out
         started = time.perf_counter()
         with ResultWriter(target) as writer:
-            new = predict_videos(predictor, mine, config, writer, rank)
+            new = predict_videos(predictor, mine, config, writer, rank, pool)
         seconds = time.perf_counter() - started
         barrier()
         if rank.is_main and config.out is not None:
@@ -99,10 +102,12 @@ def run_predict(config: PredictConfig) -> int:
         failed = {r["video"] for r in records if "error" in r} & {v.video for v in considered}
         return EXIT_FAILED if failed else EXIT_OK
     finally:
+        if pool is not None:
+            pool.close()
         leave()
 
 
-def predict_videos(predictor, videos: list[VideoInput], config: PredictConfig, writer, rank: Rank) -> list[dict]:
+def predict_videos(predictor, videos: list[VideoInput], config: PredictConfig, writer, rank: Rank, pool) -> list[dict]:
     bar = tqdm(
         total=len(videos),
         unit="video",
@@ -116,7 +121,7 @@ def predict_videos(predictor, videos: list[VideoInput], config: PredictConfig, w
         results = (
             timeline_records(predictor, videos, config)
             if config.timeline
-            else classify_records(predictor, videos, config)
+            else classify_records(predictor, videos, config, pool)
         )
         for lines in results:
             writer.write(lines)
@@ -132,9 +137,9 @@ def predict_videos(predictor, videos: list[VideoInput], config: PredictConfig, w
     return records
 
 
-def classify_records(predictor, videos: list[VideoInput], config: PredictConfig):
+def classify_records(predictor, videos: list[VideoInput], config: PredictConfig, pool):
     options = BatchOptions(config.top_k, config.views, config.workers, config.batch_clips)
-    for record in classify_videos(predictor, videos, options):
+    for record in classify_videos(predictor, videos, options, pool):
         yield [record]
 
 
