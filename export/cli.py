@@ -47,6 +47,12 @@ def export_parser() -> argparse.ArgumentParser:
         help="also write model.fp16.onnx (LayerNorm/softmax in fp32) for ONNX Runtime on CUDA",
     )
     p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write model.int8.onnx (int8 weight MatMuls; LayerNorm, softmax and adapters in float) for "
+        "CPUs with VNNI/AMX, where `auto` then prefers it; gated on top-1 agreement with fp32 on decoded clips",
+    )
+    p.add_argument(
         "--trt", action="store_true", help="also build a TensorRT FP16 engine (needs TensorRT 10 and an NVIDIA GPU)"
     )
     p.add_argument("--trt-min-batch", type=int, default=1, help="TensorRT profile: smallest batch (default 1)")
@@ -101,6 +107,7 @@ def run_export(argv: list[str]) -> int:
     )
     options = ExportOptions(
         fp16=args.fp16,
+        int8=args.int8,
         trt=args.trt,
         verify=not args.no_verify,
         overwrite=args.overwrite,

@@ -35,20 +35,25 @@ from serve.pinning import pin_bundle
 from serve.settings import Settings, load_settings
 from serve.workers import JobFailed, JobRejected, ProcessPool
 from stadapter_deploy.errors import ConfigError, STAdapterError
-from stadapter_deploy.runtime import Bundle, load_bundle
+from stadapter_deploy.runtime import RUNNERS, Bundle, load_bundle
 from stadapter_deploy.runtime.predictor import Classification, check_top_k, classification, resolve_backend, runnable
 
 log = logging.getLogger("stadapter.serve")
 
 
-def check_backend(bundle: Bundle, backend: str) -> None:
-    """Refuse, before any worker starts, a backend that is unknown or cannot run this bundle here."""
+def check_backend(bundle: Bundle, backend: str, precision: str | None) -> None:
+    """Refuse, before any worker starts, a backend or precision that is unknown or cannot run this bundle here."""
     try:
         name, device, _ = resolve_backend(bundle, backend)  # "auto" raises when nothing can run it
     except ValueError as e:
         raise ConfigError(f"STADAPTER_BACKEND={backend!r}: {e}") from None
     if reason := runnable(bundle, f"{name}-{device}"):
         raise ConfigError(f"STADAPTER_BACKEND={backend!r} cannot run here: {reason}")
+    runner = RUNNERS[name]
+    if precision is not None and precision not in runner.precisions:
+        raise ConfigError(f"STADAPTER_PRECISION={precision!r}: {name} runs {', '.join(runner.precisions)}")
+    if precision in ("fp16", "int8") and not bundle.find(name, precision) and name == "onnxruntime":
+        raise ConfigError(f"STADAPTER_PRECISION={precision!r}: the bundle holds no {precision} ONNX")
 
 
 def _startup() -> tuple[Settings, Bundle]:
@@ -60,7 +65,7 @@ def _startup() -> tuple[Settings, Bundle]:
     try:
         settings = load_settings()
         bundle = load_bundle(pin_bundle(settings.bundle), verify=True)
-        check_backend(bundle, settings.backend)
+        check_backend(bundle, settings.backend, settings.precision)
         return settings, bundle
     except (STAdapterError, ValueError, OSError) as e:
         raise SystemExit(f"stadapter serve: cannot start: {e}") from None
@@ -95,7 +100,7 @@ class STAdapterModel:
     def __init__(self) -> None:
         from stadapter_deploy import load_predictor
 
-        self.predictor = load_predictor(BUNDLE, backend=SETTINGS.backend)
+        self.predictor = load_predictor(BUNDLE, backend=SETTINGS.backend, precision=SETTINGS.precision)
         log.info("model %s on %s (%s)", self.predictor.model_name, self.predictor.backend, self.predictor.selection)
         if SETTINGS.warmup:  # the largest batch once, so memory (e.g. ONNX Runtime's arena) peaks before serving
             start = time.perf_counter()

@@ -4,6 +4,7 @@
 |---------------------------------|---------------------------|------------------------------------------------------|
 | STADAPTER_BUNDLE                | ./bundle, else quickstart | model bundle directory (stadapter-export --out ...)  |
 | STADAPTER_BACKEND               | auto                      | auto, torch, onnxruntime, tensorrt (+ -cpu / -cuda)  |
+| STADAPTER_PRECISION             | (the backend's choice)    | fp32, fp16, bf16 or int8 (see load_predictor)        |
 | STADAPTER_MAX_UPLOAD_MB         | 200                       | larger request bodies get 413                        |
 | STADAPTER_BODY_TIMEOUT_S        | 60                        | an upload not fully received by then gets 408        |
 | STADAPTER_DECODE_TIMEOUT_S      | 30                        | a decode past this is stopped (its process killed)   |
@@ -36,6 +37,7 @@ DEFAULT_BUNDLES = (ROOT / "bundle", ROOT / "runs" / "quickstart" / "bundle")
 class Settings:
     bundle: Path
     backend: str = "auto"
+    precision: str | None = None  # None: the runner's default for this bundle and machine
     max_upload_mb: float = 200.0
     body_timeout_s: float = 60.0
     decode_timeout_s: float = 30.0
@@ -94,6 +96,7 @@ def load_settings() -> Settings:
     return Settings(
         bundle=find_bundle(),
         backend=os.environ.get("STADAPTER_BACKEND", "").strip() or "auto",
+        precision=os.environ.get("STADAPTER_PRECISION", "").strip() or None,
         max_upload_mb=_number("STADAPTER_MAX_UPLOAD_MB", 200.0, float, 0.001),
         body_timeout_s=_number("STADAPTER_BODY_TIMEOUT_S", 60.0, float, 0.01),
         decode_timeout_s=_number("STADAPTER_DECODE_TIMEOUT_S", 30.0, float, 0.01),

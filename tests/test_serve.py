@@ -312,6 +312,21 @@ def test_startup_fails_in_one_line_on_a_bad_bundle(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_startup_refuses_a_precision_the_bundle_lacks(tiny_bundle, tmp_path):
+    env = {**os.environ, "STADAPTER_BUNDLE": str(tiny_bundle), "STADAPTER_BACKEND": "onnxruntime-cpu"}
+    env |= {"STADAPTER_PRECISION": "int8", "BENTOML_HOME": str(tmp_path / "bentoml")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0 and "STADAPTER_PRECISION='int8': the bundle holds no int8 ONNX" in lines[-1]
+
+
 def test_bentoml_build_packs_the_bundle(tiny_bundle, tmp_path):
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
     build = [sys.executable, "-m", "serve.build", "--bundle", str(tiny_bundle), "--version", "test"]
@@ -321,6 +336,9 @@ def test_bentoml_build_packs_the_bundle(tiny_bundle, tmp_path):
     assert (src / "serve" / "service.py").is_file()
     assert (src / "bundle" / "manifest.json").read_bytes() == (tiny_bundle / "manifest.json").read_bytes()
     assert (src / "bundle" / "model.onnx").stat().st_size == (tiny_bundle / "model.onnx").stat().st_size
+    requirements = (src.parent / "env" / "python" / "requirements.txt").read_text()
+    assert "torch==2.13.0" in requirements and "onnxruntime" in requirements  # from pyproject.toml
+    assert "gradio" not in requirements  # the bento carries no demo
     bad = subprocess.run(
         [*build[:3], "--bundle", str(tmp_path / "nowhere")], cwd=ROOT, env=env, capture_output=True, text=True
     )

@@ -29,6 +29,7 @@ from .tensorrt_build import DEFAULT_TIMING_CACHE, BatchProfile
 
 ONNX_FILE = "model.onnx"
 ONNX_FP16_FILE = "model.fp16.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"
 
 
 class ParityError(BundleError):
@@ -49,6 +50,7 @@ class ExportSource:
 @dataclass
 class ExportOptions:
     fp16: bool = False
+    int8: bool = False
     trt: bool = False
     verify: bool = True
     overwrite: bool = False
@@ -163,7 +165,8 @@ def export_bundle(source: ExportSource, out: str | Path, options: ExportOptions 
     model, pre = source.model.float().eval(), source.preprocessing
     cfg = model.cfg
     trt_missing = tensorrt_missing() if options.trt else None
-    steps = ["weights", "onnx fp32"] + ["onnx fp16"] * options.fp16 + ["tensorrt"] * (options.trt and not trt_missing)
+    steps = ["weights", "onnx fp32"] + ["onnx fp16"] * options.fp16 + ["onnx int8"] * options.int8
+    steps += ["tensorrt"] * (options.trt and not trt_missing)
     steps += ["parity"] * options.verify
     bar = tqdm(total=len(steps), desc="export", disable=not options.progress, unit="step")
     with B.BundleWriter(out, overwrite=options.overwrite) as w:
@@ -181,6 +184,10 @@ def export_bundle(source: ExportSource, out: str | Path, options: ExportOptions 
         if options.fp16:
             bar.set_postfix_str("onnx fp16")
             artifacts.append(_onnx_artifact(model, tmp, ONNX_FP16_FILE, "fp16", pre, options, onnx_fields))
+            bar.update()
+        if options.int8:
+            bar.set_postfix_str("onnx int8")
+            artifacts.append(_int8_artifact(tmp, onnx_fields))
             bar.update()
         if options.trt and not trt_missing:
             bar.set_postfix_str("tensorrt")
@@ -217,6 +224,22 @@ def _onnx_artifact(model, folder: Path, name: str, precision: str, pre, options:
         precision=precision,
         extra_files=[data.name] if data else [],
         layer_norm_nodes=ops.get("LayerNormalization", 0),
+        **fields,
+    )
+
+
+def _int8_artifact(folder: Path, fields: dict) -> dict:
+    from .quantize import quantize_int8
+
+    summary = quantize_int8(folder / ONNX_FILE, folder / ONNX_INT8_FILE)
+    data = external_data_file(folder / ONNX_INT8_FILE)
+    return B.artifact_entry(
+        folder,
+        ONNX_INT8_FILE,
+        backend="onnxruntime",
+        precision="int8",
+        extra_files=[data.name] if data else [],
+        quantization=summary,
         **fields,
     )
 

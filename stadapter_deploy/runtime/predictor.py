@@ -222,14 +222,17 @@ def load_predictor(
     backend: "auto", "torch", "onnxruntime", "tensorrt", or one with its device ("onnxruntime-cpu",
     "torch-cuda", "onnxruntime-tensorrt", ...). device: "cpu" or "cuda" (default: cuda when available for
     the backend), or "tensorrt" for ONNX Runtime's TensorRT execution provider.
-    precision: "fp32", "fp16" (CUDA) or "bf16" (torch on CPU); default: fp32 on CPU, fp16 on CUDA where the
-    bundle holds it. threads: CPU threads for the runner (default: the library's own choice).
+    precision: "fp32", "fp16" (CUDA), "bf16" (torch on a CPU with BF16) or "int8" (onnxruntime, a bundle
+    exported with --int8); default: fp16 on CUDA where the bundle holds it, int8 on a CPU with VNNI/AMX
+    where the bundle holds it, else fp32 (`predictor.selection` says why). threads: CPU threads for the runner.
     """
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle, verify=verify)
     name, device, selection = resolve_backend(bundle, backend, device)
     runner_class = RUNNERS[name]
-    precision = precision or runner_class.default_precision(bundle, device)
+    if precision is None:
+        precision, why = runner_class.default_precision(bundle, device)
+        selection += f"; {precision}: {why}"
     if precision not in runner_class.precisions:
         raise ValueError(
             f"unknown precision {precision!r} for {name}; choose one of {', '.join(runner_class.precisions)}"

@@ -10,6 +10,8 @@ only place that reads them.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .bundle import Bundle
@@ -32,8 +34,9 @@ class Runner:
         raise NotImplementedError
 
     @classmethod
-    def default_precision(cls, bundle: Bundle, device: str) -> str:
-        return "fp32"
+    def default_precision(cls, bundle: Bundle, device: str) -> tuple[str, str]:
+        """(precision, why) when none is asked for."""
+        return "fp32", "the default"
 
     def run(self, clips: np.ndarray) -> np.ndarray:
         """float32 clips [n, 3, T, S, S] (n <= max_batch) -> float32 logits [n, C]."""
@@ -62,3 +65,23 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (avx2, avx512_vnni, avx512_bf16, amx_int8, ...)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
+
+
+def cpu_has_int8_dot() -> bool:
+    """VNNI (AVX-512 or AVX) or AMX: int8 dot products in hardware, where int8 GEMMs beat fp32."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_has_bf16() -> bool:
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})

@@ -12,7 +12,7 @@ import numpy as np
 
 from ...errors import BundleError
 from ..bundle import Bundle
-from ..runner import Runner, cuda_available
+from ..runner import Runner, cpu_has_int8_dot, cuda_available
 
 ORT_TRT_CACHE = Path.home() / ".cache" / "stadapter-deploy" / "ort-tensorrt"
 PROVIDERS = {
@@ -72,9 +72,15 @@ class OrtRunner(Runner):
         return None
 
     @classmethod
-    def default_precision(cls, bundle: Bundle, device: str) -> str:
+    def default_precision(cls, bundle: Bundle, device: str) -> tuple[str, str]:
         # half precision only pays on a GPU; ONNX Runtime's TensorRT provider makes its own
-        return "fp16" if device == "cuda" and bundle.find("onnxruntime", "fp16") else "fp32"
+        if device == "cuda" and bundle.find("onnxruntime", "fp16"):
+            return "fp16", "the bundle's fp16 ONNX on the GPU"
+        if device == "cpu" and bundle.find("onnxruntime", "int8"):
+            if cpu_has_int8_dot():
+                return "int8", "the bundle's int8 ONNX: this CPU has VNNI/AMX int8 dot products"
+            return "fp32", "the bundle's int8 ONNX passed over: this CPU has no VNNI/AMX, where int8 is slower"
+        return "fp32", "the default"
 
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
         if reason := self.available(bundle, device):

@@ -10,7 +10,7 @@ from ...errors import BundleError, WeightsError
 from ...model import STAdapterViT
 from ...model.weights import load_safetensors
 from ..bundle import Bundle
-from ..runner import Runner, cuda_available
+from ..runner import Runner, cpu_has_bf16, cuda_available
 
 
 class TorchRunner(Runner):
@@ -27,14 +27,16 @@ class TorchRunner(Runner):
         return None
 
     @classmethod
-    def default_precision(cls, bundle: Bundle, device: str) -> str:
-        return "fp16" if device == "cuda" else "fp32"
+    def default_precision(cls, bundle: Bundle, device: str) -> tuple[str, str]:
+        return ("fp16", "half precision on the GPU") if device == "cuda" else ("fp32", "the CPU default")
 
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
         if device == "cuda" and not cuda_available():
             raise ValueError("backend torch-cuda asked for, but torch sees no CUDA GPU")
         if precision == "fp16" and device != "cuda":
             raise ValueError("fp16 on the torch backend needs CUDA; use fp32 or bf16 on the CPU")
+        if precision == "bf16" and device == "cpu" and not cpu_has_bf16():
+            raise ValueError("bf16 on the CPU needs AVX512-BF16 or AMX, which this CPU lacks; use fp32")
         if threads:
             torch.set_num_threads(threads)
         artifact = bundle.find("torch")[0]

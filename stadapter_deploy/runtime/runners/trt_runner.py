@@ -58,8 +58,8 @@ class TensorRTRunner(Runner):
         return tensorrt_missing() or (None if engine_for_this_machine(bundle) else "no engine for this GPU")
 
     @classmethod
-    def default_precision(cls, bundle: Bundle, device: str) -> str:
-        return "fp16"
+    def default_precision(cls, bundle: Bundle, device: str) -> tuple[str, str]:
+        return "fp16", "the engine's precision"
 
     def __init__(self, bundle: Bundle, device: str = "cuda", precision: str = "fp16", threads: int | None = None):
         if missing := tensorrt_missing():
