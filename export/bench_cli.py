@@ -48,10 +48,28 @@ def bench_parser() -> argparse.ArgumentParser:
     return p
 
 
-def candidates(bundle) -> list[str]:
+def candidates(bundle, names: list[str] | None = None) -> list[tuple[str, str]]:
+    """(backend, precision) for every backend this machine can run on the bundle, in every precision
+    the bundle holds for it and the machine supports."""
+    from stadapter_deploy.runtime import RUNNERS
     from stadapter_deploy.runtime.predictor import AUTO_ORDER, runnable
 
-    return [name for name in AUTO_ORDER if runnable(bundle, name) is None]
+    out = []
+    for name in names or [n for n in AUTO_ORDER if runnable(bundle, n) is None]:
+        base, _, device = name.partition("-")
+        runner = RUNNERS[base]
+        out += [(name, p) for p in runner.usable_precisions(bundle, device or runner.devices[0])]
+    return out
+
+
+def load(bundle, name: str, precision: str, threads: int, trimmed: bool = True):
+    from stadapter_deploy.runtime import load_predictor
+
+    predictor = load_predictor(bundle, backend=name, precision=precision, threads=threads)
+    if not trimmed:  # the same weights with the last block computed in full (the trimming's saving)
+        predictor.runner.model.trim_last_block = False
+        predictor.runner.label_note = " untrimmed"
+    return predictor
 
 
 def run_bench(argv: list[str]) -> int:
@@ -59,14 +77,17 @@ def run_bench(argv: list[str]) -> int:
     import torch
 
     from stadapter_deploy.export import bench
-    from stadapter_deploy.runtime import load_bundle, load_predictor
+    from stadapter_deploy.export.quantize import int8_gemm_gops
+    from stadapter_deploy.runtime import load_bundle
 
     if min(args.batches) < 1 or args.iters < 1 or args.repeats < 1 or args.threads < 1:
         raise ValueError("--batches, --iters, --repeats and --threads must be positive")
     torch.set_num_threads(args.threads)
     b = load_bundle(args.bundle)
-    names = args.backends or candidates(b)
-    predictors = [load_predictor(b, backend=n, threads=args.threads) for n in names]
+    pairs = candidates(b, args.backends)
+    predictors = [load(b, name, precision, args.threads) for name, precision in pairs]
+    if ("torch-cpu", "fp32") in pairs:
+        predictors.append(load(b, "torch-cpu", "fp32", args.threads, trimmed=False))
     gflop = bench.model_gflops(b.config, b.preprocessing.num_frames)
     shape = bench.matmul_shape(b.config, b.preprocessing.num_frames)
     peak = bench.matmul_gflops(args.threads, *shape)
@@ -76,6 +97,10 @@ def run_bench(argv: list[str]) -> int:
     }
     libs = ", ".join(f"{k} {v:.1f}" for k, v in by_lib.items() if v is not None)
     print(f"# fp32 GEMM {shape[0]}x{shape[1]}x{shape[2]}, {args.threads} threads: {libs} GFLOP/s", flush=True)
+    int8_peak = int8_gemm_gops(args.threads, *shape) if any(p == "int8" for _, p in pairs) else None
+    if int8_peak:
+        print(f"# int8 GEMM (onnxruntime DynamicQuantizeMatMul), same shape: {int8_peak:.1f} GOP/s", flush=True)
+    print(f"# CPU flags: {' '.join(sorted(cpu_simd_flags()))}", flush=True)
     print(
         f"# {b.model_name}: {gflop:.1f} GFLOP per clip; machine fp32 matmul {peak:.1f} GFLOP/s "
         f"({args.threads} threads) -> FLOP floor {gflop / peak * 1e3:.0f} ms per clip",
@@ -86,6 +111,8 @@ def run_bench(argv: list[str]) -> int:
         for batch in args.batches:
             for p in predictors:
                 row = bench.time_predictor(p, batch, args.iters, args.budget, gflop, args.threads, args.matmul_seconds)
+                if p.precision == "int8" and int8_peak:  # its floor is the int8 GEMM rate, not the fp32 one
+                    row.matmul_gflops, row.floor_share = int8_peak, row.gflops / int8_peak
                 print(
                     f"  {row.backend:<18} batch {batch:>3}: {row.clips_per_s:8.2f} clips/s, "
                     f"p50 {row.p50_ms:8.0f} ms ({row.iters} calls)",
@@ -107,6 +134,7 @@ def run_bench(argv: list[str]) -> int:
     )
     print()
     print(bench.markdown_table(rows))
+    print()
     print(ratios(rows))
     title = (
         f"{b.model_name} - {info['cpu']}, {args.threads} threads, median matmul {statistics.median(rates):.0f} GFLOP/s"
@@ -153,12 +181,21 @@ def median_rows(rows):
 
 
 def ratios(rows) -> str:
-    """Throughput of each backend relative to torch eager on the same device and batch."""
-    by = {(r.backend, r.batch): r.clips_per_s for r in rows}
-    lines = []
-    for (backend, batch), rate in by.items():
-        device = backend.rsplit("-", 1)[-1] if "-" in backend else "cuda"
-        base = by.get((f"torch-{device}", batch))
-        if base and not backend.startswith("torch"):
-            lines.append(f"{backend} / torch-{device} at batch {batch}: {rate / base:.2f}x")
+    """Throughput of each row relative to ONNX Runtime fp32 and to torch eager fp32 on the same device
+    and batch, in one table."""
+    by = {(r.backend, r.precision, r.batch): r.clips_per_s for r in rows}
+    lines = ["| backend | precision | batch | vs onnxruntime fp32 | vs torch fp32 |", "|---|---|---|---|---|"]
+    for (backend, precision, batch), rate in by.items():
+        device = "cuda" if "cuda" in backend or backend.startswith("tensorrt") else "cpu"
+        cells = []
+        for base in (f"onnxruntime-{device}", f"torch-{device}"):
+            ref = by.get((base, "fp32", batch))
+            cells.append(f"{rate / ref:.2f}x" if ref else "-")
+        lines.append(f"| {backend} | {precision} | {batch} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
+
+
+def cpu_simd_flags() -> set[str]:
+    from stadapter_deploy.runtime.runner import cpu_flags
+
+    return {f for f in cpu_flags() if f.startswith(("avx", "amx", "fma"))}

@@ -170,10 +170,13 @@ def test_bench_cli_prints_a_table_and_writes_a_plot(tiny_bundle, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "| backend | precision | batch |" in proc.stdout and "matmul" in proc.stdout
+    from stadapter_deploy.runtime.runner import cpu_has_bf16
+
     rows = json.loads(js.read_text())["rows"]
-    assert {(r["backend"], r["batch"]) for r in rows} == {
-        (b, n) for b in ("torch-cpu", "onnxruntime-cpu") for n in (1, 2)
-    }
+    runs = {("torch-cpu", "fp32"), ("onnxruntime-cpu", "fp32"), ("torch-cpu untrimmed", "fp32")}
+    runs |= {("torch-cpu", "bf16")} if cpu_has_bf16() else set()  # every precision this CPU can run
+    assert {(r["backend"], r["precision"], r["batch"]) for r in rows} == {(b, p, n) for b, p in runs for n in (1, 2)}
+    assert "| vs onnxruntime fp32 | vs torch fp32 |" in proc.stdout
     assert all(r["clips_per_s"] > 0 for r in rows)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -27,6 +27,7 @@ class Runner:
     device: str = "cpu"
     precision: str = "fp32"
     max_batch: int | None = None  # None: any batch size
+    label_note: str = ""  # appended to the label, e.g. " untrimmed" for a benchmark's variant
 
     @classmethod
     def available(cls, bundle: Bundle, device: str) -> str | None:
@@ -38,6 +39,11 @@ class Runner:
         """(precision, why) when none is asked for."""
         return "fp32", "the default"
 
+    @classmethod
+    def usable_precisions(cls, bundle: Bundle, device: str) -> list[str]:
+        """The precisions this runner can run `bundle` in on `device` here (what a benchmark sweeps)."""
+        return [cls.default_precision(bundle, device)[0]]
+
     def run(self, clips: np.ndarray) -> np.ndarray:
         """float32 clips [n, 3, T, S, S] (n <= max_batch) -> float32 logits [n, C]."""
         raise NotImplementedError
@@ -45,7 +51,8 @@ class Runner:
     @property
     def label(self) -> str:
         """e.g. "onnxruntime-cpu": what the service and the demo report as the backend."""
-        return f"{self.name}-{self.device}" if len(self.devices) > 1 else self.name
+        label = f"{self.name}-{self.device}" if len(self.devices) > 1 else self.name
+        return label + self.label_note
 
 
 def parse_backend(name: str, known: dict[str, type[Runner]]) -> tuple[str, str | None]:

@@ -82,6 +82,11 @@ class OrtRunner(Runner):
             return "fp32", "the bundle's int8 ONNX passed over: this CPU has no VNNI/AMX, where int8 is slower"
         return "fp32", "the default"
 
+    @classmethod
+    def usable_precisions(cls, bundle: Bundle, device: str) -> list[str]:
+        held = [p for p in cls.precisions if bundle.find("onnxruntime", p)]
+        return [p for p in held if p != "int8" or device == "cpu"]  # int8 kernels: the CPU provider's
+
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
         if reason := self.available(bundle, device):
             raise ValueError(f"backend onnxruntime-{device} cannot run here: {reason}")

@@ -30,6 +30,12 @@ class TorchRunner(Runner):
     def default_precision(cls, bundle: Bundle, device: str) -> tuple[str, str]:
         return ("fp16", "half precision on the GPU") if device == "cuda" else ("fp32", "the CPU default")
 
+    @classmethod
+    def usable_precisions(cls, bundle: Bundle, device: str) -> list[str]:
+        if device == "cuda":
+            return ["fp32", "fp16"]
+        return ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
         if device == "cuda" and not cuda_available():
             raise ValueError("backend torch-cuda asked for, but torch sees no CUDA GPU")
