@@ -14,7 +14,6 @@ with 0 and 2 workers. Prints a markdown table; figures are medians over --repeat
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from stadapter_deploy.export.bench import median_ms  # the benchmarks' one timer (a warm-up call first)
 from stadapter_deploy.preprocessing import Preprocessing
 from stadapter_deploy.video import load_eval_views, prepare_eval_views
 from stadapter_deploy.video.dataset import VideoClipDataset
@@ -67,16 +67,6 @@ def reference_views(path: Path, num_frames: int = 8, size: int = 224) -> torch.T
     (picked,) = eval_indices(len(frames), num_frames, 0)
     clip = torch.cat([frames[i] for i in picked], dim=1)  # [3, T, H', W']
     return spatial_crops(clip, size, 1)[0][None]  # [1, 3, T, S, S]
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (file cache, lazy imports)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def loader_clips_per_s(path: Path, workers: int, clips: int = 24) -> float:

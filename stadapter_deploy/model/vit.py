@@ -67,7 +67,7 @@ class STAdapter(nn.Module):
     two mathematically identical forms: `conv3d_forward` (permute, nn.Conv3d, permute back) and
     `temporal_conv` (k shifted multiply-adds on the token layout, no permutes). Eager PyTorch on CPU
     runs the Conv3d form faster (oneDNN's depthwise kernel; see docs/benchmarks.md); the exporter
-    times both in ONNX Runtime and picks one.
+    writes the shift form by default, which ran faster in ONNX Runtime (`--temporal-conv` picks either).
     """
 
     def __init__(self, width: int, adapter_width: int, kernel_t: int = 3):
