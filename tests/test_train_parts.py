@@ -13,6 +13,7 @@ import torch
 
 from stadapter_deploy.errors import ConfigError, WeightsError
 from stadapter_deploy.model import build_model
+from stadapter_deploy.progress import progress_bar
 from stadapter_deploy.recipes import Recipe
 from stadapter_deploy.train import checkpoint as ckpt
 from stadapter_deploy.train import data
@@ -26,7 +27,6 @@ from stadapter_deploy.train.config import (
 )
 from stadapter_deploy.train.evaluate import ShardedSampler, evaluate
 from stadapter_deploy.train.optim import WarmupCosine, build_optimizer, build_scheduler, scaled_lr
-from stadapter_deploy.train.progress import progress_bar
 from train.cli import build_parser
 
 # Data paths that need not exist: only check_paths looks at the disk.

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..errors import BundleError
 from ..labels import placeholder_labels, read_labels
@@ -21,6 +20,7 @@ from ..model import build_model, save_checkpoint
 from ..model.config import backbone_name
 from ..model.weights import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint
 from ..preprocessing import Preprocessing
+from ..progress import progress_bar
 from ..recipes import class_names, get_recipe
 from ..runtime import bundle as B
 from .onnx_export import DEFAULT_CONV_FORM, DEFAULT_OPSET, count_ops, export_onnx, external_data_file
@@ -168,7 +168,7 @@ def export_bundle(source: ExportSource, out: str | Path, options: ExportOptions 
     steps = ["weights", "onnx fp32"] + ["onnx fp16"] * options.fp16 + ["onnx int8"] * options.int8
     steps += ["tensorrt"] * (options.trt and not trt_missing)
     steps += ["parity"] * options.verify
-    bar = tqdm(total=len(steps), desc="export", disable=not options.progress, unit="step")
+    bar = progress_bar(len(steps), "export", enabled=options.progress, unit="step")
     with B.BundleWriter(out, overwrite=options.overwrite) as w:
         tmp = w.tmp
         bar.set_postfix_str("weights")

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from ..progress import progress_bar
 from .distributed import all_reduce_sum
-from .progress import progress_bar
 
 
 class ShardedSampler(Sampler[int]):

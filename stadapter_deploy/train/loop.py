@@ -28,6 +28,7 @@ from ..model import ModelConfig, build_model, load_clip_state_dict, load_strict,
 from ..model.config import backbone_name, presets_with_backbone
 from ..model.vit import LayerNorm, STAdapterViT, is_trainable_name
 from ..model.weights import infer_backbone_config, load_adapter_checkpoint
+from ..progress import progress_bar
 from ..recipes import get_recipe
 from . import checkpoint as ckpt
 from . import data
@@ -36,7 +37,6 @@ from .config import TrainConfig, batch_plan, check_paths
 from .evaluate import ShardedSampler, evaluate
 from .optim import build_optimizer, build_scheduler, scaled_lr
 from .plot import plot_curves
-from .progress import progress_bar
 
 
 def run(cfg: TrainConfig) -> dict:

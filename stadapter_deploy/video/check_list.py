@@ -14,9 +14,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..errors import VideoError
+from ..progress import progress_bar
 from .decode import count_decodable_frames
 from .listfile import parse_list_line
 
@@ -64,15 +63,11 @@ def check_list(
     report = report or out.with_name(out.name + ".dropped.tsv")
     results = {}
     with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        bar = tqdm(
-            pool.map(_check_line, jobs, chunksize=4),
-            total=len(jobs),
-            desc="checking videos",
-            unit="video",
-            disable=not progress,
-        )
-        for number, path, reason in bar:
+        bar = progress_bar(len(jobs), "checking videos", enabled=progress, unit="video")
+        for number, path, reason in pool.map(_check_line, jobs, chunksize=4):
             results[number] = (path, reason)
+            bar.update()
+        bar.close()
     kept = [lines[n - 1].strip() + "\n" for n, (_, reason) in sorted(results.items()) if reason is None]
     dropped = [(n, path, reason) for n, (path, reason) in sorted(results.items()) if reason is not None]
     out.write_text("".join(kept))

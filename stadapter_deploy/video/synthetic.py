@@ -17,7 +17,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tqdm import tqdm
+
+from ..progress import progress_bar
 
 CLASS_NAMES = ["moving left", "moving right", "moving up", "moving down", "approaching", "receding"]
 SPEED = 3.0  # pixels per frame for the translating classes
@@ -129,7 +130,7 @@ def make_synthetic_dataset(
             lines.append(f"{rel} {label}\n")
         lists[split] = "".join(lines)
     workers = workers or min(len(os.sched_getaffinity(0)), 8)
-    bar = tqdm(total=len(jobs), desc="synthetic videos", unit="clip", disable=not progress)
+    bar = progress_bar(len(jobs), "synthetic videos", enabled=progress, unit="clip")
     if workers > 1 and len(jobs) > 8:
         with Pool(workers) as pool:
             for _ in pool.imap_unordered(_write_job, jobs, chunksize=8):
