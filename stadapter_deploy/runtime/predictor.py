@@ -170,6 +170,13 @@ class Predictor:
         infer_ms = (time.perf_counter() - t0) * 1e3
         return classification(ev, logits, self.labels, top_k, self.info(), infer_ms, start, keep_clips)
 
+    def timeline(self, video, window_s: float | None = None, stride_s: float | None = None, top_k: int = 5) -> list:
+        """When things happen: labels for windows slid over `video` (path or bytes), one decode pass.
+        Returns Segments (start_s, end_s, labels, frames); see stadapter_deploy/predict/timeline.py."""
+        from ..predict.timeline import timeline
+
+        return timeline(self, video, window_s, stride_s, top_k)
+
 
 # ----------------------------------------------------------------------------- choosing a runner
 
