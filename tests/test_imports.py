@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("stadapter_deploy", "serve", "export", "demo", "train")
+PACKAGES = ("stadapter_deploy", "serve", "export", "demo", "train", "predict")
 
 
 def module_name(path: Path) -> str:

@@ -93,26 +93,50 @@ def timeline_preprocessing(predictor, views: int | None):
     return pre.replace(temporal_views=1, spatial_views=views or pre.spatial_views)
 
 
-def iter_timeline(
-    predictor,
+@dataclass
+class WindowBatch:
+    """Windows ready for the model: their clips, and where each came from."""
+
+    clips: torch.Tensor  # [B, V, 3, T, S, S]
+    starts: list[int]  # first frame of each window
+    frames: list[list[int]]  # the frame indices each window sampled
+    arrived: list[float]  # time.perf_counter() when each window's last frame was decoded
+    win: Windows
+    live: bool
+
+    def segments(self, logits: np.ndarray, top_k) -> list[Segment]:
+        """logits [B, V, C] -> one Segment per window; top_k(logits [V, C]) -> labels."""
+        done = time.perf_counter()
+        return [
+            Segment(
+                start_s=round(start / self.win.fps, 6),
+                end_s=round((start + self.win.window) / self.win.fps, 6),
+                labels=top_k(window_logits),
+                frames=frames,
+                latency_ms=round((done - arrived) * 1e3, 3) if self.live else None,
+            )
+            for start, frames, arrived, window_logits in zip(
+                self.starts, self.frames, self.arrived, logits, strict=True
+            )
+        ]
+
+
+def iter_window_batches(
     video,
+    pre,
     window_s: float | None = None,
     stride_s: float | None = None,
-    top_k: int = 5,
-    views: int | None = None,
     batch_windows: int | None = None,
-) -> Iterator[Segment]:
-    """Segments of `video` (a path, the file's bytes, or a stream URL) in time order, as they complete.
-
-    batch_windows: windows per model call (default: 8 clips' worth; 1 for a live stream, so each
-    window is emitted as soon as its last frame arrives).
-    """
-    check_top_k(predictor, top_k)
-    pre = timeline_preprocessing(predictor, views)
+    max_clips: int = DEFAULT_BATCH_CLIPS,
+) -> Iterator[WindowBatch]:
+    """The model input of every window of `video` (a path, bytes or a stream URL), `batch_windows` windows
+    at a time (default: `max_clips` clips' worth; 1 for a live stream, so each window leaves as soon as
+    its last frame arrives), from one sequential decode. No model here: the service batches these
+    across requests, the CLI runs them at once."""
     with open_frames(video) as source:
         win = windows_for(pre, source.fps, window_s, stride_s)
         if batch_windows is None:
-            batch_windows = 1 if source.live else max(1, (predictor.max_batch or DEFAULT_BATCH_CLIPS) // pre.views)
+            batch_windows = 1 if source.live else max(1, max_clips // pre.views)
         offsets = win.sampled(win.window, pre)
         held: dict[int, torch.Tensor] = {}  # frame index -> [V, 3, S, S]
         ready: list[tuple[int, list[int], float]] = []  # (start, frame indices, time its last frame came)
@@ -125,7 +149,7 @@ def iter_timeline(
                 ready.append((start, [start + o for o in offsets], time.perf_counter()))
                 start += win.stride
             if len(ready) >= batch_windows:
-                yield from run_windows(predictor, pre, win, held, ready, top_k, source.live)
+                yield batch_of(ready, held, win, source.live)
                 held = {i: c for i, c in held.items() if i >= start}
                 ready = []
         if count == 0:
@@ -133,24 +157,32 @@ def iter_timeline(
         if start == 0:  # shorter than one window: one window over all of it
             ready.append((0, win.sampled(count, pre), time.perf_counter()))
             win = Windows(count, win.stride, win.fps)
-        yield from run_windows(predictor, pre, win, held, ready, top_k, source.live)
+        if ready:
+            yield batch_of(ready, held, win, source.live)
 
 
-def run_windows(predictor, pre, win: Windows, held: dict, ready: list, top_k: int, live: bool) -> Iterator[Segment]:
-    """One model call for the ready windows; their segments in order."""
-    if not ready:
-        return
+def batch_of(ready: list, held: dict, win: Windows, live: bool) -> WindowBatch:
     clips = torch.stack([torch.stack([held[i] for i in indices], dim=2) for _, indices, _ in ready])  # [B,V,3,T,S,S]
-    logits = predictor.predict(clips.flatten(0, 1)).reshape(len(ready), pre.views, -1)  # [B, V, C]
-    done = time.perf_counter()
-    for (start, indices, arrived), window_logits in zip(ready, logits, strict=True):
-        yield Segment(
-            start_s=round(start / win.fps, 6),
-            end_s=round((start + win.window) / win.fps, 6),
-            labels=predictor.top_k(window_logits, top_k),
-            frames=indices,
-            latency_ms=round((done - arrived) * 1e3, 3) if live else None,
-        )
+    starts, frames, arrived = (list(column) for column in zip(*ready, strict=True))
+    return WindowBatch(clips, starts, frames, arrived, win, live)
+
+
+def iter_timeline(
+    predictor,
+    video,
+    window_s: float | None = None,
+    stride_s: float | None = None,
+    top_k: int = 5,
+    views: int | None = None,
+    batch_windows: int | None = None,
+) -> Iterator[Segment]:
+    """Segments of `video` (a path, the file's bytes, or a stream URL) in time order, as they complete."""
+    check_top_k(predictor, top_k)
+    pre = timeline_preprocessing(predictor, views)
+    max_clips = predictor.max_batch or DEFAULT_BATCH_CLIPS
+    for batch in iter_window_batches(video, pre, window_s, stride_s, batch_windows, max_clips):
+        logits = predictor.predict(batch.clips.flatten(0, 1)).reshape(len(batch.starts), pre.views, -1)  # [B, V, C]
+        yield from batch.segments(logits, lambda window_logits: predictor.top_k(window_logits, top_k))
 
 
 def timeline(
