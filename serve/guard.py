@@ -42,7 +42,8 @@ class Refusal(Exception):
 class UploadRoute:
     file_field: str  # the multipart field that carries the video(s)
     max_files: int
-    options: tuple[str, ...] = ("top_k", "views")
+    options: tuple[str, ...] = ("top_k", "views")  # whole numbers
+    numbers: tuple[str, ...] = ()  # any positive number (seconds)
 
 
 class UploadGuard:
@@ -112,7 +113,7 @@ def check_request_line(scope, route: UploadRoute) -> None:
     if scope["method"] != "POST":
         raise Refusal(405, f"{scope['path']} takes POST with a multipart upload, not {scope['method']}")
     if scope.get("query_string"):
-        fields = " ".join(f"-F {name}=..." for name in route.options)
+        fields = " ".join(f"-F {name}=..." for name in (*route.options, *route.numbers))
         raise Refusal(400, f"send options as multipart form fields ({fields}), not in the query string")
 
 
@@ -135,9 +136,10 @@ async def check_form(scope, body, route: UploadRoute) -> None:
     except Exception as e:  # malformed multipart: starlette and python-multipart raise several kinds
         raise Refusal(400, f"the request body is not valid multipart/form-data ({e})") from None
     try:
-        unknown = sorted(set(form.keys()) - {route.file_field, *route.options})
+        known = [route.file_field, *route.options, *route.numbers]
+        unknown = sorted(set(form.keys()) - set(known))
         if unknown:
-            raise Refusal(400, f"unknown field(s) {unknown}; this endpoint takes {[route.file_field, *route.options]}")
+            raise Refusal(400, f"unknown field(s) {unknown}; this endpoint takes {known}")
         files = form.getlist(route.file_field)
         if not files:
             raise Refusal(400, f"no video: upload the file in the multipart field {route.file_field!r}")
@@ -151,6 +153,12 @@ async def check_form(scope, body, route: UploadRoute) -> None:
                 raise Refusal(400, f"the field {name!r} is given {len(values)} times")
             if values:
                 check_integer(name, values[0])
+        for name in route.numbers:
+            values = form.getlist(name)
+            if len(values) > 1:
+                raise Refusal(400, f"the field {name!r} is given {len(values)} times")
+            if values:
+                check_number(name, values[0])
     finally:
         await form.close()
 
@@ -186,6 +194,17 @@ def check_integer(name: str, value) -> None:
         parsed = value
     if parsed is not None and (isinstance(parsed, bool) or not isinstance(parsed, int)):
         raise Refusal(400, f"{name} must be a whole number, got {value!r}")
+
+
+def check_number(name: str, value) -> None:
+    if isinstance(value, UploadFile):
+        raise Refusal(400, f"the field {name!r} must be a number, not a file")
+    try:
+        parsed = float(value)
+    except ValueError:
+        raise Refusal(400, f"{name} must be a number of seconds, got {value!r}") from None
+    if not parsed > 0 or parsed == float("inf"):
+        raise Refusal(400, f"{name} must be a positive number of seconds, got {value!r}")
 
 
 def _replay(body, receive):

@@ -35,8 +35,16 @@ from serve.pinning import pin_bundle
 from serve.settings import Settings, load_settings
 from serve.workers import JobFailed, JobRejected, ProcessPool
 from stadapter_deploy.errors import ConfigError, STAdapterError
+from stadapter_deploy.predict.timeline import Segment, check_seconds
 from stadapter_deploy.runtime import RUNNERS, Bundle, load_bundle
-from stadapter_deploy.runtime.predictor import Classification, check_top_k, classification, resolve_backend, runnable
+from stadapter_deploy.runtime.predictor import (
+    Classification,
+    check_top_k,
+    classification,
+    resolve_backend,
+    runnable,
+    top_k_labels,
+)
 
 log = logging.getLogger("stadapter.serve")
 
@@ -158,7 +166,7 @@ class STAdapter:
 
     def __init__(self) -> None:
         self.bundle = BUNDLE  # preprocessing and labels; the model runs in STAdapterModel
-        setup_args = (BUNDLE.preprocessing.to_dict(),)
+        setup_args = (BUNDLE.preprocessing.to_dict(), SETTINGS.max_timeline_windows)
         self.pool = ProcessPool(make_decoder, setup_args, SETTINGS.decode_workers, SETTINGS.decode_timeout_s)
         self._info: dict | None = None
         self._model_ok_at = -1e9  # when a model call last succeeded (time.monotonic)
@@ -225,6 +233,40 @@ class STAdapter:
         except BadRequest as e:
             return error(e)
 
+    @bentoml.api(route="/classify_timeline")
+    async def classify_timeline(
+        self,
+        video: Path,
+        top_k: int | None = None,
+        views: int | None = None,
+        window_s: float | None = None,
+        stride_s: float | None = None,
+    ) -> dict:
+        """When things happen in one uploaded video: {"segments": [{"start_s", "end_s", "labels", "frames"}]},
+        one per window slid over it (defaults: the recipe's clip span or 2 s, stride half of it)."""
+        try:
+            return {
+                "segments": [s.to_dict() for s in await self.timeline_video(video, top_k, views, window_s, stride_s)]
+            }
+        except BadRequest as e:
+            return error(e)
+
+    async def timeline_video(self, video: Path, top_k=None, views=None, window_s=None, stride_s=None) -> list:
+        """One video file -> Segments; BadRequest with the status to answer. The /ui page calls this."""
+        top_k = self._check_options(top_k, views)
+        try:
+            check_seconds("window_s", window_s)
+            check_seconds("stride_s", stride_s)
+        except ValueError as e:
+            raise BadRequest(400, str(e)) from None
+        decoded = await self._decode(video, views, "the video", "timeline", window_s, stride_s)
+        logits = await self._predict(decoded["clips"])  # [W * V, C]
+        per_window = logits.reshape(len(decoded["windows"]), decoded["views"], -1)  # [W, V, C]
+        return [
+            Segment(w["start_s"], w["end_s"], top_k_labels(self.bundle.labels, window_logits, top_k), w["frames"])
+            for w, window_logits in zip(decoded["windows"], per_window, strict=True)
+        ]
+
     # -------------------------------------------------------------- steps
 
     def _check_options(self, top_k: int | None, views: int | None) -> int:
@@ -237,9 +279,9 @@ class STAdapter:
             raise BadRequest(400, str(e)) from None
         return top_k
 
-    async def _decode(self, video: Path, views: int | None, what: str) -> dict:
+    async def _decode(self, video: Path, views: int | None, what: str, kind: str = "clips", *options) -> dict:
         try:
-            return await self.pool.run(str(video), views)
+            return await self.pool.run(kind, str(video), views, *options)
         except JobRejected as e:  # VideoError and friends: the file is at fault
             message = str(e).replace(str(video), "the upload")
             raise BadRequest(422, f"cannot use {what}: {message}") from None
@@ -258,11 +300,7 @@ class STAdapter:
     async def _finish(self, decoded: list[dict], top_k: int, start: float) -> list[Classification]:
         clips = np.concatenate([d["clips"] for d in decoded])  # [sum of V, 3, T, S, S]
         t0 = time.perf_counter()
-        try:
-            logits = await self.model.to_async.predict(clips)  # [sum of V, C]
-        except Exception as e:
-            raise model_failure(e) from None
-        self._model_ok_at = time.monotonic()
+        logits = await self._predict(clips)  # [sum of V, C]
         infer_ms = (time.perf_counter() - t0) * 1e3
         info = await self.info()
         results, offset = [], 0
@@ -274,6 +312,19 @@ class STAdapter:
             results.append(result)  # keeps its clips for the /ui page; to_dict() leaves them out
             offset += num_views
         return results
+
+    async def _predict(self, clips: np.ndarray) -> np.ndarray:
+        """Logits for clips [N, 3, T, S, S], sent in calls of at most the model's batch size, concurrently,
+        so BentoML batches them with other requests' clips."""
+        step = SETTINGS.max_batch_size
+        try:
+            parts = await asyncio.gather(
+                *(self.model.to_async.predict(clips[i : i + step]) for i in range(0, len(clips), step))
+            )
+        except Exception as e:
+            raise model_failure(e) from None
+        self._model_ok_at = time.monotonic()
+        return np.concatenate(parts)
 
     async def info(self) -> dict:
         if self._info is None:
@@ -314,6 +365,7 @@ STAdapter.add_asgi_middleware(
     routes={
         "/classify": UploadRoute("video", max_files=1),
         "/classify_batch": UploadRoute("videos", max_files=SETTINGS.max_videos),
+        "/classify_timeline": UploadRoute("video", max_files=1, numbers=("window_s", "stride_s")),
     },
     max_bytes=SETTINGS.max_upload_bytes,
     body_timeout_s=SETTINGS.body_timeout_s,

@@ -13,6 +13,7 @@
 | STADAPTER_MAX_BATCH_SIZE        | 16                        | most clips in one model call                         |
 | STADAPTER_MAX_LATENCY_MS        | 30000                     | longest a clip may queue for the model before a 503  |
 | STADAPTER_MAX_VIDEOS            | 16                        | most videos in one /classify_batch request           |
+| STADAPTER_MAX_TIMELINE_WINDOWS  | 64                        | most windows in one /classify_timeline answer        |
 | STADAPTER_REQUEST_TIMEOUT_S     | 300                       | whole-request limit of each service                  |
 | STADAPTER_WARMUP                | 1                         | 1: run one full batch at startup (memory peaks then) |
 | STADAPTER_UI                    | 0                         | 1: mount the Gradio demo at /ui (it calls this       |
@@ -46,6 +47,7 @@ class Settings:
     max_batch_size: int = 16
     max_latency_ms: int = 30000
     max_videos: int = 16
+    max_timeline_windows: int = 64
     request_timeout_s: float = 300.0
     warmup: bool = True
     ui: bool = False
@@ -105,6 +107,7 @@ def load_settings() -> Settings:
         max_batch_size=_number("STADAPTER_MAX_BATCH_SIZE", 16, int, 1),
         max_latency_ms=_number("STADAPTER_MAX_LATENCY_MS", 30000, int, 1),
         max_videos=_number("STADAPTER_MAX_VIDEOS", 16, int, 1),
+        max_timeline_windows=_number("STADAPTER_MAX_TIMELINE_WINDOWS", 64, int, 1),
         request_timeout_s=_number("STADAPTER_REQUEST_TIMEOUT_S", 300.0, float, 1),
         warmup=_flag("STADAPTER_WARMUP", True),
         ui=_flag("STADAPTER_UI", False),

@@ -47,6 +47,7 @@ def server(tiny_bundle, tmp_path_factory):
         "STADAPTER_MAX_UPLOAD_MB": str(SERVE_MAX_UPLOAD_MB),
         "STADAPTER_DECODE_WORKERS": "4",  # decodes finish in fours, so they meet at the model
         "STADAPTER_MAX_VIDEOS": "4",
+        "STADAPTER_MAX_TIMELINE_WINDOWS": "8",
         "STADAPTER_UI": "1",  # the demo page at /ui, calling the service in-process
         "TMPDIR": str(server_tmp),  # every temp file the server makes lands here, so a test can look
         # Each `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir when it starts: a private

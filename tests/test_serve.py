@@ -343,3 +343,24 @@ def test_bentoml_build_packs_the_bundle(tiny_bundle, tmp_path):
         [*build[:3], "--bundle", str(tmp_path / "nowhere")], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert bad.returncode == 1 and bad.stderr.strip().startswith("serve.build:")
+
+
+def test_classify_timeline_matches_predictor_timeline(server, local, videos):
+    url, _ = server
+    with open(videos["mp4"], "rb") as f:
+        files = {"video": ("clip.mp4", f.read(), "video/mp4")}
+    response = httpx.post(f"{url}/classify_timeline", files=files, data={"window_s": "1", "top_k": "2"}, timeout=120)
+    assert response.status_code == 200, response.text
+    segments = response.json()["segments"]
+    expected = local.timeline(videos["mp4"], window_s=1, top_k=2)
+    assert [(s["start_s"], s["end_s"], s["frames"]) for s in segments] == [
+        (e.start_s, e.end_s, e.frames) for e in expected
+    ]
+    for got, want in zip(segments, expected, strict=True):
+        assert_same_labels(got["labels"], want.labels)
+    bad = httpx.post(f"{url}/classify_timeline", files=files, data={"stride_s": "0"}, timeout=60)
+    assert bad.status_code == 400 and "positive number of seconds" in bad.json()["error"]
+    many = httpx.post(
+        f"{url}/classify_timeline", files=files, data={"window_s": "0.05", "stride_s": "0.01"}, timeout=60
+    )
+    assert many.status_code == 422 and "more than 8 windows" in many.json()["error"]  # the server is set to 8
