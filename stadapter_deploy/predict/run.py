@@ -11,6 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ConfigError
+from ..progress import progress_bar
 from .batch import BatchOptions, classify_videos, decode_pool, error_message
 from .distributed import Rank, barrier, join, leave, merge_parts, part_path, part_paths
 from .inputs import VideoInput, collect_inputs, is_stream
@@ -108,14 +109,8 @@ def run_predict(config: PredictConfig) -> int:
 
 
 def predict_videos(predictor, videos: list[VideoInput], config: PredictConfig, writer, rank: Rank, pool) -> list[dict]:
-    bar = tqdm(
-        total=len(videos),
-        unit="video",
-        desc=f"rank {rank.rank}" if rank.distributed else "predict",
-        disable=not config.progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    desc = f"rank {rank.rank}" if rank.distributed else "predict"
+    bar = progress_bar(len(videos), desc, enabled=config.progress, unit="video")
     records = []
     try:
         results = (
