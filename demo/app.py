@@ -27,6 +27,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .timeline import timeline_tab  # noqa: E402
+
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 TOP_K = 5
 DEFAULT_TITLE = "ST-Adapter video classification"
@@ -101,6 +103,9 @@ class LocalClassifier:
         result = predictor.classify(video, top_k=top_k, views=self.views, keep_clips=True)  # decoded once
         return result_from(result, predictor.model_name)
 
+    def timeline(self, video: str | Path, window_s: float | None = None) -> list[dict]:
+        return [s.to_dict() for s in self.predictor.timeline(video, window_s=window_s)]
+
 
 class InProcessClassifier:
     """Classifies through the BentoML service this page is mounted in, without HTTP: the same decode
@@ -131,6 +136,18 @@ class InProcessClassifier:
             raise VideoError(str(e)) from None
         return result_from(result, service.bundle.model_name, " (BentoML service, in-process)")
 
+    async def timeline(self, video: str | Path, window_s: float | None = None) -> list[dict]:
+        from stadapter_deploy.errors import VideoError
+
+        try:
+            segments = await self.service.timeline_video(Path(video), window_s=window_s)
+        except Exception as e:
+            status = getattr(e, "status", None)
+            if status is None or status >= 500:
+                raise ServiceUnavailable(str(e)) from e
+            raise VideoError(str(e)) from None
+        return [s.to_dict() for s in segments]
+
 
 class ServiceClassifier:
     """Classifies through a running BentoML service (`POST {url}/classify`, multipart field `video`)."""
@@ -139,6 +156,9 @@ class ServiceClassifier:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self._model_name: str | None = None
+
+    def timeline(self, video: str | Path, window_s: float | None = None) -> list[dict]:
+        return _service_timeline(self.url, video, window_s, self.timeout_s)
 
     def model_name(self) -> str:
         if self._model_name is None:
@@ -181,6 +201,26 @@ class ServiceClassifier:
             precision=body.get("precision", "?"),
             timings_ms=timings,
         )
+
+
+def _service_timeline(url: str, video: str | Path, window_s: float | None, timeout_s: float) -> list[dict]:
+    import httpx
+
+    from stadapter_deploy.errors import VideoError
+
+    path = Path(video)
+    data = {} if window_s is None else {"window_s": str(window_s)}
+    try:
+        with path.open("rb") as f:
+            files = {"video": (path.name, f, "application/octet-stream")}
+            response = httpx.post(f"{url}/classify_timeline", files=files, data=data, timeout=timeout_s)
+    except httpx.HTTPError as e:
+        raise ServiceUnavailable(f"{url} did not answer ({e}).") from e
+    if 400 <= response.status_code < 500:
+        raise VideoError(_error_text(response))
+    if response.status_code >= 500:
+        raise ServiceUnavailable(f"{url} failed: {_error_text(response)}")
+    return response.json()["segments"]
 
 
 class ServiceUnavailable(RuntimeError):
@@ -256,6 +296,12 @@ def friendly_error(error: Exception) -> str:
     return "Could not classify this file: it does not look like a video the model can read."
 
 
+def page_error(e: Exception, video: str) -> gr.Error:
+    """A failure on a user's video as a message in the page (no traceback, no server path)."""
+    message = friendly_error(e).replace(str(video), Path(video).name)
+    return gr.Error(message, duration=15, print_exception=False)
+
+
 def make_handler(classifier: Callable[..., DemoResult]) -> Callable[[str | None], tuple]:
     """Wrap a classifier as the page's event handler: bad input becomes a message, never a traceback.
     An async classifier (one that runs inside the service's event loop) gets an async handler."""
@@ -263,10 +309,6 @@ def make_handler(classifier: Callable[..., DemoResult]) -> Callable[[str | None]
     def check(video: str | None) -> None:
         if not video:
             raise gr.Error("Upload a video first, or pick one of the examples.", print_exception=False)
-
-    def page_error(e: Exception, video: str) -> gr.Error:
-        message = friendly_error(e).replace(str(video), Path(video).name)  # no server paths in the page
-        return gr.Error(message, duration=15, print_exception=False)
 
     if getattr(classifier, "is_async", False):
 
@@ -328,27 +370,29 @@ def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE
             elem_id="frames",
         )
         outputs = [label, gallery, details]
-        with gr.Row():
-            with gr.Column(scale=1):
-                video = gr.Video(label="Video", sources=["upload"], elem_id="video-input")
-                button = gr.Button("Classify", variant="primary", elem_id="classify-button")
-                examples = example_videos()
-                if examples:
-                    gr.Examples(
-                        examples=[[p] for p in examples],
-                        inputs=video,
-                        outputs=outputs,
-                        fn=classify_example,
-                        run_on_click=True,
-                        cache_examples=False,
-                        api_visibility="private",
-                        example_labels=[Path(p).stem.replace("_", " ") for p in examples],
-                    )
-            with gr.Column(scale=1):
-                label.render()
-                details.render()
-        gallery.render()
+        with gr.Tab("Classify", elem_id="classify-tab"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    video = gr.Video(label="Video", sources=["upload"], elem_id="video-input")
+                    button = gr.Button("Classify", variant="primary", elem_id="classify-button")
+                    examples = example_videos()
+                    if examples:
+                        gr.Examples(
+                            examples=[[p] for p in examples],
+                            inputs=video,
+                            outputs=outputs,
+                            fn=classify_example,
+                            run_on_click=True,
+                            cache_examples=False,
+                            api_visibility="private",
+                            example_labels=[Path(p).stem.replace("_", " ") for p in examples],
+                        )
+                with gr.Column(scale=1):
+                    label.render()
+                    details.render()
+            gallery.render()
         gr.on([button.click, video.upload], classify, inputs=video, outputs=outputs, api_name="classify")
+        timeline_tab(classifier, page_error)
     ready_to_mount(demo)
     return demo
 

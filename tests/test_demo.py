@@ -102,10 +102,20 @@ def test_client_classify_matches_predictor(demo_url, predictor, clips_dir):
 def test_the_documented_api_name_is_the_public_one(demo_url):
     from gradio_client import Client
 
-    # The page's "Use via API" lists /classify and nothing else: no /classify_1 twin of the examples' handler.
-    assert list(
-        Client(demo_url, verbose=False).view_api(return_format="dict", print_info=False)["named_endpoints"]
-    ) == ["/classify"]
+    # The page's "Use via API" lists /classify and /timeline: no /classify_1 twin of the examples' handler.
+    api = Client(demo_url, verbose=False).view_api(return_format="dict", print_info=False)
+    assert sorted(api["named_endpoints"]) == ["/classify", "/timeline"]
+
+
+def test_timeline_tab_plots_and_tables_the_predictors_timeline(demo_url, predictor, clips_dir):
+    from gradio_client import Client, handle_file
+
+    video = clips_dir / "good.mp4"
+    plot, table = Client(demo_url, verbose=False).predict(handle_file(str(video)), 0.5, api_name="/timeline")
+    expected = predictor.timeline(video, window_s=0.5, top_k=5)
+    assert len(expected) > 1 and len(table["data"]) == len(expected)
+    assert [row[:3] for row in table["data"]] == [[e.start_s, e.end_s, e.labels[0]["label"]] for e in expected]
+    assert plot["type"] == "matplotlib" and len(plot["plot"]) > 1000  # a rendered figure
 
 
 def test_client_bad_file_gives_message_and_app_keeps_working(demo_url, clips_dir):
@@ -191,6 +201,14 @@ def test_browser_upload_bad_then_good(demo_url, predictor, clips_dir, tmp_path):
             page.locator("#frames img").nth(7).wait_for(timeout=30_000)
             assert page.locator("#frames img").count() == 8
             page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+
+            page.get_by_role("tab", name="Timeline").click()  # the timeline: a plot and a table of windows
+            page.set_input_files("#timeline-input input[type=file]", str(clips_dir / "good.mp4"))
+            page.locator("#timeline-plot img").first.wait_for(timeout=60_000)
+            segments = predictor.timeline(clips_dir / "good.mp4")
+            top = segments[0].labels[0]["label"]  # the table's first window, as the page shows it
+            page.locator(f"#timeline-table >> text='{top}' >> visible=true").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "timeline.png"), full_page=True)
         finally:
             browser.close()
     assert (tmp_path / "demo.png").stat().st_size > 10_000

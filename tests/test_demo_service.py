@@ -58,4 +58,24 @@ def test_demo_page_mounted_at_ui_calls_the_service_in_process(service_url, tiny_
     top5, gallery, details = client.predict(handle_file(str(video)), api_name="/classify")
     assert [c["label"] for c in top5["confidences"]] == [e["label"] for e in expected["labels"]]
     assert len(gallery) == 8 and "BentoML service, in-process" in details  # it went through the service
-    assert list(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == ["/classify"]
+    assert sorted(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == [
+        "/classify",
+        "/timeline",
+    ]
+
+
+@pytest.mark.slow
+def test_timeline_through_the_service_matches_the_predictor(service_url, tiny_bundle, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from demo.app import ServiceClassifier
+    from stadapter_deploy import load_predictor
+    from stadapter_deploy.video.synthetic import write_motion_video
+
+    video = write_motion_video(tmp_path / "clip.mp4", label=2, seed=3)
+    expected = [s.to_dict() for s in load_predictor(tiny_bundle).timeline(video, window_s=0.5)]
+    over_http = ServiceClassifier(service_url).timeline(video, 0.5)  # python -m demo --service URL
+    assert [s["frames"] for s in over_http] == [e["frames"] for e in expected]
+    assert [s["labels"][0]["label"] for s in over_http] == [e["labels"][0]["label"] for e in expected]
+    _, table = Client(f"{service_url}/ui/", verbose=False).predict(handle_file(str(video)), 0.5, api_name="/timeline")
+    assert [row[2] for row in table["data"]] == [e["labels"][0]["label"] for e in expected]  # /ui, in-process
