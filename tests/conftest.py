@@ -77,6 +77,14 @@ def server_process(server):
 
 
 @pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The hard-case videos of tests/video_corpus.py (B-frames, MPEG-2 PS, TS, AVI, VP9 alt-ref, ...): name -> path."""
+    import video_corpus
+
+    return video_corpus.make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
 def bomb(tmp_path_factory):
     """A 189 KB H.264 file declaring two 8000x8000 frames (a decode bomb)."""
     import video_corpus

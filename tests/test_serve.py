@@ -364,3 +364,11 @@ def test_classify_timeline_matches_predictor_timeline(server, local, videos):
         f"{url}/classify_timeline", files=files, data={"window_s": "0.05", "stride_s": "0.01"}, timeout=60
     )
     assert many.status_code == 422 and "more than 8 windows" in many.json()["error"]  # the server is set to 8
+
+
+def test_every_hard_case_video_that_ffmpeg_decodes_gets_200(server, local, corpus):
+    url, _ = server
+    for name, path in corpus.items():
+        response = post_video(url, path)
+        assert response.status_code == 200, (name, response.text)
+        assert response.json()["frames"] == local.classify(path).frames, name  # the frames a player shows

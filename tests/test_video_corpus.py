@@ -48,11 +48,6 @@ SAMPLINGS = [  # (frames, sampling rate, temporal views): uniform, strided, mult
 
 
 @pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    return video_corpus.make_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="session")
 def oracles(corpus):
     return {name: video_corpus.oracle(path) for name, path in corpus.items()}
 
