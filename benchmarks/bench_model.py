@@ -1,5 +1,6 @@
-"""Forward time of the B/16 12x384 model on one 8x224x224 clip (fp32, this CPU), and the two exact
-forms of the adapter's temporal conv side by side: 3 shifted multiply-adds vs permute + nn.Conv3d.
+"""Forward time of the B/16 12x384 model on one 8x224x224 clip (fp32, this CPU), side by side: the
+two exact forms of the adapter's temporal conv (3 shifted multiply-adds vs permute + nn.Conv3d), and
+the last block trimmed to the class token (the default) vs run on every token.
 
     python benchmarks/bench_model.py [--repeats 7] [--threads N]
 
@@ -37,6 +38,19 @@ def randomize_adapters(model: torch.nn.Module) -> None:
                 module.conv.bias.normal_(std=0.1)
 
 
+def interleaved_ms(model: torch.nn.Module, clip: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Median forward ms with model.trim_last_block True and False, alternating so load hits both alike."""
+    times = {True: [], False: []}
+    for _ in range(repeats + 1):  # the first round warms up
+        for trim in times:
+            model.trim_last_block = trim
+            start = time.perf_counter()
+            model(clip)
+            times[trim].append((time.perf_counter() - start) * 1e3)
+    model.trim_last_block = True
+    return statistics.median(times[True][1:]), statistics.median(times[False][1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per measurement (median reported)")
@@ -55,6 +69,9 @@ def main() -> None:
         for form, use_conv3d in (("shifted multiply-adds", False), ("permute + nn.Conv3d", True)):
             model.use_conv3d = use_conv3d
             rows.append((f"B/16 12x384 forward, 1x8x224x224, {form}", median_ms(lambda: model(clip), args.repeats)))
+        trimmed, full = interleaved_ms(model, clip, args.repeats)
+        rows.append(("B/16 12x384 forward, Conv3d form, last block on the class token only", trimmed))
+        rows.append(("B/16 12x384 forward, Conv3d form, last block on every token", full))
 
         adapter = model.transformer.resblocks[0].adapter_pre_mlp
         h = torch.randn(8, 8, 196, 384)  # [B, T, P, Ca]: the adapter's hidden tokens for a batch of 8 clips
@@ -69,6 +86,7 @@ def main() -> None:
         print(f"| {name} | {ms:.1f} |")
     print(f"\nfull forward: Conv3d form / shifted form = {rows[1][1] / rows[0][1]:.3f}")
     print(f"temporal conv alone: Conv3d form / shifted form = {conv3d / shifted:.2f}")
+    print(f"trimmed last block / full last block = {trimmed / full:.3f}")
 
 
 if __name__ == "__main__":
