@@ -60,7 +60,7 @@ def export_onnx(
     form: str = DEFAULT_CONV_FORM,
     batch_example: int = 2,
     exporter: str = "torchscript",
-    num_frames: int | None = None,
+    num_frames: int = 8,
 ) -> Path:
     """Export `model` (fp32, eval) to `path`; external data beside it when over 2 GB. Returns `path`.
 
@@ -74,7 +74,7 @@ def export_onnx(
         raise ValueError(f"opset {opset} < {MIN_OPSET}: LayerNorm would not export as one LayerNormalization node")
     path = Path(path)
     cfg = model.cfg
-    num_frames = num_frames or cfg.num_frames  # T is fixed in the graph; only the batch is dynamic
+    # T is fixed in the graph (the bundle's preprocessing says which); only the batch is dynamic
     example = torch.randn(batch_example, 3, num_frames, cfg.image_size, cfg.image_size)
     net = model.eval()
     if fp16:
