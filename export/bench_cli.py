@@ -100,6 +100,11 @@ def run_bench(argv: list[str]) -> int:
     int8_peak = int8_gemm_gops(args.threads, *shape) if any(p == "int8" for _, p in pairs) else None
     if int8_peak:
         print(f"# int8 GEMM (onnxruntime DynamicQuantizeMatMul), same shape: {int8_peak:.1f} GOP/s", flush=True)
+    bf16_peak = None
+    if any(p == "bf16" for _, p in pairs):
+        bf16_peak = bench.torch_matmul_gflops(args.threads, *shape, dtype=torch.bfloat16)
+        print(f"# bf16 GEMM (torch.mm), same shape: {bf16_peak:.1f} GFLOP/s", flush=True)
+    peaks = {"int8": int8_peak, "bf16": bf16_peak}
     print(f"# CPU flags: {' '.join(sorted(cpu_simd_flags()))}", flush=True)
     print(
         f"# {b.model_name}: {gflop:.1f} GFLOP per clip; machine fp32 matmul {peak:.1f} GFLOP/s "
@@ -111,10 +116,10 @@ def run_bench(argv: list[str]) -> int:
         for batch in args.batches:
             for p in predictors:
                 row = bench.time_predictor(p, batch, args.iters, args.budget, gflop, args.threads, args.matmul_seconds)
-                if p.precision == "int8" and int8_peak:  # its floor is the int8 GEMM rate, not the fp32 one
-                    row.matmul_gflops, row.floor_share = int8_peak, row.gflops / int8_peak
+                if peaks.get(p.precision):  # an int8 or bf16 row's floor is that precision's GEMM rate
+                    row.matmul_gflops, row.floor_share = peaks[p.precision], row.gflops / peaks[p.precision]
                 print(
-                    f"  {row.backend:<18} batch {batch:>3}: {row.clips_per_s:8.2f} clips/s, "
+                    f"  {row.backend:<20} {row.precision:<5} batch {batch:>3}: {row.clips_per_s:8.2f} clips/s, "
                     f"p50 {row.p50_ms:8.0f} ms ({row.iters} calls)",
                     flush=True,
                 )

@@ -62,12 +62,14 @@ def _median_rate(run, flop: float, seconds: float) -> float:
     return statistics.median(rates)
 
 
-def torch_matmul_gflops(threads: int, m: int = 1576, k: int = 768, n: int = 3072, seconds: float = 2.0) -> float:
-    """Median fp32 GEMM rate of torch.mm at one shape (default: a B/16 clip's MLP)."""
+def torch_matmul_gflops(
+    threads: int, m: int = 1576, k: int = 768, n: int = 3072, seconds: float = 2.0, dtype=torch.float32
+) -> float:
+    """Median GEMM rate of torch.mm at one shape (default: a B/16 clip's MLP), fp32 unless `dtype` says."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
         return _median_rate(lambda: torch.mm(a, b), 2 * m * k * n, seconds)
     finally:
         torch.set_num_threads(old)
@@ -170,7 +172,7 @@ def machine_info(threads: int) -> dict:
 
 def markdown_table(rows: list[Row]) -> str:
     lines = [
-        "| backend | precision | batch | iters | clips/s | p50 ms | p99 ms | GFLOP/s | matmul GFLOP/s "
+        "| backend | precision | batch | iters | clips/s | p50 ms | p99 ms | GFLOP/s | GEMM rate (its precision) "
         "| share of FLOP floor |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
