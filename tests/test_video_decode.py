@@ -232,3 +232,9 @@ def test_bad_arguments(motion_video):
         decode_frames(motion_video, [16])
     with pytest.raises(ValueError, match="spatial_views"):
         load_eval_views(motion_video, spatial_views=2)
+
+
+def test_an_unknown_codec_is_a_video_error(motion_video):
+    data = motion_video.read_bytes().replace(b"avc1", b"zzzz")  # a codec tag no decoder knows
+    with pytest.raises(VideoError, match="codec is not one this decoder knows"):
+        load_eval_views(data, size=32)

@@ -100,6 +100,8 @@ def _video_stream(container: av.container.InputContainer, video: VideoSource) ->
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         raise VideoError(f"no video stream in {_name(video)} (it holds: {', '.join(kinds)})")
     stream = container.streams.video[0]
+    if stream.codec_context is None:  # a codec tag no decoder in this FFmpeg knows
+        raise VideoError(f"the video's codec is not one this decoder knows: {_name(video)}")
     # Slice threads, PyAV's default. Frame threads (FFmpeg 8) drop the last frames after a trailing packet
     # that holds no picture, and conceal damaged packets differently: not the reference decode.
     stream.thread_type = "SLICE"
