@@ -352,7 +352,8 @@ def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE
             return classify(video)
 
     strip_height = gallery_height(getattr(classifier, "frames_shown", 8))
-    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+    # Gradio keeps uploads and the frames it shows in its cache; every hour it drops what is over an hour old.
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             f"# {title}\n{subtitle}\n\nUpload a short video (mp4, webm, avi, mkv, mov) or pick an example. "
             "The page shows the top-5 classes, the frames the model looked at, and how long each stage took."
