@@ -32,7 +32,7 @@ from serve.decoding import make_decoder
 from serve.errors import BadRequest, error, model_failure
 from serve.guard import UploadGuard, UploadRoute
 from serve.pinning import pin_bundle
-from serve.settings import Settings, load_settings
+from serve.settings import READY_FRESH_S, READY_PROBE_S, Settings, load_settings
 from serve.workers import JobFailed, JobRejected, ProcessPool
 from stadapter_deploy.errors import ConfigError, STAdapterError
 from stadapter_deploy.predict.timeline import Segment, check_seconds
@@ -81,8 +81,6 @@ def _startup() -> tuple[Settings, Bundle]:
 
 SETTINGS, BUNDLE = _startup()
 DEFAULT_TOP_K = 5
-READY_PROBE_S = 0.8  # /readyz asks the model for at most this long
-READY_FRESH_S = 1.0  # a batch this recent proves the model is up without asking (keeps /readyz cheap under load)
 
 BATCH_CLIPS = bentoml.metrics.Histogram(
     name="stadapter_model_batch_clips",

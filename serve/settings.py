@@ -29,6 +29,8 @@ from pathlib import Path
 from stadapter_deploy.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
+READY_PROBE_S = 0.8  # /readyz asks the model for at most this long
+READY_FRESH_S = 1.0  # a batch this recent proves the model is up without asking (keeps /readyz cheap under load)
 # Where a bundle is looked for when STADAPTER_BUNDLE is unset: the one a built bento carries, then
 # the one ./quickstart.sh writes.
 DEFAULT_BUNDLES = (ROOT / "bundle", ROOT / "runs" / "quickstart" / "bundle")
