@@ -86,7 +86,7 @@ def test_readyz_answers_at_once_and_says_503_while_the_model_worker_is_down(serv
         for _ in range(3):
             start = time.monotonic()
             assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
-            assert time.monotonic() - start < 2.0  # within a second, plus this loaded machine's slack
+            assert time.monotonic() - start < 5.0  # a hang detector (it hung 120 s), not a speed test
     finally:
         model.resume()
     (model,) = workers(server_process, "--service-name stadapter_model")
