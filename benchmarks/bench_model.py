@@ -16,18 +16,8 @@ import time
 import torch
 
 from stadapter_deploy import build_model
+from stadapter_deploy.export.bench import median_ms
 from stadapter_deploy.model import STAdapter
-
-
-def median_ms(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def randomize_adapters(model: torch.nn.Module) -> None:

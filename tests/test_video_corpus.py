@@ -136,7 +136,7 @@ def test_limits_refuse_a_huge_frame_before_decoding(bomb, monkeypatch):
     assert bomb.stat().st_size < 1_000_000
     with pytest.raises(VideoTooLargeError, match="8000x8000.*STADAPTER_MAX_PIXELS"):
         prepare_eval_views(bomb, Preprocessing(num_frames=2, size=32))
-    monkeypatch.setattr(decode_module, "_frames", None)  # nothing may be decoded: the headers decide
+    monkeypatch.setattr(decode_module, "decoded_frames", None)  # nothing may be decoded: the headers decide
     with pytest.raises(VideoTooLargeError):
         decode_frames(bomb, [0])
     assert "STADAPTER_MAX_PIXELS" in check_video(str(bomb))

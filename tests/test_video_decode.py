@@ -147,14 +147,14 @@ def test_video_longer_than_an_hour_decodes_only_what_it_needs(tmp_path):
 def test_long_video_seeks_and_decodes_only_the_frames_it_needs(tmp_path, monkeypatch):
     path = encode(tmp_path / "gop.mp4", levels(60, 16, 16, step=4), options={"g": "6", "bf": "0"})
     decoded = []
-    real = decode_module._frames
+    real = decode_module.decoded_frames
 
     def counting(container, stream, limits):
         for frame in real(container, stream, limits):
             decoded.append(frame.pts)
             yield frame
 
-    monkeypatch.setattr(decode_module, "_frames", counting)
+    monkeypatch.setattr(decode_module, "decoded_frames", counting)
     monkeypatch.setattr(decode_module, "SEEK_MIN_FRAMES", 60)  # treat this clip as a long video
     assert frame_ids(decode_frames(path, [2, 57], decoder="pyav"), step=4) == [2, 57]
     assert len(decoded) <= 12  # two keyframe groups, not all 60 frames

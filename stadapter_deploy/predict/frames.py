@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from ..errors import VideoError
+from ..video.decode import decoded_frames
 from ..video.limits import DecodeLimits
 from .inputs import is_stream
 
@@ -78,23 +79,8 @@ def open_frames(source) -> FrameSource:
 def sequential_frames(source: FrameSource, limits: DecodeLimits | None = None) -> Iterator[av.VideoFrame]:
     """Decoded frames in output order; convert each with `to_rgb` before asking for the next."""
     limits = limits or DecodeLimits.from_env()
-    count = 0
-    try:
-        for packet in source.container.demux(source.stream):
-            try:
-                decoded = packet.decode()
-            except av.error.MemoryError:
-                raise
-            except av.FFmpegError:
-                continue
-            for frame in decoded:
-                count += 1
-                if not source.live:  # a live stream has no end to bound; its memory is bounded by the window
-                    limits.check_frames(count)
-                limits.check_size(frame.width, frame.height)
-                yield frame
-    except av.FFmpegError:
-        return
+    # a live stream has no end to bound by a frame count; its memory is bounded by the window
+    yield from decoded_frames(source.container, source.stream, limits, count_frames=not source.live)
 
 
 def to_rgb(frame: av.VideoFrame) -> np.ndarray:

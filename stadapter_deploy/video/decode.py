@@ -154,11 +154,13 @@ def scan(video: VideoSource, limits: DecodeLimits | None = None) -> Probe:
     return info
 
 
-def _frames(container, stream, limits: DecodeLimits):
-    """Decoded frames in output order from the current position, within the limits.
+def decoded_frames(container, stream, limits: DecodeLimits, count_frames: bool = True):
+    """Decoded frames in output order from the current position, within the limits (frame i of a video
+    is the i-th this yields from the start). `count_frames=False` for a live stream, which has no end.
 
     Like ffmpeg, a packet that fails to decode is skipped and decoding goes on; a demuxing error
-    (a truncated file) ends the video quietly; running out of memory raises VideoTooLargeError.
+    (a truncated file, a dropped connection) ends the video quietly; running out of memory raises
+    VideoTooLargeError.
     """
     count = 0
     try:
@@ -171,7 +173,8 @@ def _frames(container, stream, limits: DecodeLimits):
                 continue
             for frame in decoded:
                 count += 1
-                limits.check_frames(count)
+                if count_frames:
+                    limits.check_frames(count)
                 limits.check_size(frame.width, frame.height)
                 yield frame
     except av.error.MemoryError:
@@ -191,7 +194,7 @@ def _decode_sequential(video: VideoSource, keep: set[int], stop: int | None, lim
     with _open_container(video) as container:
         stream = _video_stream(container, video)
         _check_headers(container, stream, limits)
-        for frame in _frames(container, stream, limits):
+        for frame in decoded_frames(container, stream, limits):
             first = first or (_rotation(frame), frame.height, frame.width)
             if count in keep:
                 held[count] = _rgb(frame)
@@ -212,7 +215,7 @@ def _seek_landing(container, stream, info: Probe, index: int, limits: DecodeLimi
     j = bisect.bisect_right(info.keyframes, index) - 1
     for key in reversed(info.keyframes[max(0, j - 2) : j + 1]):
         container.seek(info.frame_pts[key], stream=stream, backward=True)
-        frames = _frames(container, stream, limits)
+        frames = decoded_frames(container, stream, limits)
         for frame in itertools.islice(frames, MAX_LEADING_FRAMES):
             landed = key_index.get(frame.pts)
             if landed is not None:
