@@ -124,29 +124,26 @@ class InProcessClassifier:
         return self._service or bentoml.get_current_service()
 
     async def __call__(self, video: str | Path, top_k: int = TOP_K) -> DemoResult:
-        from stadapter_deploy.errors import VideoError
-
         service = self.service
-        try:
-            result = await service.classify_video(Path(video), min(top_k, len(service.bundle.labels)))
-        except Exception as e:
-            status = getattr(e, "status", None)  # the service's answer in words, with the HTTP status it would send
-            if status is None or status >= 500:
-                raise ServiceUnavailable(str(e)) from e
-            raise VideoError(str(e)) from None
+        call = service.classify_video(Path(video), min(top_k, len(service.bundle.labels)))
+        result = await self._answer(call)
         return result_from(result, service.bundle.model_name, " (BentoML service, in-process)")
 
     async def timeline(self, video: str | Path, window_s: float | None = None) -> list[dict]:
+        return [s.to_dict() for s in await self._answer(self.service.timeline_video(Path(video), window_s=window_s))]
+
+    @staticmethod
+    async def _answer(call):
+        """Await a service call; its refusal (which carries the HTTP status it would send) as the page's errors."""
         from stadapter_deploy.errors import VideoError
 
         try:
-            segments = await self.service.timeline_video(Path(video), window_s=window_s)
+            return await call
         except Exception as e:
             status = getattr(e, "status", None)
             if status is None or status >= 500:
                 raise ServiceUnavailable(str(e)) from e
             raise VideoError(str(e)) from None
-        return [s.to_dict() for s in segments]
 
 
 class ServiceClassifier:
@@ -158,7 +155,8 @@ class ServiceClassifier:
         self._model_name: str | None = None
 
     def timeline(self, video: str | Path, window_s: float | None = None) -> list[dict]:
-        return _service_timeline(self.url, video, window_s, self.timeout_s)
+        data = {} if window_s is None else {"window_s": str(window_s)}
+        return _post_video(self.url, "/classify_timeline", Path(video), data, self.timeout_s)["segments"]
 
     def model_name(self) -> str:
         if self._model_name is None:
@@ -166,28 +164,12 @@ class ServiceClassifier:
         return self._model_name
 
     def __call__(self, video: str | Path, top_k: int = TOP_K) -> DemoResult:
-        import httpx
 
-        from stadapter_deploy.errors import VideoError
         from stadapter_deploy.video import decode_frames
 
         path = Path(video)
         start = time.perf_counter()
-        try:
-            with path.open("rb") as f:
-                response = httpx.post(
-                    f"{self.url}/classify",
-                    files={"video": (path.name, f, "application/octet-stream")},
-                    data={"top_k": str(top_k)},
-                    timeout=self.timeout_s,
-                )
-        except httpx.HTTPError as e:
-            raise ServiceUnavailable(f"{self.url} did not answer ({e}).") from e
-        if 400 <= response.status_code < 500:
-            raise VideoError(_error_text(response))
-        if response.status_code >= 500:
-            raise ServiceUnavailable(f"{self.url} failed: {_error_text(response)}")
-        body = response.json()
+        body = _post_video(self.url, "/classify", path, {"top_k": str(top_k)}, self.timeout_s)
         timings = {k: float(v) for k, v in body.get("timings_ms", {}).items()}
         timings["round trip"] = (time.perf_counter() - start) * 1000.0
         indices = [int(i) for i in body.get("frames", [])]
@@ -203,24 +185,23 @@ class ServiceClassifier:
         )
 
 
-def _service_timeline(url: str, video: str | Path, window_s: float | None, timeout_s: float) -> list[dict]:
+def _post_video(url: str, endpoint: str, path: Path, data: dict, timeout_s: float) -> dict:
+    """POST an upload to the service; its JSON, or a VideoError (4xx: the file) or ServiceUnavailable."""
     import httpx
 
     from stadapter_deploy.errors import VideoError
 
-    path = Path(video)
-    data = {} if window_s is None else {"window_s": str(window_s)}
     try:
         with path.open("rb") as f:
             files = {"video": (path.name, f, "application/octet-stream")}
-            response = httpx.post(f"{url}/classify_timeline", files=files, data=data, timeout=timeout_s)
+            response = httpx.post(f"{url}{endpoint}", files=files, data=data, timeout=timeout_s)
     except httpx.HTTPError as e:
         raise ServiceUnavailable(f"{url} did not answer ({e}).") from e
     if 400 <= response.status_code < 500:
         raise VideoError(_error_text(response))
     if response.status_code >= 500:
         raise ServiceUnavailable(f"{url} failed: {_error_text(response)}")
-    return response.json()["segments"]
+    return response.json()
 
 
 class ServiceUnavailable(RuntimeError):

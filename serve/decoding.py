@@ -52,11 +52,11 @@ def timeline_clips(path: str, pre, views: int | None, window_s, stride_s, max_wi
 
     import torch
 
-    from stadapter_deploy.predict.timeline import iter_window_batches
+    from stadapter_deploy.predict.timeline import iter_window_batches, timeline_preprocessing
     from stadapter_deploy.video.limits import VideoTooLargeError
 
     start = time.perf_counter()
-    pre = pre.replace(temporal_views=1, spatial_views=views or pre.spatial_views)
+    pre = timeline_preprocessing(pre, views)
     data = Path(path).read_bytes()  # bytes, so the upload's name can never be taken for a URL
     batches = []
     for batch in iter_window_batches(data, pre, window_s, stride_s, batch_windows=max_windows + 1):
@@ -66,14 +66,13 @@ def timeline_clips(path: str, pre, views: int | None, window_s, stride_s, max_wi
                 f"the timeline has more than {max_windows} windows, the server's limit (set "
                 f"{MAX_TIMELINE_WINDOWS_ENV}); send a shorter video, a longer stride, or use stadapter-predict"
             )
-    win = batches[-1].win
     return {
         "clips": torch.cat([b.clips.flatten(0, 1) for b in batches]).numpy(),  # [W * V, 3, T, S, S]
         "views": pre.views,
         "windows": [
-            {"start_s": round(s / win.fps, 6), "end_s": round((s + b.win.window) / win.fps, 6), "frames": f}
+            {"start_s": start_s, "end_s": end_s, "frames": frames}
             for b in batches
-            for s, f in zip(b.starts, b.frames, strict=True)
+            for (start_s, end_s), frames in zip(b.times(), b.frames, strict=True)
         ],
         "timings_ms": {"decode": (time.perf_counter() - start) * 1e3},
     }

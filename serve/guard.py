@@ -147,18 +147,13 @@ async def check_form(scope, body, route: UploadRoute) -> None:
             raise Refusal(400, f"too many videos: at most {route.max_files} per request")
         for item in files:
             check_file(item, route.file_field)
-        for name in route.options:
+        checks = [(name, check_integer) for name in route.options] + [(name, check_number) for name in route.numbers]
+        for name, check in checks:
             values = form.getlist(name)
             if len(values) > 1:
                 raise Refusal(400, f"the field {name!r} is given {len(values)} times")
             if values:
-                check_integer(name, values[0])
-        for name in route.numbers:
-            values = form.getlist(name)
-            if len(values) > 1:
-                raise Refusal(400, f"the field {name!r} is given {len(values)} times")
-            if values:
-                check_number(name, values[0])
+                check(name, values[0])
     finally:
         await form.close()
 

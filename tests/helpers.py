@@ -72,3 +72,22 @@ def rewrite_manifest(bundle: Path, change) -> None:
     manifest = json.loads(path.read_text())
     change(manifest)
     path.write_text(json.dumps(manifest))
+
+
+def serve_until_it_exits(env: dict, timeout_s: float = 120):
+    """Run `bentoml serve` from the repository root with `env` added, for a setup it must refuse at start:
+    the CompletedProcess (stderr as text)."""
+    import os
+    import subprocess
+    import sys
+
+    from serve.local import ROOT, free_port
+
+    return subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )

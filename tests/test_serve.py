@@ -18,8 +18,9 @@ import httpx
 import numpy as np
 import pytest
 from helpers import SERVE_MAX_UPLOAD_MB as MAX_UPLOAD_MB
+from helpers import serve_until_it_exits
 
-from serve.local import ROOT, free_port
+from serve.local import ROOT
 from stadapter_deploy import load_predictor
 from stadapter_deploy.video.synthetic import write_motion_video
 
@@ -299,14 +300,7 @@ def test_temp_files_are_removed(server, bad, videos):
 
 def test_startup_fails_in_one_line_on_a_bad_bundle(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
-    result = subprocess.run(
-        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
-        cwd=ROOT,
-        env={**os.environ, "STADAPTER_BUNDLE": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = serve_until_it_exits({"STADAPTER_BUNDLE": str(tmp_path)})
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[-1].startswith("stadapter serve: cannot start:") and "schema" in lines[-1]
@@ -314,16 +308,9 @@ def test_startup_fails_in_one_line_on_a_bad_bundle(tmp_path):
 
 
 def test_startup_refuses_a_precision_the_bundle_lacks(tiny_bundle, tmp_path):
-    env = {**os.environ, "STADAPTER_BUNDLE": str(tiny_bundle), "STADAPTER_BACKEND": "onnxruntime-cpu"}
+    env = {"STADAPTER_BUNDLE": str(tiny_bundle), "STADAPTER_BACKEND": "onnxruntime-cpu"}
     env |= {"STADAPTER_PRECISION": "int8", "BENTOML_HOME": str(tmp_path / "bentoml")}
-    result = subprocess.run(
-        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = serve_until_it_exits(env)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and "STADAPTER_PRECISION='int8': the bundle holds no int8 ONNX" in lines[-1]
 

@@ -4,20 +4,16 @@ The tests that kill workers wait until the server is whole again before they end
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psutil
 import pytest
-from helpers import copy_bundle, make_tiny_checkpoint, rewrite_manifest
+from helpers import copy_bundle, make_tiny_checkpoint, rewrite_manifest, serve_until_it_exits
 
-from serve.local import ROOT, free_port
 from stadapter_deploy import load_predictor
 from stadapter_deploy.video.synthetic import write_motion_video
 
@@ -187,16 +183,8 @@ def test_classify_batch_answers_per_video(server, clip, tiny_bundle):
 def test_a_bundle_that_does_not_fit_its_model_stops_the_server_at_once(tiny_bundle, tmp_path):
     copy = copy_bundle(tiny_bundle, tmp_path / "b")
     rewrite_manifest(copy, lambda m: m["preprocessing"].update(size=48))
-    env = {**os.environ, "STADAPTER_BUNDLE": str(copy), "BENTOML_HOME": str(tmp_path / "bh")}
     start = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = serve_until_it_exits({"STADAPTER_BUNDLE": str(copy), "BENTOML_HOME": str(tmp_path / "bh")})
     lines = [line for line in result.stderr.splitlines() if "stadapter serve: cannot start" in line]
     assert result.returncode != 0 and len(lines) == 1, result.stderr[-2000:]
     assert "does not fit its model" in lines[0] and "[N, 3, 8, 32, 32]" in lines[0]

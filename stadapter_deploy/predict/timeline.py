@@ -87,9 +87,8 @@ def frame_clip(rgb: np.ndarray, pre) -> torch.Tensor:
     return torch.stack([c[:, 0] for c in crops])
 
 
-def timeline_preprocessing(predictor, views: int | None):
-    """The recipe's preprocessing for one clip per window: its spatial crops (or `views` of them)."""
-    pre = predictor.preprocessing
+def timeline_preprocessing(pre, views: int | None):
+    """The recipe's preprocessing `pre` for one clip per window: its spatial crops (or `views` of them)."""
     return pre.replace(temporal_views=1, spatial_views=views or pre.spatial_views)
 
 
@@ -104,20 +103,19 @@ class WindowBatch:
     win: Windows
     live: bool
 
+    def times(self) -> list[tuple[float, float]]:
+        """(start_s, end_s) of each window: frame index / the stream's average fps."""
+        fps, window = self.win.fps, self.win.window
+        return [(round(start / fps, 6), round((start + window) / fps, 6)) for start in self.starts]
+
     def segments(self, logits: np.ndarray, top_k) -> list[Segment]:
         """logits [B, V, C] -> one Segment per window; top_k(logits [V, C]) -> labels."""
         done = time.perf_counter()
+        latency = [round((done - arrived) * 1e3, 3) if self.live else None for arrived in self.arrived]
+        rows = zip(self.times(), self.frames, latency, logits, strict=True)
         return [
-            Segment(
-                start_s=round(start / self.win.fps, 6),
-                end_s=round((start + self.win.window) / self.win.fps, 6),
-                labels=top_k(window_logits),
-                frames=frames,
-                latency_ms=round((done - arrived) * 1e3, 3) if self.live else None,
-            )
-            for start, frames, arrived, window_logits in zip(
-                self.starts, self.frames, self.arrived, logits, strict=True
-            )
+            Segment(start_s, end_s, top_k(window_logits), frames, ms)
+            for (start_s, end_s), frames, ms, window_logits in rows
         ]
 
 
@@ -178,7 +176,7 @@ def iter_timeline(
 ) -> Iterator[Segment]:
     """Segments of `video` (a path, the file's bytes, or a stream URL) in time order, as they complete."""
     check_top_k(predictor, top_k)
-    pre = timeline_preprocessing(predictor, views)
+    pre = timeline_preprocessing(predictor.preprocessing, views)
     max_clips = predictor.max_batch or DEFAULT_BATCH_CLIPS
     for batch in iter_window_batches(video, pre, window_s, stride_s, batch_windows, max_clips):
         logits = predictor.predict(batch.clips.flatten(0, 1)).reshape(len(batch.starts), pre.views, -1)  # [B, V, C]
