@@ -18,17 +18,22 @@ def build_model(
     clip: str | Path | None = None,
     adapter: str | Path | None = None,
     checkpoint: str | Path | W.Checkpoint | None = None,
+    adapter_layout: str | ModelConfig | None = None,
     **overrides,
 ) -> STAdapterViT:
     """Build the model, optionally loading weights.
 
     build_model("vit_b16_adapter12x384", num_classes=400)            # random init, no weights
     build_model(clip="ViT-B-16.pt", adapter="checkpoint-11.pth")      # architecture inferred
+    build_model(clip="ViT-L-14-336px.pt", adapter_layout="vit_b16_adapter24x384")  # SSv2's adapters, every block
     build_model(checkpoint="runs/k400/final")                        # our own format
     build_model("tiny", clip=...)                                     # preset + backbone weights
 
-    Without a preset the architecture is inferred from the weights. Loading is strict: a missing,
-    unexpected or mis-shaped key raises WeightsError naming the keys and the presets that would fit.
+    Without a preset the architecture is inferred from the weights: the backbone from `clip`, the
+    adapters from `adapter`, else fresh ones in every block placed as `adapter_layout` places them
+    (its placement, width, kernel and dropout; default: pre-MLP, width 384, the K400 recipe's).
+    Loading is strict: a missing, unexpected or mis-shaped key raises WeightsError naming the keys
+    and the presets that would fit.
     """
     if checkpoint is not None:
         if clip is not None or adapter is not None:
@@ -41,7 +46,8 @@ def build_model(
 
     backbone = W.load_clip_state_dict(clip) if clip is not None else None
     adapters = W.load_adapter_checkpoint(adapter) if adapter is not None else None
-    cfg = resolve_config(preset, backbone, adapters, overrides)
+    shape = W.infer_backbone_config(backbone, heads=W.hf_config_heads(clip)) if backbone is not None else None
+    cfg = resolve_config(preset, shape, adapters, overrides, adapter_layout)
     model = STAdapterViT(cfg)
     if backbone is not None:
         backbone = {k: v for k, v in backbone.items() if k not in W.UNUSED_CLIP_KEYS}
@@ -52,21 +58,27 @@ def build_model(
 
 
 def resolve_config(
-    preset: str | ModelConfig | None, backbone: dict | None, adapters: dict | None, overrides: dict
+    preset: str | ModelConfig | None,
+    backbone_shape: dict | None,
+    adapters: dict | None,
+    overrides: dict,
+    adapter_layout: str | ModelConfig | None = None,
 ) -> ModelConfig:
+    """The preset's config; without one, `backbone_shape` (infer_backbone_config) with adapters as the
+    `adapters` state dict has them, else in every block as `adapter_layout` places them."""
+    if preset is not None and adapter_layout is not None:
+        raise ValueError("adapter_layout= places adapters on an inferred backbone: pass it without a preset")
     if isinstance(preset, ModelConfig):
         cfg = preset
     elif preset is not None:
         cfg = get_preset(preset)
     else:
-        if backbone is None:
+        if backbone_shape is None:
             raise ValueError("build_model needs a preset name, clip= weights, or checkpoint=")
-        inferred = W.infer_backbone_config(backbone)
-        # Without an adapter file: fresh pre-MLP adapters in every block (the K400 recipe's layout).
-        inferred["adapter_layers"] = inferred["layers"]
+        layout = get_preset(adapter_layout) if isinstance(adapter_layout, str) else adapter_layout or ModelConfig()
+        cfg = layout.replace(**backbone_shape, adapter_layers=backbone_shape["layers"])
         if adapters is not None:
-            inferred |= W.infer_adapter_config(adapters, inferred["layers"])
-        cfg = ModelConfig(**inferred)
+            cfg = cfg.replace(**W.infer_adapter_config(adapters, cfg.layers))
     return cfg.replace(**overrides) if overrides else cfg
 
 
@@ -107,4 +119,6 @@ def _mismatch_message(cfg, state, source, part, missing, unexpected, mismatched)
         fits = ModelConfig(**W.infer_backbone_config(state), adapter_layers=0)  # the backbone part only
         names = presets_with_backbone(fits)
         lines.append(f"  the file holds a {backbone_name(fits)} backbone; presets that fit: {names or 'none'}")
+        if part == "backbone":
+            lines.append("  without a preset (no --preset) the architecture is inferred from the file")
     return "\n".join(lines)

@@ -103,10 +103,20 @@ def get_preset(name: str) -> ModelConfig:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
 
 
+# (width, layers, patch) of the CLIP ViTs released by OpenAI (B/32, B/16, L/14) and open_clip (H/14).
+BACKBONE_NAMES = {
+    (768, 12, 32): "ViT-B/32",
+    (768, 12, 16): "ViT-B/16",
+    (1024, 24, 14): "ViT-L/14",
+    (1280, 32, 14): "ViT-H/14",
+}
+
+
 def backbone_name(cfg: ModelConfig) -> str:
-    """A readable name for the backbone part of a config, e.g. 'ViT-B/16'."""
-    known = {(768, 12, 16): "ViT-B/16", (768, 12, 32): "ViT-B/32", (1024, 24, 14): "ViT-L/14"}
-    return known.get((cfg.width, cfg.layers, cfg.patch_size), f"ViT(w={cfg.width},l={cfg.layers},p={cfg.patch_size})")
+    """A readable name for the backbone part of a config: 'ViT-B/16', 'ViT-L/14@336px', 'ViT(w=64,l=3,p=8)@32px'."""
+    shape = (cfg.width, cfg.layers, cfg.patch_size)
+    name = BACKBONE_NAMES.get(shape, f"ViT(w={cfg.width},l={cfg.layers},p={cfg.patch_size})")
+    return name if cfg.image_size == 224 else f"{name}@{cfg.image_size}px"
 
 
 def presets_with_backbone(cfg: ModelConfig) -> list[str]:

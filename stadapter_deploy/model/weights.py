@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import zipfile
 from pathlib import Path
@@ -85,11 +86,13 @@ def load_safetensors(path: str | Path) -> StateDict:
 def load_clip_state_dict(path: str | Path) -> StateDict:
     """Read a CLIP vision backbone from any supported format, in our parameter names, float32."""
     path = _existing(path)
-    if path.is_dir():
-        candidates = sorted(path.glob("*.safetensors"))
-        if not candidates:
+    if path.is_dir():  # a Hugging Face model folder; large models are sharded over several files
+        shards = sorted(path.glob("*.safetensors"))
+        if not shards:
             raise WeightsError(f"{path} is a directory without a .safetensors file")
-        path = candidates[0]
+        sd = {k: v for shard in shards for k, v in load_safetensors(shard).items()}
+        sd = convert_clip_state_dict(sd, source=str(path))
+        return {k: v.float() for k, v in sd.items()}
     if _is_torchscript(path):
         sd = _load_torchscript(path)
     elif _is_safetensors(path):
@@ -155,12 +158,56 @@ def _convert_hf(sd: StateDict) -> StateDict:
     return out
 
 
-def infer_backbone_config(sd: StateDict) -> dict:
-    """Width, layers, heads, patch and resolution from tensor shapes (heads = width / 64, as CLIP)."""
+# open_clip's ViT-H/14, g/14, bigG/14 and e/14 have 16 heads of width 80, 88, 104 and 112; every OpenAI
+# and Hugging Face CLIP ViT up to L/14 has heads of width 64. The file holds no head count.
+HEADS_BY_WIDTH = {1280: 16, 1408: 16, 1664: 16, 1792: 16}
+
+
+def infer_backbone_config(sd: StateDict, heads: int | None = None) -> dict:
+    """Width, layers, heads, patch and resolution from tensor shapes.
+
+    Resolution = sqrt(positional_embedding rows - 1) x patch (336 for L/14@336px). Heads are not in the
+    shapes: `heads` when known (a Hugging Face config.json), else CLIP's width / 64 (HEADS_BY_WIDTH aside).
+    """
     width, _, patch, _ = sd["conv1.weight"].shape
-    grid = int(round((sd["positional_embedding"].shape[0] - 1) ** 0.5))
+    rows = sd["positional_embedding"].shape[0]
+    grid = math.isqrt(rows - 1)
+    if grid * grid != rows - 1:
+        raise WeightsError(
+            f"positional_embedding has {rows} rows, not 1 class token + a square grid of patches: "
+            "not a CLIP ViT this model can run"
+        )
     layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
-    return dict(width=width, layers=layers, heads=max(1, width // 64), patch_size=patch, image_size=grid * patch)
+    heads = heads or HEADS_BY_WIDTH.get(width, max(1, width // 64))
+    return dict(width=width, layers=layers, heads=heads, patch_size=patch, image_size=grid * patch)
+
+
+HF_CLIP_TYPES = ("clip", "clip_vision_model")
+
+
+def hf_config_heads(path: str | Path) -> int | None:
+    """The head count from the Hugging Face config.json of a model folder or beside a weight file
+    (None without one). A config whose activation is not CLIP's QuickGELU is refused: this model
+    computes QuickGELU only, so those weights would give wrong features without an error."""
+    path = Path(path)
+    config_path = (path if path.is_dir() else path.parent) / "config.json"
+    if not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(config, dict) or config.get("model_type") not in HF_CLIP_TYPES:
+        return None  # not a Hugging Face CLIP config (e.g. our own checkpoint's config.json)
+    vision = config.get("vision_config") or config  # CLIPModel nests it; CLIPVisionModel does not
+    activation = vision.get("hidden_act", "quick_gelu")
+    if activation != "quick_gelu":
+        raise WeightsError(
+            f"{config_path}: hidden_act is {activation!r}; this model computes CLIP's QuickGELU only, so these "
+            "weights would give wrong features (use a QuickGELU CLIP: OpenAI's, or open_clip's -quickgelu ones)"
+        )
+    heads = vision.get("num_attention_heads")
+    return heads if isinstance(heads, int) and heads > 0 else None
 
 
 # ----------------------------------------------------------------------------- adapter checkpoints
