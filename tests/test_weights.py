@@ -11,8 +11,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from stadapter_deploy import WeightsError, build_model
-from stadapter_deploy.model import get_preset, is_trainable_name, save_checkpoint, trainable_state_dict
-from stadapter_deploy.model.weights import load_adapter_checkpoint
+from stadapter_deploy.model import ModelConfig, get_preset, is_trainable_name, save_checkpoint, trainable_state_dict
+from stadapter_deploy.model.config import backbone_name
+from stadapter_deploy.model.weights import infer_backbone_config, load_adapter_checkpoint
 
 # Tiny with both placements in every block, and heads = width / 64 as CLIP has (inference assumes it).
 PRESET = dict(adapter_pre_attn=True, adapter_pre_mlp=True, heads=max(1, get_preset("tiny").width // 64))
@@ -59,7 +60,8 @@ def nested_module(state: dict[str, torch.Tensor]) -> nn.Module:
 
 
 class FakeOpenAICLIP(nn.Module):
-    """Parameters laid out as in OpenAI's ViT-B-16.pt: `visual.*` plus the text tower, stored in fp16."""
+    """Parameters laid out as in OpenAI's ViT-B-16.pt: `visual.*` plus the text tower, stored in fp16, and
+    the int64 `input_resolution`, `context_length` and `vocab_size` entries the release archives hold."""
 
     def __init__(self, backbone: dict[str, torch.Tensor]):
         super().__init__()
@@ -69,6 +71,10 @@ class FakeOpenAICLIP(nn.Module):
             self.add_module(name, child)
         for name, param in tree.named_parameters(recurse=False):
             self.register_parameter(name, param)
+        grid = round((backbone["positional_embedding"].shape[0] - 1) ** 0.5)
+        resolution = grid * backbone["conv1.weight"].shape[-1]
+        for name, value in (("input_resolution", resolution), ("context_length", 77), ("vocab_size", 49408)):
+            self.register_buffer(name, torch.tensor(value))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.logit_scale.float()
@@ -263,3 +269,118 @@ def test_not_a_clip_state_dict(tmp_path):
     torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(WeightsError, match="does not look like a CLIP vision backbone"):
         build_model(clip=tmp_path / "other.pth")
+
+
+# ----------------------------------------------------------------------------- the released ViT shapes
+# Real CLIP weights cannot be downloaded here: these files have the exact layouts, key names, patch sizes
+# and resolutions of the released ones, at a tiny width and depth.
+RELEASED_SHAPES = {  # name: (patch, input resolution)
+    "OpenAI ViT-B/32": (32, 224),  # 7 x 7 + 1 positional rows
+    "OpenAI ViT-L/14@336px": (14, 336),  # 24 x 24 + 1
+    "open_clip ViT-B-16-plus-240": (16, 240),  # 15 x 15 + 1
+}
+
+
+def clip_backbone(patch: int, size: int, width: int = 64, layers: int = 2, heads: int | None = None, seed: int = 0):
+    """A random CLIP vision tower of this patch and resolution, weights rounded to fp16 as released:
+    (a model holding it, with fresh adapters; its backbone state dict, with CLIP's unused `proj`)."""
+    torch.manual_seed(seed)
+    shape = dict(width=width, layers=layers, heads=heads or max(1, width // 64), patch_size=patch, image_size=size)
+    model = build_model(ModelConfig(**shape, adapter_layers=layers, num_classes=3)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not is_trainable_name(name):
+                p.copy_(torch.randn_like(p).mul_(0.2).half().float())
+    backbone = {k: v for k, v in model.state_dict().items() if not is_trainable_name(k)}
+    backbone["proj"] = torch.randn(width, 16).half().float()
+    return model, backbone
+
+
+def released_layout_files(tmp_path, backbone) -> dict:
+    """backbone_files, plus an open_clip training checkpoint (DDP names under `state_dict`) and a Hugging
+    Face model folder sharded over two safetensors files with its config.json."""
+    files = backbone_files(tmp_path, backbone)
+    open_clip = {f"module.visual.{k}": v for k, v in backbone.items()} | {
+        f"module.{k}": v for k, v in text_tower().items()
+    }
+    torch.save({"epoch": 32, "name": "ViT-B-32-quickgelu", "state_dict": open_clip}, tmp_path / "epoch_32.pt")
+    files["open_clip_training_checkpoint"] = tmp_path / "epoch_32.pt"
+    folder = tmp_path / "clip-vit-hf"
+    folder.mkdir()
+    hf = to_hf(backbone, vision_only=False)
+    keys = sorted(hf)
+    save_file({k: hf[k] for k in keys[::2]}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({k: hf[k] for k in keys[1::2]}, str(folder / "model-00002-of-00002.safetensors"))
+    width = backbone["conv1.weight"].shape[0]
+    vision = {"hidden_size": width, "num_attention_heads": max(1, width // 64), "hidden_act": "quick_gelu"}
+    (folder / "config.json").write_text(json.dumps({"model_type": "clip", "vision_config": vision}))
+    files["hf_sharded_folder"] = folder
+    return files
+
+
+@pytest.mark.parametrize("shape", RELEASED_SHAPES)
+def test_released_vit_shapes_are_inferred_from_every_format(tmp_path, shape):
+    patch, size = RELEASED_SHAPES[shape]
+    model, backbone = clip_backbone(patch, size)
+    clip = torch.randn(1, 3, 2, size, size)
+    with torch.no_grad():
+        expected = model.features(clip)
+    for name, path in released_layout_files(tmp_path, backbone).items():
+        loaded = build_model(clip=path).eval()
+        cfg = loaded.cfg
+        assert (cfg.patch_size, cfg.image_size, cfg.width, cfg.layers, cfg.heads) == (patch, size, 64, 2, 1), name
+        assert cfg.tokens_per_frame == (size // patch) ** 2 + 1, name
+        with torch.no_grad():  # fresh adapters are the identity: the features are the backbone's
+            torch.testing.assert_close(loaded.features(clip), expected, atol=1e-5, rtol=0, msg=name)
+
+
+def test_adapter_layout_puts_a_presets_adapters_in_every_block(tmp_path):
+    _, backbone = clip_backbone(32, 224, layers=3)
+    torch.save(backbone, tmp_path / "clip.pt")
+    ssv2 = build_model(clip=tmp_path / "clip.pt", adapter_layout="vit_b16_adapter24x384", num_classes=5).cfg
+    assert (ssv2.adapter_layers, ssv2.adapter_pre_attn, ssv2.adapter_pre_mlp, ssv2.adapter_width) == (
+        3,
+        True,
+        True,
+        384,
+    )
+    assert (ssv2.num_classes, ssv2.image_size, ssv2.patch_size) == (5, 224, 32)
+    tiny = build_model(clip=tmp_path / "clip.pt", adapter_layout="tiny").cfg
+    assert (tiny.adapter_layers, tiny.adapter_width, tiny.dropout, tiny.width) == (3, 32, 0.0, 64)
+    with pytest.raises(ValueError, match="without a preset"):
+        build_model("tiny", clip=tmp_path / "clip.pt", adapter_layout="tiny")
+
+
+def test_heads_come_from_a_hugging_face_config_json(tmp_path):
+    model, backbone = clip_backbone(16, 64, width=128, heads=4)  # heads 32 wide, not CLIP's 64
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    save_file(to_hf(backbone, vision_only=True), str(folder / "model.safetensors"))
+    clip = torch.randn(1, 3, 2, 64, 64)
+    with torch.no_grad():
+        expected = model.features(clip)
+        guessed = build_model(clip=folder).eval()  # no config.json: width / 64 = 2 heads
+        assert guessed.cfg.heads == 2 and not torch.allclose(guessed.features(clip), expected, atol=1e-3)
+        vision = {"model_type": "clip_vision_model", "num_attention_heads": 4, "hidden_act": "quick_gelu"}
+        (folder / "config.json").write_text(json.dumps(vision))
+        for path in (folder, folder / "model.safetensors"):
+            loaded = build_model(clip=path).eval()
+            assert loaded.cfg.heads == 4
+            torch.testing.assert_close(loaded.features(clip), expected, atol=1e-5, rtol=0)
+    (folder / "config.json").write_text(json.dumps(vision | {"hidden_act": "gelu"}))  # LAION-style GELU towers
+    with pytest.raises(WeightsError, match="hidden_act is 'gelu'.*QuickGELU"):
+        build_model(clip=folder)
+
+
+def test_wide_open_clip_vits_have_16_heads_and_odd_embeddings_are_refused():
+    def shapes(width, layers, patch, rows):  # infer_backbone_config reads shapes only
+        sd = {"conv1.weight": torch.empty(width, 3, patch, patch), "positional_embedding": torch.empty(rows, width)}
+        return sd | {f"transformer.resblocks.{i}.ln_1.weight": torch.empty(width) for i in range(layers)}
+
+    h14 = infer_backbone_config(shapes(1280, 32, 14, 257))  # open_clip ViT-H-14: head width 80
+    assert h14 == dict(width=1280, layers=32, heads=16, patch_size=14, image_size=224)
+    assert backbone_name(ModelConfig(**h14)) == "ViT-H/14"
+    l14_336 = infer_backbone_config(shapes(1024, 24, 14, 577))
+    assert l14_336["heads"] == 16 and backbone_name(ModelConfig(**l14_336)) == "ViT-L/14@336px"
+    with pytest.raises(WeightsError, match="256 rows, not 1 class token"):  # no class token (SigLIP-style)
+        infer_backbone_config(shapes(768, 12, 16, 256))

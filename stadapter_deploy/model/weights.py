@@ -118,9 +118,11 @@ def convert_clip_state_dict(sd: dict, source: str = "state dict") -> StateDict:
     for wrapper in ("state_dict", "model"):
         if wrapper in sd and isinstance(sd[wrapper], dict):
             sd = sd[wrapper]
+    if sd and all(k.startswith("module.") for k in sd):  # saved from a DDP wrapper (open_clip's training checkpoints)
+        sd = {k.removeprefix("module."): v for k, v in sd.items()}
     if any(k.startswith(("vision_model.", "embeddings.", "encoder.layers.")) for k in sd):
         return _convert_hf(sd)
-    for prefix in ("module.", "visual.", "image_encoder."):
+    for prefix in ("visual.", "image_encoder."):
         if any(k.startswith(prefix + "conv1.") for k in sd):
             sd = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     if "conv1.weight" not in sd:
