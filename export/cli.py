@@ -53,7 +53,11 @@ def export_parser() -> argparse.ArgumentParser:
         "CPUs with VNNI/AMX, where `auto` then prefers it; gated on top-1 agreement with fp32 on decoded clips",
     )
     p.add_argument(
-        "--trt", action="store_true", help="also build a TensorRT FP16 engine (needs TensorRT 10 and an NVIDIA GPU)"
+        "--trt",
+        action="store_true",
+        help="also build a TensorRT FP16 engine, strongly typed from model.fp16.onnx (so --trt writes it too); "
+        "needs TensorRT 10.12+ or 11.x and an NVIDIA GPU; without them the ONNX bundle is written and the exit "
+        "code is 2",
     )
     p.add_argument("--trt-min-batch", type=int, default=1, help="TensorRT profile: smallest batch (default 1)")
     p.add_argument("--trt-opt-batch", type=int, default=8, help="TensorRT profile: batch tuned for (default 8)")

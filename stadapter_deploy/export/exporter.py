@@ -165,8 +165,10 @@ def export_bundle(source: ExportSource, out: str | Path, options: ExportOptions 
     model, pre = source.model.float().eval(), source.preprocessing
     cfg = model.cfg
     trt_missing = tensorrt_missing() if options.trt else None
-    steps = ["weights", "onnx fp32"] + ["onnx fp16"] * options.fp16 + ["onnx int8"] * options.int8
-    steps += ["tensorrt"] * (options.trt and not trt_missing)
+    build_trt = options.trt and not trt_missing
+    write_fp16 = options.fp16 or build_trt  # the engine is built from the fp16 ONNX
+    steps = ["weights", "onnx fp32"] + ["onnx fp16"] * write_fp16 + ["onnx int8"] * options.int8
+    steps += ["tensorrt"] * build_trt
     steps += ["parity"] * options.verify
     bar = progress_bar(len(steps), "export", enabled=options.progress, unit="step")
     with B.BundleWriter(out, overwrite=options.overwrite) as w:
@@ -181,7 +183,7 @@ def export_bundle(source: ExportSource, out: str | Path, options: ExportOptions 
         onnx_fields = dict(opset=options.opset, temporal_conv=options.conv_form, exporter=options.exporter)
         artifacts.append(_onnx_artifact(model, tmp, ONNX_FILE, "fp32", pre, options, onnx_fields))
         bar.update()
-        if options.fp16:
+        if write_fp16:
             bar.set_postfix_str("onnx fp16")
             artifacts.append(_onnx_artifact(model, tmp, ONNX_FP16_FILE, "fp16", pre, options, onnx_fields))
             bar.update()
@@ -189,7 +191,7 @@ def export_bundle(source: ExportSource, out: str | Path, options: ExportOptions 
             bar.set_postfix_str("onnx int8")
             artifacts.append(_int8_artifact(tmp, onnx_fields))
             bar.update()
-        if options.trt and not trt_missing:
+        if build_trt:
             bar.set_postfix_str("tensorrt")
             artifacts.append(_trt_artifact(tmp, pre, options))
             bar.update()
@@ -251,7 +253,7 @@ def _trt_artifact(folder: Path, pre: Preprocessing, options: ExportOptions) -> d
 
     gpu = gpu_name()
     plan = folder / plan_name(gpu, trt.__version__)
-    build_engine(folder / ONNX_FILE, plan, pre.clip_shape, options.trt_profile, options.timing_cache)
+    build_engine(folder / ONNX_FP16_FILE, plan, pre.clip_shape, options.trt_profile, options.timing_cache)
     p = options.trt_profile
     return B.artifact_entry(
         folder,
@@ -262,7 +264,8 @@ def _trt_artifact(folder: Path, pre: Preprocessing, options: ExportOptions) -> d
         profile={"min": p.min, "opt": p.opt, "max": p.max},
         gpu=gpu,
         tensorrt_version=trt.__version__,
-        built_from=ONNX_FILE,
+        built_from=ONNX_FP16_FILE,
+        network="strongly typed",
     )
 
 

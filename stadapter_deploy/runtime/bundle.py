@@ -8,7 +8,8 @@ A bundle is a directory:
     model.safetensors   full fp32 weights
     model.onnx          fp32 ONNX, dynamic batch
     model.fp16.onnx     optional: half precision ONNX (LayerNorm and softmax in fp32)
-    *.plan              optional: TensorRT FP16 engine, named after the GPU and TensorRT version
+    *.plan              optional: TensorRT FP16 engine (strongly typed, from model.fp16.onnx), named
+                        after the GPU and TensorRT version it runs on
     README.md           a short model card
 
 `load_bundle` checks the manifest and every artifact's size and sha256; a modified or truncated

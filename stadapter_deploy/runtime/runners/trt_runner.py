@@ -1,25 +1,44 @@
-"""TensorRT: a prebuilt FP16 engine run through the TensorRT 10 tensor-by-name API.
+"""TensorRT: a prebuilt FP16 engine run through the tensor-by-name API of TensorRT 10.12+ and 11.
 
-Engines are tied to one GPU model and one TensorRT version; the manifest records both and only an
-engine built for this GPU is offered. Device buffers are torch CUDA tensors (no pycuda), allocated
-once at the profile's maximum batch, as NVIDIA's samples do; a call only copies in and out.
+Engines are tied to one GPU model and one TensorRT version; the manifest records both, and an
+engine built for another GPU or version is refused with one line that gives the command to rebuild it
+here. Device buffers are torch CUDA tensors (no pycuda), allocated once at the profile's maximum
+batch, as NVIDIA's samples do; a call only copies in and out.
 """
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 
 from ...errors import BundleError
-from ..bundle import Bundle
+from ..bundle import LABELS_FILE, Bundle
 from ..runner import Runner
+
+# Strongly typed networks (how engines are built, export/tensorrt_build.py) need 10.12 or newer.
+MIN_TENSORRT = (10, 12)
+
+
+def tensorrt_version_problem(version: str) -> str | None:
+    """None when TensorRT `version` ("10.12.0.36", "11.4.0.106") is new enough, else why not."""
+    try:
+        major_minor = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return f"TensorRT reports an unreadable version {version!r}"
+    if major_minor < MIN_TENSORRT:
+        return f"TensorRT {version} is too old: strongly typed engines need 10.12 or newer (pip install -U tensorrt)"
+    return None
 
 
 def tensorrt_missing() -> str | None:
-    """None when TensorRT and a CUDA GPU are usable here, else what is missing, in words."""
+    """None when TensorRT 10.12+ and a CUDA GPU are usable here, else what is missing, in words."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except ImportError:
         return "TensorRT is not installed (pip install tensorrt from NVIDIA's index; see README)"
+    if problem := tensorrt_version_problem(tensorrt.__version__):
+        return problem
     import torch
 
     if not torch.cuda.is_available():
@@ -30,18 +49,31 @@ def tensorrt_missing() -> str | None:
 def gpu_name() -> str:
     import torch
 
-    return torch.cuda.get_device_name(0)
+    return torch.cuda.get_device_name()  # the current device: the one the engine would run on
 
 
-def engine_for_this_machine(bundle: Bundle) -> dict | None:
-    """The bundle's TensorRT artifact built for this GPU and TensorRT version, if any."""
-    import tensorrt as trt
+def rebuild_command(bundle: Bundle) -> str:
+    """The stadapter-export line that rebuilds this bundle with an engine for the machine it runs on."""
+    path = str(bundle.path)
+    out = path.rstrip("/") + "-trt"
+    args = ["stadapter-export", "--checkpoint", path, "--labels", f"{path}/{LABELS_FILE}"]
+    args += ["--name", bundle.model_name, "--out", out, "--trt"]
+    return shlex.join(args)
 
-    here = gpu_name()
-    for a in bundle.find("tensorrt"):
-        if a.get("gpu") == here and a.get("tensorrt_version") == trt.__version__:
-            return a
-    return None
+
+def select_engine(bundle: Bundle, gpu: str, trt_version: str) -> dict:
+    """The bundle's engine built for `gpu` and `trt_version`; BundleError (one line, with the rebuild
+    command) when it holds none."""
+    engines = bundle.find("tensorrt")
+    for artifact in engines:
+        if artifact.get("gpu") == gpu and artifact.get("tensorrt_version") == trt_version:
+            return artifact
+    built = "; ".join(f"{a['file']} for {a.get('gpu')} / TensorRT {a.get('tensorrt_version')}" for a in engines)
+    raise BundleError(
+        f"{bundle.path} holds no TensorRT engine for this machine ({gpu} / TensorRT {trt_version}); "
+        f"it holds {built or 'none'}, and an engine runs only on the GPU model and TensorRT version it was "
+        f"built with. Rebuild here: {rebuild_command(bundle)}"
+    )
 
 
 class TensorRTRunner(Runner):
@@ -55,7 +87,15 @@ class TensorRTRunner(Runner):
     def available(cls, bundle: Bundle, device: str) -> str | None:
         if not bundle.find("tensorrt"):
             return "the bundle holds no tensorrt artifact"
-        return tensorrt_missing() or (None if engine_for_this_machine(bundle) else "no engine for this GPU")
+        if missing := tensorrt_missing():
+            return missing
+        import tensorrt as trt
+
+        try:
+            select_engine(bundle, gpu_name(), trt.__version__)
+        except BundleError as e:
+            return str(e)
+        return None
 
     @classmethod
     def default_precision(cls, bundle: Bundle, device: str) -> tuple[str, str]:
@@ -67,23 +107,20 @@ class TensorRTRunner(Runner):
         import tensorrt as trt
         import torch
 
-        artifact = engine_for_this_machine(bundle)
-        if artifact is None:
-            built = [f"{a.get('gpu')} / TensorRT {a.get('tensorrt_version')}" for a in bundle.find("tensorrt")]
-            raise BundleError(
-                f"{bundle.path} holds no TensorRT engine for {gpu_name()} / TensorRT {trt.__version__} "
-                f"(engines in the bundle: {built or 'none'}); rebuild with stadapter-export --trt on this machine"
-            )
-        self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
-            bundle.file(artifact).read_bytes()
-        )
+        artifact = select_engine(bundle, gpu_name(), trt.__version__)
+        plan = bundle.file(artifact)
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
-            raise BundleError(f"TensorRT cannot deserialize {bundle.file(artifact)}")
+            raise BundleError(f"TensorRT cannot deserialize {plan}; rebuild it: {rebuild_command(bundle)}")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = lambda n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
         self.input_name = next(n for n in names if is_input(n))
         self.output_name = next(n for n in names if not is_input(n))
+        for n in (self.input_name, self.output_name):  # the fp16 ONNX keeps float32 I/O (keep_io_types)
+            if self.engine.get_tensor_dtype(n) != trt.float32:
+                raise BundleError(f"{plan}: engine tensor {n!r} is {self.engine.get_tensor_dtype(n)}, not float32")
         self.max_batch = int(artifact["batch"]["max"])
         clip_shape = bundle.preprocessing.clip_shape
         self.input = torch.empty((self.max_batch, *clip_shape), dtype=torch.float32, device="cuda")
@@ -97,7 +134,7 @@ class TensorRTRunner(Runner):
 
         n = len(clips)
         with torch.cuda.stream(self.stream):
-            self.input[:n].copy_(torch.from_numpy(clips), non_blocking=False)  # float32 I/O, fp16 inside
+            self.input[:n].copy_(torch.from_numpy(clips))  # float32 I/O, fp16 inside
             self.context.set_input_shape(self.input_name, (n, *clips.shape[1:]))
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed")
