@@ -31,6 +31,7 @@ from train.cli import build_parser
 
 # Data paths that need not exist: only check_paths looks at the disk.
 SOME_DATA = dict(train_root="/d/train", train_list="/d/train.txt", val_root="/d/val", val_list="/d/val.txt")
+RANDOM = dict(random_backbone=True)  # k400/ssv2 without --clip, on purpose
 
 
 def test_schedule_warms_up_linearly_then_half_cosine_to_zero():
@@ -103,13 +104,13 @@ def test_config_layers_recipe_then_toml_then_flags(tmp_path, monkeypatch):
         '[ssv2]\ntrain_root = "/nowhere"\n'
     )
     monkeypatch.setenv("STADAPTER_DATA_CONFIG", str(toml))
-    cfg = build_config("k400", tmp_path / "run", epochs=3, lr_per_256=None, num_frames=16)
+    cfg = build_config("k400", tmp_path / "run", epochs=3, lr_per_256=None, num_frames=16, **RANDOM)
     check_paths(cfg)
     assert cfg.train_root == tmp_path / "train" and cfg.val_list == tmp_path / "val.txt"
     r, p = cfg.recipe, cfg.recipe.preprocessing
     assert (r.num_classes, r.epochs, p.num_frames, p.sampling_rate, p.temporal_views) == (10, 3, 16, 16, 3)
     assert r.lr_per_256 == 1e-3 and r.total_batch == 192 and r.dataset == cfg.dataset == "k400"
-    flagged = build_config("k400", tmp_path / "run", data_config=toml, num_classes=7)
+    flagged = build_config("k400", tmp_path / "run", data_config=toml, num_classes=7, **RANDOM)
     assert flagged.recipe.num_classes == 7
 
 
@@ -128,6 +129,7 @@ def test_unset_or_missing_data_fails_with_what_to_set(tmp_path, monkeypatch):
         train_list=tmp_path / "nope.txt",
         val_root=tmp_path / "nodir",
         val_list=tmp_path / "nope.txt",
+        **RANDOM,
     )
     with pytest.raises(ConfigError, match="nope.txt does not exist"):
         check_paths(cfg)
@@ -216,10 +218,10 @@ def test_every_recipe_value_is_a_flag_and_flags_reach_the_config(tmp_path):
     settable = {f.name for f in fields(Recipe)} - {"dataset", "preprocessing"}
     assert settable <= set(RECIPE_FLAGS)
     argv = ["k400", "--save-dir", str(tmp_path), "--num-frames", "16", "--epochs", "3", "--lr-per-256", "0.5"]
-    argv += ["--train-augment", "none", "--no-adapters", "--num-workers", "1", "--preset", "tiny"]
+    argv += ["--train-augment", "none", "--no-adapters", "--num-workers", "1", "--preset", "tiny", "--random-backbone"]
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in SOME_DATA.items()]
     args = vars(build_parser().parse_args(argv))
-    cfg = build_config(args.pop("dataset"), args.pop("save_dir"), args.pop("data_config"), **args)
+    cfg = build_config(args.pop("recipe"), args.pop("save_dir"), args.pop("data_config"), **args)
     r = cfg.recipe
     assert (r.preprocessing.num_frames, r.epochs, r.lr_per_256, r.train_augment, r.preset) == (
         16,
@@ -254,7 +256,7 @@ def test_default_workers_follow_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
     assert default_num_workers() == 2
-    assert build_config("k400", "run", **SOME_DATA).num_workers == 2
+    assert build_config("k400", "run", **SOME_DATA, **RANDOM).num_workers == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: two processes share the two cores
     assert default_num_workers() == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
@@ -262,7 +264,7 @@ def test_default_workers_follow_the_cores_this_process_may_use(monkeypatch):
 
 
 def test_unknown_class_names_get_the_bundle_placeholder():
-    cfg = build_config("k400", "run", **SOME_DATA, num_classes=3)  # not the shipped 400: names unknown
+    cfg = build_config("k400", "run", **SOME_DATA, **RANDOM, num_classes=3)  # not the shipped 400: names unknown
     assert data.class_names(cfg) == ["class_0", "class_1", "class_2"]
 
 

@@ -380,6 +380,8 @@ def test_wide_open_clip_vits_have_16_heads_and_odd_embeddings_are_refused():
     h14 = infer_backbone_config(shapes(1280, 32, 14, 257))  # open_clip ViT-H-14: head width 80
     assert h14 == dict(width=1280, layers=32, heads=16, patch_size=14, image_size=224)
     assert backbone_name(ModelConfig(**h14)) == "ViT-H/14"
+    h14_378 = infer_backbone_config(shapes(1280, 32, 14, 730))  # DFN's ViT-H-14-378-quickgelu: 27 x 27 + 1
+    assert (h14_378["image_size"], backbone_name(ModelConfig(**h14_378))) == (378, "ViT-H/14@378px")
     l14_336 = infer_backbone_config(shapes(1024, 24, 14, 577))
     assert l14_336["heads"] == 16 and backbone_name(ModelConfig(**l14_336)) == "ViT-L/14@336px"
     with pytest.raises(WeightsError, match="256 rows, not 1 class token"):  # no class token (SigLIP-style)

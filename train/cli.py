@@ -1,9 +1,9 @@
-"""`python -m train {k400,ssv2,synthetic}`: argument parsing over stadapter_deploy.train.
+"""`python -m train {k400,ssv2,synthetic} [--dataset NAME]`: argument parsing over stadapter_deploy.train.
 
-Defaults come from the recipe (stadapter_deploy/recipes.py); every flag left unset keeps the
-recipe's value. The flags are generated from the fields of TrainConfig and the recipe
-(stadapter_deploy/train/config.py), help text included. The same command runs under
-`torchrun --nproc_per_node N -m train ...`.
+Defaults come from the recipe (stadapter_deploy/recipes.py) and the data from the dataset's table of
+the data config; every flag left unset keeps the recipe's value. The flags are generated from the
+fields of TrainConfig and the recipe (stadapter_deploy/train/config.py), help text included. The same
+command runs under `torchrun --nproc_per_node N -m train ...`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ def recipes_table() -> str:
     for name, r in RECIPES.items():
         p = r.preprocessing
         views = f"{p.spatial_views}x{p.temporal_views} views"
+        backbone = "random backbone without --clip" if r.random_backbone else "needs --clip"
         rows.append(
-            f"  {name:9s} preset {r.preset}, {r.num_classes} classes, {p.num_frames} frames, rate {p.sampling_rate}, "
-            f"{views}, batch {r.total_batch}, {r.epochs} epochs ({r.warmup_epochs:g} warmup), "
+            f"  {name:9s} preset {r.preset} ({backbone}), {r.num_classes} classes, {p.num_frames} frames, "
+            f"rate {p.sampling_rate}, {views}, batch {r.total_batch}, {r.epochs} epochs ({r.warmup_epochs:g} warmup), "
             f"lr {r.lr_per_256:g}/256, wd {r.weight_decay:g}, augment {r.train_augment}"
         )
     return "\n".join(rows)
@@ -37,6 +38,7 @@ EXAMPLES = """
 examples:
   python -m train synthetic --save-dir runs/synthetic
   python -m train k400 --clip ViT-B-16.pt --data-config data.toml --save-dir runs/k400 --auto-resume
+  python -m train k400 --dataset ucf101 --clip ViT-L-14-336px.pt --data-config data.toml --save-dir runs/ucf101
   torchrun --nproc_per_node 8 -m train k400 --clip ViT-B-16.pt --data-config data.toml --save-dir runs/k400
 """
 
@@ -81,14 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=recipes_table() + "\n" + EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dataset", choices=sorted(RECIPES), help="which recipe to run (its defaults are listed below)")
+    p.add_argument(
+        "recipe",
+        choices=sorted(RECIPES),
+        help="which recipe to run (its defaults are listed below); the data comes from --dataset",
+    )
     p.add_argument("--save-dir", required=True, help="output folder: log.jsonl, curves.png, checkpoints, final/")
     groups = {name: p.add_argument_group(title) for name, title in GROUP_TITLES.items()}
     groups["data"].add_argument(
         "--data-config",
         metavar="TOML",
-        help="TOML file with train_root/train_list/val_root/val_list[/num_classes/class_names], in a table "
-        "named after the dataset; default: $STADAPTER_DATA_CONFIG",
+        help="TOML file with train_root/train_list/val_root/val_list[/num_classes/class_names] in one table "
+        "per dataset, picked by --dataset; default: $STADAPTER_DATA_CONFIG",
     )
     for name, kind, meta in flag_fields():
         add_flag(groups[meta["group"]], name, kind, meta)
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from stadapter_deploy.train.loop import run
 
     try:
-        cfg = build_config(args.pop("dataset"), args.pop("save_dir"), args.pop("data_config"), **args)
+        cfg = build_config(args.pop("recipe"), args.pop("save_dir"), args.pop("data_config"), **args)
         run(cfg)
     except (STAdapterError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

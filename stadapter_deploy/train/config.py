@@ -1,11 +1,16 @@
 """TrainConfig: a recipe (stadapter_deploy/recipes.py), then the data config file (TOML), then flags.
 
+The recipe (`python -m train k400`) gives the hyperparameters; the dataset (`--dataset NAME`, default
+the recipe's name) picks the table of the data config that gives the data: roots, lists, num_classes
+and class names. Any recipe runs on any dataset.
+
 Each setting is declared once, as a dataclass field: the recipe's in `Recipe` / `Preprocessing`,
 the rest in `TrainConfig` below, whose field metadata carries the `--flag` help (train/cli.py
 generates the command line from these fields). Values are checked in `__post_init__`; only the
 filesystem is checked later, by `check_paths`, once a synthetic dataset has been generated.
 
-A data config is a small TOML file; one file can hold several datasets, one table each:
+A data config is a small TOML file; one file can hold several datasets, one table each, named as
+`--dataset` names them:
 
     [k400]
     train_root = "/data/k400/train"      # folder the list's paths are relative to
@@ -15,7 +20,11 @@ A data config is a small TOML file; one file can hold several datasets, one tabl
     num_classes = 400                    # optional; the recipe's count by default
     class_names = "/data/k400/classes.txt"  # optional; one name per line
 
-Keys may also sit at the top level for a single-dataset file. Relative paths are relative to the file.
+    [ucf101]                             # python -m train k400 --dataset ucf101 ...
+    ...
+    num_classes = 101                    # required for a dataset that is not a recipe's own
+
+A file without tables holds one dataset, its keys at the top level. Relative paths are relative to the file.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..preprocessing import Preprocessing
-from ..recipes import Recipe, get_recipe
+from ..recipes import RECIPES, Recipe, get_recipe
 from ..video.augment import AUGMENTS
 
 if sys.version_info >= (3, 11):
@@ -63,8 +72,19 @@ def default_num_workers() -> int:
 # Flags for the recipe's own fields (Recipe and Preprocessing live outside training, so their help
 # is kept here). Preprocessing's size, mean and std are not flags: they follow the model.
 RECIPE_FLAGS: dict[str, dict] = {
-    "preset": {"help": "model preset (default: the recipe's, e.g. vit_b16_adapter12x384)"},
-    "num_classes": {"help": "number of classes (default: the data config's, else the recipe's)"},
+    "preset": {
+        "help": "model preset; the CLIP file must then fit it (default: with --clip the backbone the file "
+        "holds, with the adapters of the recipe's preset in every block; without --clip the recipe's preset)",
+        "group": "model",
+    },
+    "random_backbone": {
+        "help": "allow training without --clip, on a randomly initialized frozen backbone (experiments, tests; "
+        "the synthetic recipe's default). k400 and ssv2 refuse to run without --clip otherwise",
+        "group": "model",
+    },
+    "num_classes": {
+        "help": "number of classes (default: the dataset's table; else the count of the dataset named like a recipe)"
+    },
     "num_frames": {"help": "frames per clip"},
     "sampling_rate": {"help": "frame stride; 0 = uniform over the whole video"},
     "spatial_views": {"help": "eval spatial crops (1 or 3)"},
@@ -87,6 +107,12 @@ class TrainConfig:
     save_dir: Path
     recipe: Recipe  # hyperparameters and preprocessing (docs/method.md); every value can be overridden
     # data
+    dataset: str | None = option(
+        help="which table of the data config holds the data (default: the one named after the recipe); "
+        "recorded in final/config.json and the first line of the output",
+        group="data",
+        metavar="NAME",
+    )
     train_root: Path | None = option(help="folder the training list's paths are relative to", group="data")
     train_list: Path | None = option(help="training list file, one '<relative path> <label>' per line", group="data")
     val_root: Path | None = option(help="folder the validation list's paths are relative to", group="data")
@@ -95,15 +121,19 @@ class TrainConfig:
         help="file with one class name per line (default: the shipped list)", group="data"
     )
     data_root: Path | None = option(
-        help="synthetic only: where the generated dataset lives; generated when absent (default runs/synthetic-data)",
+        help="dataset synthetic only: where the generated dataset lives; generated when absent "
+        "(default runs/synthetic-data)",
         group="data",
     )
     # model
     clip: Path | None = option(
-        help="CLIP backbone weights: OpenAI .pt, open_clip/HF state dict or safetensors "
-        "(synthetic: random frozen backbone when unset)",
+        help="CLIP ViT weights for the frozen backbone: OpenAI .pt (B/32, B/16, L/14, L/14@336px), open_clip "
+        "state dict, Hugging Face safetensors (file or folder); without --preset the architecture and input size "
+        "follow the file. Required for k400/ssv2 (see --random-backbone)",
         group="model",
     )
+    adapter_width: int | None = option(help="adapter width (default: the recipe's; 384 for k400, ssv2)", group="model")
+    adapter_layers: int | None = option(help="adapters in the last N blocks only (default: every block)", group="model")
     pretrain: Path | None = option(
         help="start the adapters from this checkpoint (reference .pth or our final/ dir); the head starts fresh",
         group="model",
@@ -138,9 +168,12 @@ class TrainConfig:
     stop_after_epochs: int | None = option(
         help="leave after this many epochs as if killed (the schedule still spans --epochs)"
     )
+    preset_given: bool = False  # --preset was set: the CLIP file must fit it (else the backbone follows the file)
 
     def __post_init__(self) -> None:
         """Everything that can be checked without touching the disk; all problems in one message."""
+        if self.dataset is None:
+            self.dataset = self.recipe.dataset
         problems = []
         for key in DATA_KEYS:
             if getattr(self, key) is None:
@@ -168,16 +201,31 @@ class TrainConfig:
             problems.append(f"num_workers must be >= 0, got {self.num_workers}")
         if self.resume is not None and self.auto_resume:
             problems.append("pass either --resume PATH or --auto-resume, not both")
-        if problems:
-            raise ConfigError("bad training configuration:\n  " + "\n  ".join(problems))
-
-    @property
-    def dataset(self) -> str:
-        return self.recipe.dataset
+        if self.adapter_width is not None and self.adapter_width < 1:
+            problems.append(f"adapter_width must be >= 1, got {self.adapter_width}")
+        if self.adapter_layers is not None and (self.adapter_layers < 0 or self.no_adapters):
+            problems.append(f"adapter_layers must be >= 0 and not with --no-adapters, got {self.adapter_layers}")
+        if self.clip is None and not r.random_backbone:
+            problems.append(
+                f"the {r.dataset} recipe trains adapters on a pretrained backbone: pass --clip FILE (CLIP weights, "
+                "e.g. ViT-B-16.pt), or --random-backbone to train on a random one on purpose"
+            )
+        refuse(problems)
 
     @property
     def preprocessing(self) -> Preprocessing:
         return self.recipe.preprocessing
+
+    def model_overrides(self) -> dict:
+        """What the flags set on the model: classes and adapters, over the preset or the inferred backbone."""
+        out = {"num_classes": self.recipe.num_classes}
+        if self.adapter_width is not None:
+            out["adapter_width"] = self.adapter_width
+        if self.adapter_layers is not None:
+            out["adapter_layers"] = self.adapter_layers
+        if self.no_adapters:
+            out["adapter_layers"] = 0
+        return out
 
     def to_dict(self) -> dict:
         """JSON/torch-safe view (paths as strings; the recipe as nested dicts)."""
@@ -197,8 +245,18 @@ class TrainConfig:
         }
 
 
-def read_data_config(path: str | Path, dataset: str) -> dict:
-    """The [dataset] table of a TOML data config (or its top-level keys), paths made absolute."""
+def refuse(problems: list[str]) -> None:
+    """One problem: one line. Several: one per line."""
+    if len(problems) == 1:
+        raise ConfigError(f"bad training configuration: {problems[0]}")
+    if problems:
+        raise ConfigError("bad training configuration:\n  " + "\n  ".join(problems))
+
+
+def read_data_config(path: str | Path, dataset: str, required: bool = True) -> dict:
+    """The [dataset] table of a TOML data config (or, in a file without tables, its top-level keys),
+    paths made absolute. A missing table is refused with the names the file holds, or is empty when
+    not `required` (the synthetic dataset, generated when absent)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(f"data config {path} does not exist (set by --data-config or ${DATA_CONFIG_ENV})")
@@ -206,9 +264,21 @@ def read_data_config(path: str | Path, dataset: str) -> dict:
         doc = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"data config {path} is not valid TOML: {e}") from None
-    table = doc.get(dataset, {k: v for k, v in doc.items() if not isinstance(v, dict)})
-    if not isinstance(table, dict):
-        raise ConfigError(f"data config {path}: [{dataset}] must be a table")
+    tables = {k: v for k, v in doc.items() if isinstance(v, dict)}
+    loose = sorted(set(doc) - set(tables))
+    if tables and loose:
+        raise ConfigError(f"data config {path}: keys {loose} sit outside a table; put them in their dataset's table")
+    if not tables:
+        table = doc  # a single-dataset file
+    elif dataset in tables:
+        table = tables[dataset]
+    elif required:
+        raise ConfigError(
+            f"data config {path} has no [{dataset}] table; it holds {', '.join(sorted(tables))}: "
+            "pick one with --dataset NAME"
+        )
+    else:
+        table = {}
     known = (*PATH_KEYS, "num_classes")
     unknown = sorted(set(table) - set(known))
     if unknown:
@@ -225,21 +295,32 @@ def read_data_config(path: str | Path, dataset: str) -> dict:
     return out
 
 
-def build_config(dataset: str, save_dir: str | Path, data_config: str | Path | None = None, **overrides) -> TrainConfig:
-    """Recipe defaults <- data config file (explicit, else ${STADAPTER_DATA_CONFIG}) <- overrides.
+def build_config(recipe: str, save_dir: str | Path, data_config: str | Path | None = None, **overrides) -> TrainConfig:
+    """Recipe defaults <- the dataset's table of the data config file (explicit, else
+    ${STADAPTER_DATA_CONFIG}) <- overrides.
 
-    Overrides are flat (epochs=3, num_frames=16, train_list=...); those set to None are ignored, so
-    argparse namespaces pass straight through.
+    Overrides are flat (dataset="ucf101", epochs=3, num_frames=16, train_list=...); those set to None are
+    ignored, so argparse namespaces pass straight through.
     """
-    recipe = get_recipe(dataset)
-    values = {}
+    name = recipe
+    recipe = get_recipe(name)
+    dataset = overrides.get("dataset") or name
+    values = {"dataset": dataset}
     data_config = data_config or os.environ.get(DATA_CONFIG_ENV) or None
     if data_config:
-        values |= read_data_config(data_config, dataset)
+        values |= read_data_config(data_config, dataset, required=dataset != "synthetic")
     values |= {k: v for k, v in overrides.items() if v is not None}
     for key in (*PATH_KEYS, "data_root", "clip", "pretrain", "resume"):
         if values.get(key) is not None:
             values[key] = Path(values[key]).expanduser()
+    if "num_classes" not in values and dataset != name:
+        if dataset not in RECIPES:  # the recipe's count belongs to the recipe's own dataset
+            raise ConfigError(
+                f"dataset {dataset!r} has no num_classes: put num_classes = N in its [{dataset}] table "
+                f"or pass --num-classes N"
+            )
+        values["num_classes"] = RECIPES[dataset].num_classes  # a known dataset under another recipe
+    values["preset_given"] = "preset" in values
     if dataset == "synthetic":
         root = values.get("data_root") or Path("runs/synthetic-data")
         values["data_root"] = root
@@ -254,6 +335,8 @@ def build_config(dataset: str, save_dir: str | Path, data_config: str | Path | N
     try:
         recipe = recipe.replace(preprocessing=recipe.preprocessing.replace(**pre), **changes)
         return TrainConfig(save_dir=Path(save_dir), recipe=recipe, **values)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as e:  # an unknown option; Preprocessing's own checks
         raise ConfigError(f"bad training option: {e}") from None
 
@@ -271,8 +354,7 @@ def check_paths(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and not value.exists():
             problems.append(f"{key} {value} does not exist")
-    if problems:
-        raise ConfigError("bad training configuration:\n  " + "\n  ".join(problems))
+    refuse(problems)
 
 
 def batch_plan(total_batch: int, world_size: int, batch_size: int | None) -> tuple[int, int]:

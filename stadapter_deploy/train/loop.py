@@ -23,13 +23,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..errors import ConfigError, WeightsError
-from ..model import ModelConfig, build_model, load_clip_state_dict, load_strict, save_checkpoint, trainable_state_dict
-from ..model.config import backbone_name, presets_with_backbone
+from ..errors import ConfigError, STAdapterError, WeightsError
+from ..model import build_model, load_strict, save_checkpoint, trainable_state_dict
+from ..model.config import backbone_name
 from ..model.vit import LayerNorm, STAdapterViT, is_trainable_name
-from ..model.weights import infer_backbone_config, load_adapter_checkpoint
+from ..model.weights import load_adapter_checkpoint
 from ..progress import progress_bar
-from ..recipes import get_recipe
 from . import checkpoint as ckpt
 from . import data
 from . import distributed as D
@@ -120,6 +119,8 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, warmup_steps, recipe.epochs * self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.start_epoch, self.records = 0, []
+        if dist.is_main and not cfg.eval_only:
+            self.print_plan()
         self.resume()
         if dist.is_main:
             ckpt.remove_torn_temp_files(self.save_dir)
@@ -158,11 +159,18 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def build_model(self) -> STAdapterViT:
+        """The recipe's preset; with --clip and no --preset, the backbone the file holds (width, layers,
+        heads, patch, input size) with the recipe's adapters in every block."""
         cfg = self.cfg
-        overrides = dict(num_classes=cfg.recipe.num_classes)
-        if cfg.no_adapters:
-            overrides["adapter_layers"] = 0
-        model = build_model(synthetic_preset(cfg), clip=cfg.clip, **overrides)
+        try:
+            if cfg.clip is not None and not cfg.preset_given:
+                model = build_model(clip=cfg.clip, adapter_layout=cfg.recipe.preset, **cfg.model_overrides())
+            else:
+                model = build_model(cfg.recipe.preset, clip=cfg.clip, **cfg.model_overrides())
+        except ValueError as e:
+            if isinstance(e, STAdapterError):
+                raise
+            raise ConfigError(f"bad model option: {e}") from None  # e.g. --adapter-layers beyond the blocks
         if cfg.pretrain is not None:
             load_adapter_weights(model, cfg.pretrain)
         model.to(self.device)
@@ -215,8 +223,6 @@ class Trainer:
         cfg = self.cfg
         if cfg.eval_only:
             return self.eval_only()
-        if self.dist.is_main:
-            self.print_plan()
         epochs = self.recipe.epochs
         last_epoch = epochs if cfg.stop_after_epochs is None else min(epochs, cfg.stop_after_epochs)
         for epoch in range(self.start_epoch, last_epoch):
@@ -324,12 +330,26 @@ class Trainer:
             text += f", val_acc1 {r['val_acc1']:.2f}, val_acc5 {r['val_acc5']:.2f}"
         return text + f", {r['clips_per_s']:.1f} clips/s, peak mem {r['max_mem_mb']:.0f} MB"
 
-    def print_plan(self) -> None:
-        cfg, r, m = self.cfg, self.recipe, self.model.cfg
+    def model_summary(self) -> str:
+        """Which model, where its backbone came from, and the adapters: 'ViT-B/32 (inferred from ViT-B-32.pt; ...)'."""
+        cfg, m = self.cfg, self.model.cfg
+        if cfg.clip is None:
+            name, origin = cfg.recipe.preset, "random frozen backbone: no --clip"
+        elif cfg.preset_given:
+            name, origin = cfg.recipe.preset, f"backbone {cfg.clip.name}"
+        else:
+            name, origin = backbone_name(m), f"inferred from {cfg.clip.name}"
+        placement = "+".join(k for k, on in (("pre-attn", m.adapter_pre_attn), ("pre-MLP", m.adapter_pre_mlp)) if on)
+        adapters = f"{m.adapter_layers} adapter layers {placement} x {m.adapter_width}"
+        adapters = adapters if m.adapter_layers else "no adapters"
         trainable = sum(v.numel() for v in trainable_state_dict(self.model).values())  # adapters + head, as saved
+        return f"{name} ({origin}; {m.image_size}px input, {adapters}, {trainable:,} trainable parameters)"
+
+    def print_plan(self) -> None:
+        cfg, r = self.cfg, self.recipe
         print(
-            f"{cfg.dataset}: {len(self.train_set)} train / {len(self.val_set)} val videos, {r.num_classes} classes; "
-            f"model {r.preset} ({m.adapter_layers} adapter layers, {trainable:,} trainable parameters); "
+            f"{r.dataset} recipe on dataset {cfg.dataset}: {len(self.train_set)} train / {len(self.val_set)} val "
+            f"videos, {r.num_classes} classes; model {self.model_summary()}; "
             f"batch {r.total_batch} = {self.dist.world_size} x {self.batch_size} x {self.accum_steps} accumulation, "
             f"lr {self.lr:.2e}, {r.epochs} epochs x {self.steps_per_epoch} steps, "
             f"{self.precision} on {self.device}",
@@ -341,7 +361,12 @@ class Trainer:
             "preprocessing": self.preprocessing.to_dict(),
             "recipe": self.cfg.recipe_meta(),
             "class_names": self.class_names,
-            "training": {k: self.records[-1].get(k) for k in ("epoch", "val_acc1", "val_acc5")},
+            "training": {
+                "recipe": self.recipe.dataset,
+                "dataset": self.cfg.dataset,
+                "clip": None if self.cfg.clip is None else str(self.cfg.clip),
+                **{k: self.records[-1].get(k) for k in ("epoch", "val_acc1", "val_acc5")},
+            },
         }
         path = save_checkpoint(self.model, self.save_dir / "final", extra=extra)
         print(f"final model: {path} (export: stadapter-export --checkpoint {path} --out BUNDLE)", flush=True)
@@ -357,20 +382,6 @@ class Trainer:
                 flush=True,
             )
         return result
-
-
-def synthetic_preset(cfg: TrainConfig) -> str:
-    """The preset to build: the synthetic recipe's `tiny` stands for a random backbone, so real `--clip`
-    weights without an explicit --preset get the first preset whose backbone they fit (e.g. ViT-B/16)."""
-    preset = cfg.recipe.preset
-    if cfg.dataset != "synthetic" or cfg.clip is None or preset != get_recipe("synthetic").preset:
-        return preset
-    shape = infer_backbone_config(load_clip_state_dict(cfg.clip))
-    backbone = ModelConfig(**shape, adapter_layers=shape["layers"])
-    fits = presets_with_backbone(backbone)
-    if not fits:
-        raise WeightsError(f"--clip {cfg.clip} holds a {backbone_name(backbone)} backbone that no preset fits")
-    return fits[0]
 
 
 def load_adapter_weights(model: STAdapterViT, path: Path) -> None:
