@@ -83,7 +83,7 @@ RECIPE_FLAGS: dict[str, dict] = {
         "group": "model",
     },
     "num_classes": {
-        "help": "number of classes (default: the dataset's table; else the count of the dataset named like a recipe)"
+        "help": "number of classes (default: the dataset's table, else the known count of k400, ssv2, synthetic)"
     },
     "num_frames": {"help": "frames per clip"},
     "sampling_rate": {"help": "frame stride; 0 = uniform over the whole video"},
@@ -121,8 +121,7 @@ class TrainConfig:
         help="file with one class name per line (default: the shipped list)", group="data"
     )
     data_root: Path | None = option(
-        help="dataset synthetic only: where the generated dataset lives; generated when absent "
-        "(default runs/synthetic-data)",
+        help="the synthetic dataset only: where it lives; generated when absent (default runs/synthetic-data)",
         group="data",
     )
     # model
@@ -295,16 +294,17 @@ def read_data_config(path: str | Path, dataset: str, required: bool = True) -> d
     return out
 
 
-def build_config(recipe: str, save_dir: str | Path, data_config: str | Path | None = None, **overrides) -> TrainConfig:
+def build_config(
+    recipe_name: str, save_dir: str | Path, data_config: str | Path | None = None, **overrides
+) -> TrainConfig:
     """Recipe defaults <- the dataset's table of the data config file (explicit, else
     ${STADAPTER_DATA_CONFIG}) <- overrides.
 
     Overrides are flat (dataset="ucf101", epochs=3, num_frames=16, train_list=...); those set to None are
     ignored, so argparse namespaces pass straight through.
     """
-    name = recipe
-    recipe = get_recipe(name)
-    dataset = overrides.get("dataset") or name
+    recipe = get_recipe(recipe_name)
+    dataset = overrides.get("dataset") or recipe_name
     values = {"dataset": dataset}
     data_config = data_config or os.environ.get(DATA_CONFIG_ENV) or None
     if data_config:
@@ -313,7 +313,7 @@ def build_config(recipe: str, save_dir: str | Path, data_config: str | Path | No
     for key in (*PATH_KEYS, "data_root", "clip", "pretrain", "resume"):
         if values.get(key) is not None:
             values[key] = Path(values[key]).expanduser()
-    if "num_classes" not in values and dataset != name:
+    if "num_classes" not in values and dataset != recipe_name:
         if dataset not in RECIPES:  # the recipe's count belongs to the recipe's own dataset
             raise ConfigError(
                 f"dataset {dataset!r} has no num_classes: put num_classes = N in its [{dataset}] table "

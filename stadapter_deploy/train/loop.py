@@ -167,10 +167,10 @@ class Trainer:
                 model = build_model(clip=cfg.clip, adapter_layout=cfg.recipe.preset, **cfg.model_overrides())
             else:
                 model = build_model(cfg.recipe.preset, clip=cfg.clip, **cfg.model_overrides())
-        except ValueError as e:
-            if isinstance(e, STAdapterError):
-                raise
-            raise ConfigError(f"bad model option: {e}") from None  # e.g. --adapter-layers beyond the blocks
+        except STAdapterError:
+            raise
+        except ValueError as e:  # ModelConfig's own checks, e.g. --adapter-layers beyond the file's blocks
+            raise ConfigError(f"bad model option: {e}") from None
         if cfg.pretrain is not None:
             load_adapter_weights(model, cfg.pretrain)
         model.to(self.device)
