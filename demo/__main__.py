@@ -31,6 +31,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="URL",
         help="classify through a running BentoML service (e.g. http://127.0.0.1:3000), not in this process",
     )
+    p.add_argument(
+        "--token",
+        help="the service's API token, for --service (default: $STADAPTER_API_TOKEN); sent as a Bearer header",
+    )
+    p.add_argument(
+        "--auth",
+        metavar="USER:PASSWORD",
+        help="ask visitors to log in (default: $STADAPTER_DEMO_AUTH; with only $STADAPTER_API_TOKEN set, any "
+        "user name and the token as the password). Use it before putting the page on a network.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link (default: off)")
@@ -53,22 +63,36 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
+def page_login(args: argparse.Namespace):
+    """Gradio's `auth=` for the page: --auth, else $STADAPTER_DEMO_AUTH, else the API token; None: open."""
+    from .classifiers import token_login, user_login
+
+    pair = args.auth or os.environ.get("STADAPTER_DEMO_AUTH", "").strip()
+    if pair:
+        return [user_login(pair)]
+    token = os.environ.get("STADAPTER_API_TOKEN", "").strip()
+    return token_login(token) if token else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if problem := port_problem(args.host, args.port):
         print(f"error: cannot listen on {args.host}:{args.port} ({problem}); pick another with --port", file=sys.stderr)
         return 2
-    from .app import LocalClassifier, ServiceClassifier, build_demo
+    from .app import LocalClassifier, ServiceClassifier, build_demo, example_videos
 
     try:
+        auth = page_login(args)
         if args.service:
-            classifier = ServiceClassifier(args.service)
-            subtitle = f"Model `{classifier.model_name()}`, classified by the service at {args.service}"
+            token = args.token or os.environ.get("STADAPTER_API_TOKEN", "").strip() or None
+            classifier = ServiceClassifier(args.service, token=token)
+            subtitle = f"Model `{classifier.model_name}`, classified by the service at {args.service}"
         else:
             classifier = LocalClassifier(args.bundle, backend=args.backend, views=args.views)
             predictor = classifier.predictor  # load now: a bad bundle fails here, with its reason
             predictor.view_layout(args.views)  # and so does a --views this model cannot use
-            classifier.warm_up()
+            for example in example_videos()[:1]:
+                classifier.warm_up(example)
             subtitle = f"Model `{predictor.model_name}` on `{predictor.backend}`, in this process"
     except (ValueError, OSError) as e:  # STAdapterError is a ValueError
         print(f"error: {e}", file=sys.stderr)
@@ -77,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(default_concurrency_limit=2)
     try:
         demo.launch(
-            server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            auth=auth,
+            quiet=True,
+            prevent_thread_lock=True,
         )
     except OSError as e:  # the port is taken, or the address is not this machine's
         print(f"error: cannot listen on {args.host}:{args.port} ({e}); pick another with --port", file=sys.stderr)

@@ -1,32 +1,28 @@
 """The Gradio page: upload a video (or pick an example) and see what the model says and what it looked at.
 
-Three ways to classify behind one page:
-- `LocalClassifier`: a Predictor in this process (`python -m demo --bundle BUNDLE`). The frames shown are the
-  model's own input clips, denormalized, so the page shows exactly the crops the model saw.
-- `ServiceClassifier`: a running BentoML service (`--service URL`, HTTP `POST /classify`). The service sends
-  back the sampled frame indices; the page decodes those frames locally for display (uncropped).
-- `InProcessClassifier`: the page mounted inside the BentoML service at `/ui` (STADAPTER_UI=1); it calls the
-  running service in-process (`bentoml.get_current_service()`), as BentoML's Gradio example does.
-
-`build_demo(classifier)` returns the Blocks; `python -m demo` launches it, and the BentoML service mounts
-the same Blocks at `/ui` with `bentoml.gradio.mount_gradio_app`.
+`build_demo(classifier)` returns the Blocks for any `Classifier` (demo/classifiers.py: a local Predictor,
+a service over HTTP, or the service this page is mounted in); `python -m demo` launches it, and the
+BentoML service mounts the same Blocks at `/ui` with `bentoml.gradio.mount_gradio_app`.
 """
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 # Set before gradio is imported anywhere: its analytics are read from the environment at import time.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
-import numpy as np  # noqa: E402
 
+from .classifiers import (  # noqa: E402, F401  (re-exported: the page's one import for its users)
+    Classifier,
+    DemoResult,
+    InProcessClassifier,
+    LocalClassifier,
+    ServiceClassifier,
+    token_login,
+)
 from .timeline import timeline_tab  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -34,204 +30,6 @@ TOP_K = 5
 DEFAULT_TITLE = "ST-Adapter video classification"
 GALLERY_COLUMNS = 8
 TIMING_STAGES = ("decode", "preprocess", "infer", "total")
-
-
-@dataclass
-class DemoResult:
-    """One classified video, as the page shows it."""
-
-    labels: list[dict]  # [{"label", "index", "score"}], best first
-    frames: np.ndarray  # uint8 [V, T, H, W, 3]: the frames the model looked at
-    frame_indices: list[list[int]]  # [V][T] frame numbers in the video
-    model_name: str
-    backend: str
-    precision: str = "fp32"
-    timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-def result_from(classification, model_name: str, backend_note: str = "") -> DemoResult:
-    """DemoResult from a Classification that kept its clips: the exact crops the model saw."""
-    from stadapter_deploy.video import denormalize
-
-    num_views = len(classification.clips)
-    return DemoResult(
-        labels=classification.labels,
-        frames=denormalize(classification.clips),  # [V, T, S, S, 3]
-        frame_indices=_indices_per_view(classification.frame_indices, num_views),
-        model_name=model_name,
-        backend=classification.backend + backend_note,
-        precision=classification.precision,
-        timings_ms=dict(classification.timings_ms),
-    )
-
-
-class LocalClassifier:
-    """Classifies in this process with a Predictor, loaded from a bundle on first use if given a path.
-
-    `views=None` uses the bundle's own eval views; an int asks for that many (see `Predictor.preprocess`).
-    """
-
-    def __init__(self, predictor_or_bundle: Any, backend: str = "auto", views: int | None = None):
-        self._predictor = None if isinstance(predictor_or_bundle, (str, Path)) else predictor_or_bundle
-        self._bundle = predictor_or_bundle if self._predictor is None else None
-        self._backend = backend
-        self.views = views
-
-    @property
-    def predictor(self):
-        if self._predictor is None:
-            from stadapter_deploy import load_predictor
-
-            self._predictor = load_predictor(self._bundle, backend=self._backend)
-        return self._predictor
-
-    def warm_up(self) -> None:
-        """Classify one bundled example so the first visitor does not pay for lazy imports and first runs."""
-        examples = example_videos()
-        if examples:
-            self(examples[0])
-
-    @property
-    def frames_shown(self) -> int:
-        """How many frames the strip shows per video: views x frames per clip."""
-        pre = self.predictor.preprocessing.with_views(self.views)
-        return pre.views * pre.num_frames
-
-    def __call__(self, video: str | Path, top_k: int = TOP_K) -> DemoResult:
-        predictor = self.predictor
-        top_k = min(top_k, len(predictor.labels))
-        result = predictor.classify(video, top_k=top_k, views=self.views, keep_clips=True)  # decoded once
-        return result_from(result, predictor.model_name)
-
-    def timeline(self, video: str | Path, window_s: float | None = None) -> list[dict]:
-        return [s.to_dict() for s in self.predictor.timeline(video, window_s=window_s)]
-
-
-class InProcessClassifier:
-    """Classifies through the BentoML service this page is mounted in, without HTTP: the same decode
-    workers, checks and cross-request batching as POST /classify."""
-
-    is_async = True
-    frames_shown = 8
-
-    def __init__(self, service=None):
-        self._service = service
-
-    @property
-    def service(self):
-        import bentoml
-
-        return self._service or bentoml.get_current_service()
-
-    async def __call__(self, video: str | Path, top_k: int = TOP_K) -> DemoResult:
-        service = self.service
-        call = service.classify_video(Path(video), min(top_k, len(service.bundle.labels)))
-        result = await self._answer(call)
-        return result_from(result, service.bundle.model_name, " (BentoML service, in-process)")
-
-    async def timeline(self, video: str | Path, window_s: float | None = None) -> list[dict]:
-        return [s.to_dict() for s in await self._answer(self.service.timeline_video(Path(video), window_s=window_s))]
-
-    @staticmethod
-    async def _answer(call):
-        """Await a service call; its refusal (which carries the HTTP status it would send) as the page's errors."""
-        from stadapter_deploy.errors import VideoError
-
-        try:
-            return await call
-        except Exception as e:
-            status = getattr(e, "status", None)
-            if status is None or status >= 500:
-                raise ServiceUnavailable(str(e)) from e
-            raise VideoError(str(e)) from None
-
-
-class ServiceClassifier:
-    """Classifies through a running BentoML service (`POST {url}/classify`, multipart field `video`)."""
-
-    def __init__(self, url: str, timeout_s: float = 120.0):
-        self.url = url.rstrip("/")
-        self.timeout_s = timeout_s
-        self._model_name: str | None = None
-
-    def timeline(self, video: str | Path, window_s: float | None = None) -> list[dict]:
-        data = {} if window_s is None else {"window_s": str(window_s)}
-        return _post_video(self.url, "/classify_timeline", Path(video), data, self.timeout_s)["segments"]
-
-    def model_name(self) -> str:
-        if self._model_name is None:
-            self._model_name = _service_model_name(self.url, self.timeout_s)
-        return self._model_name
-
-    def __call__(self, video: str | Path, top_k: int = TOP_K) -> DemoResult:
-
-        from stadapter_deploy.video import decode_frames
-
-        path = Path(video)
-        start = time.perf_counter()
-        body = _post_video(self.url, "/classify", path, {"top_k": str(top_k)}, self.timeout_s)
-        timings = {k: float(v) for k, v in body.get("timings_ms", {}).items()}
-        timings["round trip"] = (time.perf_counter() - start) * 1000.0
-        indices = [int(i) for i in body.get("frames", [])]
-        frames = decode_frames(path, indices) if indices else np.zeros((0, 1, 1, 3), np.uint8)
-        return DemoResult(
-            labels=body["labels"],
-            frames=frames[None],  # [1, K, H, W, 3]: the sampled frames, uncropped
-            frame_indices=[indices],
-            model_name=self.model_name(),
-            backend=f"{body.get('backend', '?')} via {self.url}",
-            precision=body.get("precision", "?"),
-            timings_ms=timings,
-        )
-
-
-def _post_video(url: str, endpoint: str, path: Path, data: dict, timeout_s: float) -> dict:
-    """POST an upload to the service; its JSON, or a VideoError (4xx: the file) or ServiceUnavailable."""
-    import httpx
-
-    from stadapter_deploy.errors import VideoError
-
-    try:
-        with path.open("rb") as f:
-            files = {"video": (path.name, f, "application/octet-stream")}
-            response = httpx.post(f"{url}{endpoint}", files=files, data=data, timeout=timeout_s)
-    except httpx.HTTPError as e:
-        raise ServiceUnavailable(f"{url} did not answer ({e}).") from e
-    if 400 <= response.status_code < 500:
-        raise VideoError(_error_text(response))
-    if response.status_code >= 500:
-        raise ServiceUnavailable(f"{url} failed: {_error_text(response)}")
-    return response.json()
-
-
-class ServiceUnavailable(RuntimeError):
-    """The BentoML service could not be reached or failed on its side."""
-
-
-def _service_model_name(url: str, timeout_s: float) -> str:
-    import httpx
-
-    try:
-        response = httpx.get(f"{url}/metadata", timeout=timeout_s)
-    except httpx.HTTPError:
-        return "unknown (service not reachable)"
-    return str(response.json().get("model_name", "unknown")) if response.status_code == 200 else "unknown"
-
-
-def _error_text(response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip() or f"HTTP {response.status_code}"
-    if isinstance(body, dict):
-        return str(body.get("error") or body.get("detail") or body.get("message") or body)
-    return str(body)
-
-
-def _indices_per_view(frame_indices: list[list[int]], num_views: int) -> list[list[int]]:
-    """Views are laid out spatial-major (each crop with all its temporal views); repeat indices to match."""
-    per_crop = len(frame_indices)
-    return [frame_indices[v % per_crop] for v in range(num_views)]
 
 
 def result_outputs(result: DemoResult) -> tuple[dict[str, float], list, str]:
@@ -268,9 +66,9 @@ def gallery_height(num_frames: int) -> int:
 
 def friendly_error(error: Exception) -> str:
     """A message for the page, in words, without a traceback."""
-    from stadapter_deploy.errors import STAdapterError
+    from stadapter_deploy.errors import RequestError, STAdapterError
 
-    if isinstance(error, ServiceUnavailable):
+    if isinstance(error, RequestError) and error.status >= 500:
         return f"The classification service is not available: {error}"
     if isinstance(error, STAdapterError):
         return f"Could not classify this file: {error}"
@@ -283,56 +81,36 @@ def page_error(e: Exception, video: str) -> gr.Error:
     return gr.Error(message, duration=15, print_exception=False)
 
 
-def make_handler(classifier: Callable[..., DemoResult]) -> Callable[[str | None], tuple]:
-    """Wrap a classifier as the page's event handler: bad input becomes a message, never a traceback.
-    An async classifier (one that runs inside the service's event loop) gets an async handler."""
+def make_handler(work, outputs, empty_message: str = "Upload a video first, or pick one of the examples."):
+    """The page's one handler factory: `await work(video, *args)`, its result through `outputs`; bad input
+    becomes a message in the page, never a traceback."""
 
-    def check(video: str | None) -> None:
+    async def handler(video: str | None, *args):
         if not video:
-            raise gr.Error("Upload a video first, or pick one of the examples.", print_exception=False)
-
-    if getattr(classifier, "is_async", False):
-
-        async def classify(video: str | None) -> tuple[dict[str, float], list, str]:
-            check(video)
-            try:
-                result = await classifier(video)
-            except Exception as e:  # noqa: BLE001 - any failure on user input becomes a message in the page
-                raise page_error(e, video) from e
-            return result_outputs(result)
-
-        return classify
-
-    def classify(video: str | None) -> tuple[dict[str, float], list, str]:
-        check(video)
+            raise gr.Error(empty_message, print_exception=False)
         try:
-            result = classifier(video)
+            result = await work(video, *args)
         except Exception as e:  # noqa: BLE001 - any failure on user input becomes a message in the page
             raise page_error(e, video) from e
-        return result_outputs(result)
+        return outputs(result)
 
-    return classify
+    return handler
 
 
 def example_videos() -> list[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.glob("*.mp4"))
 
 
-def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE, subtitle: str = "") -> gr.Blocks:
-    """The page. `classifier(video_path) -> DemoResult` (a LocalClassifier or a ServiceClassifier)."""
-    classify = make_handler(classifier)
+def build_demo(classifier: Classifier, title: str = DEFAULT_TITLE, subtitle: str = "") -> gr.Blocks:
+    """The page over any Classifier."""
+    classify = make_handler(lambda video: classifier.classify(video, TOP_K), result_outputs)
+
     # The examples get a handler of their own name: sharing `classify` would register the examples' private
     # endpoint as /classify and push the public one to /classify_1.
-    if getattr(classifier, "is_async", False):
+    async def classify_example(video):
+        return await classify(video)
 
-        async def classify_example(video):
-            return await classify(video)
-    else:
-
-        def classify_example(video):
-            return classify(video)
-
-    strip_height = gallery_height(getattr(classifier, "frames_shown", 8))
+    strip_height = gallery_height(classifier.frames_shown)
     # Gradio keeps uploads and the frames it shows in its cache; every hour it drops what is over an hour old.
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
@@ -374,7 +152,7 @@ def build_demo(classifier: Callable[..., DemoResult], title: str = DEFAULT_TITLE
                     details.render()
             gallery.render()
         gr.on([button.click, video.upload], classify, inputs=video, outputs=outputs, api_name="classify")
-        timeline_tab(classifier, page_error)
+        timeline_tab(classifier, make_handler)
     ready_to_mount(demo)
     return demo
 

@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-from serve.local import free_port
-
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -24,6 +22,14 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:

@@ -1,8 +1,9 @@
 """The page's Timeline tab: when things happen in a longer video, as a plot of score over time for the
 top classes and a table of the windows below it.
 
-Each classifier of demo/app.py has `timeline(video, window_s) -> list[dict]` (segments as
-`Segment.to_dict()` gives them: start_s, end_s, labels); this module only draws them.
+Every Classifier (demo/classifiers.py) has `timeline(video, window_s, progress) -> list[dict]` (segments
+as `Segment.to_dict()` gives them: start_s, end_s, labels); this module only draws them. A video past
+a service's synchronous limit goes through its task; the page shows how far the task is.
 """
 
 from __future__ import annotations
@@ -52,40 +53,23 @@ def table_rows(segments: list[dict]) -> list[list]:
     return rows
 
 
-def make_timeline_handler(classifier, page_error):
-    """(video, window seconds or 0) -> (figure, table rows); errors become a message in the page."""
+def timeline_tab(classifier, make_handler) -> None:
+    """The tab's components and event, inside the caller's gr.Blocks; `make_handler` is the page's one
+    handler factory (demo/app.py)."""
 
-    def check(video, window):
-        if not video:
-            raise gr.Error("Upload a video first.", print_exception=False)
-        return float(window) if window else None
+    async def work(video: str, window: float | None, progress):
+        progress(0, desc="decoding and labelling the windows")
+        told = lambda words: progress(None, desc=words)
+        return await classifier.timeline(video, float(window) if window else None, told)
 
-    if getattr(classifier, "is_async", False):
-
-        async def timeline(video: str | None, window: float | None = None):
-            window_s = check(video, window)
-            try:
-                segments = await classifier.timeline(video, window_s)
-            except Exception as e:  # noqa: BLE001 - any failure on user input becomes a message in the page
-                raise page_error(e, video) from e
-            return timeline_figure(segments), table_rows(segments)
-
-        return timeline
-
-    def timeline(video: str | None, window: float | None = None):
-        window_s = check(video, window)
-        try:
-            segments = classifier.timeline(video, window_s)
-        except Exception as e:  # noqa: BLE001 - any failure on user input becomes a message in the page
-            raise page_error(e, video) from e
+    def outputs(segments: list[dict]):
         return timeline_figure(segments), table_rows(segments)
 
-    return timeline
+    guarded = make_handler(work, outputs, "Upload a video first.")
 
+    async def handler(video: str | None, window: float | None = None, progress=gr.Progress()):  # noqa: B008
+        return await guarded(video, window, progress)
 
-def timeline_tab(classifier, page_error) -> None:
-    """The tab's components and event, inside the caller's gr.Blocks."""
-    handler = make_timeline_handler(classifier, page_error)
     with gr.Tab("Timeline", elem_id="timeline-tab"):
         gr.Markdown(
             "Upload a longer video: a window slides over it and the model labels each window. The plot shows "

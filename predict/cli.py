@@ -41,10 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="labels per video or window (default 5)")
     p.add_argument("--views", type=int, help="clips per video (default: the recipe's)")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime, tensorrt, or one with its device")
-    p.add_argument("--precision", help="fp32, fp16 or bf16 (default: the backend's)")
+    p.add_argument(
+        "--precision",
+        help="fp32, fp16 (CUDA), bf16 (torch on a CPU with BF16) or int8 (onnxruntime, a bundle exported with "
+        "--int8); default: the backend's choice for this bundle and machine",
+    )
     p.add_argument("--threads", type=int, help="model CPU threads (default: the runtime's)")
     p.add_argument("--workers", type=int, help="decode processes (default: CPU cores, at most 4)")
     p.add_argument("--batch-size", type=int, help="clips per model call (default: the runner's max, else 8)")
+    p.add_argument(
+        "--decode-timeout",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="seconds one video may take to decode before it becomes an error line (default 300)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     t = p.add_argument_group("timeline")
     t.add_argument("--timeline", action="store_true", help="one line per window instead of one per video")
@@ -70,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         workers=args.workers,
         batch_clips=args.batch_size,
+        decode_timeout_s=args.decode_timeout,
         timeline=args.timeline,
         window_s=args.window,
         stride_s=args.stride,

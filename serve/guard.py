@@ -1,4 +1,13 @@
-"""An ASGI middleware that checks upload requests before BentoML parses them.
+"""An ASGI middleware that checks every request before BentoML parses it: the one guard of the service.
+
+With an API token set (STADAPTER_API_TOKEN), every route but the health probes and /metrics needs
+`Authorization: Bearer <token>`, compared in constant time; without it the answer is a JSON 401.
+
+The upload routes are derived from the service's own API methods (`upload_routes`): any method that
+takes a `Path` (one video) or a `list[Path]` (several) is an upload route, its integer parameters are
+its whole-number options and its float parameters its seconds. A route added later is guarded
+without being named here. Their ranges (top_k against the classes, views against the recipe, seconds
+> 0) are checked once, by the service, where the in-process /ui page's calls pass too.
 
 BentoML's own multipart parsing would read any body size, and it fetches a URL that is sent in a
 file field as text. This guard lets through only what the upload endpoints take:
@@ -10,7 +19,7 @@ file field as text. This guard lets through only what the upload endpoints take:
 - a complete multipart body (it ends with its closing boundary; else 400 saying the upload was cut off);
 - the video field(s) as real file parts (never a path or URL as text), of a video or binary type
   (else 415), not empty, with a sane name;
-- the option fields as JSON integers (or null), and no other fields.
+- the option fields as JSON integers (or null) and numbers, and no other fields.
 Every refusal is a JSON {"error": "..."} in words. The body is held in a spooled temporary file
 (anonymous on disk past 1 MB) and replayed to the app; it is closed on every path.
 """
@@ -18,10 +27,13 @@ Every refusal is a JSON {"error": "..."} in words. The body is held in a spooled
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import tempfile
 import time
+import typing
 from dataclasses import dataclass
+from pathlib import Path
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.requests import Request
@@ -30,6 +42,7 @@ from starlette.responses import JSONResponse
 CHUNK = 1 << 20  # replay chunk: big chunks make the multipart parser ~2x faster than 64 KB ones
 DRAIN_BYTES = 32 << 20  # read at most this much past the limit before answering 413
 MAX_NAME = 200  # file names become temp-file suffixes; longer ones are refused
+OPEN_PATHS = ("/readyz", "/livez", "/metrics")  # what a load balancer and a scraper reach without the token
 
 
 class Refusal(Exception):
@@ -43,15 +56,70 @@ class UploadRoute:
     file_field: str  # the multipart field that carries the video(s)
     max_files: int
     options: tuple[str, ...] = ("top_k", "views")  # whole numbers
-    numbers: tuple[str, ...] = ()  # any positive number (seconds)
+    numbers: tuple[str, ...] = ()  # numbers (seconds)
 
 
-class UploadGuard:
-    def __init__(self, app, routes: dict[str, UploadRoute], max_bytes: int, body_timeout_s: float = 60.0):
+def upload_routes(service, max_videos: int) -> dict[str, UploadRoute]:
+    """{path: UploadRoute} for every API method of a BentoML service that takes an upload (see above).
+    A task's upload arrives at its `/submit` path."""
+    routes = {}
+    for api in service.apis.values():
+        hints = typing.get_type_hints(api.func)  # as the method declares them
+        fields = {name: hints[name] for name in api.input_spec.model_fields}
+        files = [name for name, kind in fields.items() if kind in (Path, list[Path])]
+        if not files:
+            continue
+        (name,) = files  # one upload field per route
+        options = tuple(n for n, kind in fields.items() if _plain(kind) is int)
+        numbers = tuple(n for n, kind in fields.items() if _plain(kind) is float)
+        max_files = max_videos if fields[name] == list[Path] else 1
+        path = f"{api.route}/submit" if getattr(api, "is_task", False) else api.route
+        routes[path] = UploadRoute(name, max_files, options, numbers)
+    return routes
+
+
+def _plain(kind):
+    """int for `int | None`, float for `float | None`."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if len(args) == 1 else kind
+
+
+def authorized(scope, token: str) -> bool:
+    given = Headers(scope=scope).get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+class RequestGuard:
+    def __init__(
+        self,
+        app,
+        routes: dict[str, UploadRoute],
+        max_bytes: int,
+        body_timeout_s: float = 60.0,
+        token: str | None = None,
+        own_login: tuple[str, ...] = (),
+    ):
         self.app, self.routes, self.max_bytes, self.body_timeout_s = app, routes, max_bytes, body_timeout_s
+        self.token, self.own_login = token, own_login
+
+    def needs_token(self, path: str) -> bool:
+        """Every path but the probes, /metrics, and pages that ask for the token in a login of their own."""
+        own = any(path == p or path.startswith(p + "/") for p in self.own_login)
+        return bool(self.token) and path not in OPEN_PATHS and not own
 
     async def __call__(self, scope, receive, send) -> None:
-        route = self.routes.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if self.needs_token(path) and not authorized(scope, self.token):
+            return await self.refuse(
+                scope,
+                receive,
+                send,
+                Refusal(401, "this service needs its API token: send the header 'Authorization: Bearer <token>'"),
+            )
+        route = self.routes.get(path) if scope["type"] == "http" else None
         if route is None:
             return await self.app(scope, receive, send)
         body = tempfile.SpooledTemporaryFile(max_size=1 << 20)
@@ -61,14 +129,19 @@ class UploadGuard:
                 await self._read_body(scope, receive, body)
                 await check_form(scope, body, route)
             except Refusal as r:
-                headers = {"Allow": "POST"} if r.status == 405 else {"Connection": "close"} if r.status == 413 else None
-                return await JSONResponse({"error": str(r)}, status_code=r.status, headers=headers)(
-                    scope, receive, send
-                )
+                return await self.refuse(scope, receive, send, r)
             body.seek(0)
             await self.app(scope, _replay(body, receive), send)
         finally:
             body.close()
+
+    @staticmethod
+    async def refuse(scope, receive, send, r: Refusal) -> None:
+        headers = {405: {"Allow": "POST"}, 413: {"Connection": "close"}, 401: {"WWW-Authenticate": "Bearer"}}
+        if scope["type"] == "websocket":  # Gradio's page uses one; a refused handshake is a close
+            return await send({"type": "websocket.close", "code": 1008})
+        response = JSONResponse({"error": str(r)}, status_code=r.status, headers=headers.get(r.status))
+        await response(scope, receive, send)
 
     async def _read_body(self, scope, receive, body) -> None:
         headers = Headers(scope=scope)
@@ -195,11 +268,9 @@ def check_number(name: str, value) -> None:
     if isinstance(value, UploadFile):
         raise Refusal(400, f"the field {name!r} must be a number, not a file")
     try:
-        parsed = float(value)
+        float(value)
     except ValueError:
         raise Refusal(400, f"{name} must be a number of seconds, got {value!r}") from None
-    if not parsed > 0 or parsed == float("inf"):
-        raise Refusal(400, f"{name} must be a positive number of seconds, got {value!r}")
 
 
 def _replay(body, receive):

@@ -16,28 +16,38 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from stadapter_deploy.runtime.bundle import MANIFEST_FILE, load_bundle
+from stadapter_deploy.errors import BundleError
+from stadapter_deploy.runtime.bundle import MANIFEST_FILE, Bundle, load_bundle
 
 PINNED_ENV = "STADAPTER_PINNED_BUNDLE"
 
 
-def pin_bundle(bundle: Path) -> Path:
-    """The pinned snapshot of `bundle`: made here on the first call of a server, inherited after that."""
+def pin_bundle(bundle: Path) -> Bundle:
+    """The pinned snapshot of `bundle`, verified (once per process): made here on the first call of a
+    server, inherited after that."""
     pinned = os.environ.get(PINNED_ENV)
     if pinned and Path(pinned, MANIFEST_FILE).is_file():
-        return Path(pinned)
-    load_bundle(bundle, verify=True)  # refuse a broken bundle before copying anything
+        return load_bundle(pinned, verify=True)
+    if not (bundle / MANIFEST_FILE).is_file():
+        return load_bundle(bundle, verify=True)  # raises, saying what is missing
     digest = hashlib.sha256((bundle / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
     snapshot = Path(tempfile.gettempdir()) / f"stadapter-bundle-{digest}"
-    if not (snapshot / MANIFEST_FILE).is_file():
+    fresh = not (snapshot / MANIFEST_FILE).is_file()
+    if fresh:
         partial = Path(tempfile.mkdtemp(prefix=f".{snapshot.name}-", dir=snapshot.parent))
         link_tree(bundle, partial)
         try:
             partial.rename(snapshot)
         except OSError:  # another server pinned the same version meanwhile
             shutil.rmtree(partial, ignore_errors=True)
+    try:
+        verified = load_bundle(snapshot, verify=True)
+    except (BundleError, ValueError, OSError) as e:
+        if fresh:  # never leave a broken snapshot for a later, repaired bundle with the same manifest
+            shutil.rmtree(snapshot, ignore_errors=True)
+        raise BundleError(str(e).replace(str(snapshot), str(bundle))) from None
     os.environ[PINNED_ENV] = str(snapshot)  # the workers started from here on inherit it
-    return snapshot
+    return verified
 
 
 def link_tree(src: Path, dst: Path) -> None:

@@ -1,29 +1,14 @@
 """The service's configuration: environment variables, read once, checked, with defaults that work.
 
-| variable                        | default                   | meaning                                              |
-|---------------------------------|---------------------------|------------------------------------------------------|
-| STADAPTER_BUNDLE                | ./bundle, else quickstart | model bundle directory (stadapter-export --out ...)  |
-| STADAPTER_BACKEND               | auto                      | auto, torch, onnxruntime, tensorrt (+ -cpu / -cuda)  |
-| STADAPTER_PRECISION             | (the backend's choice)    | fp32, fp16, bf16 or int8 (see load_predictor)        |
-| STADAPTER_MAX_UPLOAD_MB         | 200                       | larger request bodies get 413                        |
-| STADAPTER_BODY_TIMEOUT_S        | 60                        | an upload not fully received by then gets 408        |
-| STADAPTER_DECODE_TIMEOUT_S      | 30                        | a decode past this is stopped (its process killed)   |
-| STADAPTER_DECODE_WORKERS        | 2                         | decode processes per API worker                      |
-| STADAPTER_API_WORKERS           | 1                         | API (upload + decode) worker processes               |
-| STADAPTER_MAX_BATCH_SIZE        | 16                        | most clips in one model call                         |
-| STADAPTER_MAX_LATENCY_MS        | 30000                     | longest a clip may queue for the model before a 503  |
-| STADAPTER_MAX_VIDEOS            | 16                        | most videos in one /classify_batch request           |
-| STADAPTER_MAX_TIMELINE_WINDOWS  | 64                        | most windows in one /classify_timeline answer        |
-| STADAPTER_REQUEST_TIMEOUT_S     | 300                       | whole-request limit of each service                  |
-| STADAPTER_WARMUP                | 1                         | 1: run one full batch at startup (memory peaks then) |
-| STADAPTER_UI                    | 0                         | 1: mount the Gradio demo at /ui (it calls this       |
-|                                 |                           | service in-process; needs gradio and demo/)          |
+Each setting is one field of `Settings`: its default, its variable, its lowest value and its meaning
+are stated there and nowhere else (the README's table is `settings_table()`, checked by a test).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stadapter_deploy.errors import ConfigError
@@ -36,54 +21,80 @@ READY_FRESH_S = 1.0  # a batch this recent proves the model is up without asking
 DEFAULT_BUNDLES = (ROOT / "bundle", ROOT / "runs" / "quickstart" / "bundle")
 
 
+def setting(default, env: str, meaning: str, low: float | None = None, secret: bool = False):
+    return field(default=default, repr=not secret, metadata={"env": env, "meaning": meaning, "low": low})
+
+
 @dataclass(frozen=True)
 class Settings:
-    bundle: Path
-    backend: str = "auto"
-    precision: str | None = None  # None: the runner's default for this bundle and machine
-    max_upload_mb: float = 200.0
-    body_timeout_s: float = 60.0
-    decode_timeout_s: float = 30.0
-    decode_workers: int = 2
-    api_workers: int = 1
-    max_batch_size: int = 16
-    max_latency_ms: int = 30000
-    max_videos: int = 16
-    max_timeline_windows: int = 64
-    request_timeout_s: float = 300.0
-    warmup: bool = True
-    ui: bool = False
+    bundle: Path = setting(None, "STADAPTER_BUNDLE", "model bundle directory (stadapter-export --out ...)")
+    backend: str = setting("auto", "STADAPTER_BACKEND", "auto, torch, onnxruntime, tensorrt (+ -cpu / -cuda)")
+    precision: str | None = setting(
+        None, "STADAPTER_PRECISION", "fp32, fp16, bf16 or int8 (default: the backend's choice, see load_predictor)"
+    )
+    api_token: str | None = setting(
+        None,
+        "STADAPTER_API_TOKEN",
+        "set: every route but /readyz, /livez and /metrics needs `Authorization: Bearer <token>` (else 401)",
+        secret=True,
+    )
+    max_upload_mb: float = setting(200.0, "STADAPTER_MAX_UPLOAD_MB", "larger request bodies get 413", 0.001)
+    body_timeout_s: float = setting(
+        60.0, "STADAPTER_BODY_TIMEOUT_S", "an upload not fully received by then gets 408", 0.01
+    )
+    decode_timeout_s: float = setting(
+        30.0, "STADAPTER_DECODE_TIMEOUT_S", "a decode past this is stopped (its process killed): 422", 0.01
+    )
+    decode_workers: int = setting(2, "STADAPTER_DECODE_WORKERS", "decode processes per API worker", 1)
+    api_workers: int = setting(1, "STADAPTER_API_WORKERS", "API (upload + decode) worker processes", 1)
+    max_batch_size: int = setting(16, "STADAPTER_MAX_BATCH_SIZE", "most clips in one model call", 1)
+    max_latency_ms: int = setting(
+        30000, "STADAPTER_MAX_LATENCY_MS", "longest a clip may queue for the model before a 503", 1
+    )
+    max_videos: int = setting(16, "STADAPTER_MAX_VIDEOS", "most videos in one /classify_batch request", 1)
+    max_timeline_windows: int = setting(
+        64, "STADAPTER_MAX_TIMELINE_WINDOWS", "most windows in one /classify_timeline answer", 1
+    )
+    max_task_seconds: float = setting(
+        3 * 3600.0, "STADAPTER_MAX_TASK_SECONDS", "longest video a /timeline_task may take, in seconds", 1
+    )
+    task_workers: int = setting(
+        1, "STADAPTER_TASK_WORKERS", "decode processes for /timeline_task, apart from the request pool", 1
+    )
+    request_timeout_s: float = setting(300.0, "STADAPTER_REQUEST_TIMEOUT_S", "whole-request limit of each service", 1)
+    warmup: bool = setting(True, "STADAPTER_WARMUP", "1: run one full batch at startup (memory peaks then)")
+    ui: bool = setting(
+        False, "STADAPTER_UI", "1: mount the Gradio demo at /ui (it calls this service in-process; needs gradio)"
+    )
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
 
-def _number(name: str, default, kind: type, low: float):
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
+def _kind(f: dataclasses.Field) -> type:
+    return {"Path": Path, "str": str, "str | None": str, "float": float, "int": int, "bool": bool}[str(f.type)]
+
+
+def _parse(f: dataclasses.Field, raw: str):
+    name, kind, low = f.metadata["env"], _kind(f), f.metadata["low"]
+    if kind is bool:
+        if raw.lower() not in ("0", "1", "true", "false", "yes", "no"):
+            raise ConfigError(f"{name}={raw!r} must be 1 or 0")
+        return raw.lower() in ("1", "true", "yes")
+    if kind in (str, Path):
+        return raw
     try:
         value = kind(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
-    if value < low:
+    if low is not None and value < low:
         raise ConfigError(f"{name}={raw!r} must be at least {low}")
     return value
 
 
-def _flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw not in ("0", "1", "true", "false", "yes", "no"):
-        raise ConfigError(f"{name}={raw!r} must be 1 or 0")
-    return raw in ("1", "true", "yes")
-
-
-def find_bundle() -> Path:
+def find_bundle(raw: str | None) -> Path:
     """STADAPTER_BUNDLE, else the first default bundle that exists; ConfigError saying what to do if none."""
-    raw = os.environ.get("STADAPTER_BUNDLE", "").strip()
     if raw:
         return Path(raw).expanduser().resolve()
     for candidate in DEFAULT_BUNDLES:
@@ -95,22 +106,29 @@ def find_bundle() -> Path:
     )
 
 
-def load_settings() -> Settings:
-    """Read and check every variable; ConfigError (one line) on the first bad one."""
-    return Settings(
-        bundle=find_bundle(),
-        backend=os.environ.get("STADAPTER_BACKEND", "").strip() or "auto",
-        precision=os.environ.get("STADAPTER_PRECISION", "").strip() or None,
-        max_upload_mb=_number("STADAPTER_MAX_UPLOAD_MB", 200.0, float, 0.001),
-        body_timeout_s=_number("STADAPTER_BODY_TIMEOUT_S", 60.0, float, 0.01),
-        decode_timeout_s=_number("STADAPTER_DECODE_TIMEOUT_S", 30.0, float, 0.01),
-        decode_workers=_number("STADAPTER_DECODE_WORKERS", 2, int, 1),
-        api_workers=_number("STADAPTER_API_WORKERS", 1, int, 1),
-        max_batch_size=_number("STADAPTER_MAX_BATCH_SIZE", 16, int, 1),
-        max_latency_ms=_number("STADAPTER_MAX_LATENCY_MS", 30000, int, 1),
-        max_videos=_number("STADAPTER_MAX_VIDEOS", 16, int, 1),
-        max_timeline_windows=_number("STADAPTER_MAX_TIMELINE_WINDOWS", 64, int, 1),
-        request_timeout_s=_number("STADAPTER_REQUEST_TIMEOUT_S", 300.0, float, 1),
-        warmup=_flag("STADAPTER_WARMUP", True),
-        ui=_flag("STADAPTER_UI", False),
-    )
+def load_settings(environ=os.environ) -> Settings:
+    """Read and check every variable; ConfigError (one line) on the first bad one. Unset or empty: the default."""
+    values = {}
+    for f in dataclasses.fields(Settings):
+        raw = environ.get(f.metadata["env"], "").strip()
+        if raw:
+            values[f.name] = _parse(f, raw)
+    return Settings(**{**values, "bundle": find_bundle(values.get("bundle"))})
+
+
+def settings_table() -> str:
+    """The README's table of variables, from the fields themselves."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        rows.append(f"| `{f.metadata['env']}` | {_shown(f)} | {f.metadata['meaning']} |")
+    return "\n".join(rows)
+
+
+def _shown(f: dataclasses.Field) -> str:
+    if f.name == "bundle":
+        return "./bundle, else the quickstart's"
+    if f.default is None:
+        return "(unset)"
+    if isinstance(f.default, bool):
+        return str(int(f.default))
+    return f"{f.default:g}" if isinstance(f.default, float) else str(f.default)

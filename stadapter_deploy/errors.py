@@ -19,3 +19,12 @@ class BundleError(STAdapterError, ValueError):
 
 class ConfigError(STAdapterError, ValueError):
     """A configuration value is unset, missing on disk, or out of range."""
+
+
+class RequestError(STAdapterError):
+    """A request that a service refused or could not answer: an HTTP status and a message in words.
+    4xx: the request is at fault; 503: the server cannot answer right now, retry; 500: it is broken."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status

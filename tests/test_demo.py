@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -149,7 +150,9 @@ def test_local_classifier_shows_every_view(tiny_bundle, predictor, clips_dir):
     from demo.app import LocalClassifier, result_outputs
     from stadapter_deploy.video import denormalize
 
-    result = LocalClassifier(predictor, views=3)(clips_dir / "good.mp4")
+    classifier = LocalClassifier(predictor, views=3)
+    assert classifier.frames_shown == 24
+    result = asyncio.run(classifier.classify(clips_dir / "good.mp4", 5))
     expected = predictor.classify(clips_dir / "good.mp4", views=3)
     assert [x["label"] for x in result.labels] == [x["label"] for x in expected["labels"]]
     assert result.frames.shape == (3, 8, 32, 32, 3)
@@ -157,6 +160,29 @@ def test_local_classifier_shows_every_view(tiny_bundle, predictor, clips_dir):
     scores, gallery, details = result_outputs(result)
     assert len(gallery) == 24 and gallery[8][1].startswith("view 2, frame ")
     assert "3 view(s) x 8 frames" in details
+
+
+def test_frames_are_shown_with_the_bundles_own_statistics(tiny_bundle, clips_dir, tmp_path):
+    """A bundle normalized with other statistics than CLIP's shows its frames in their true colours: the
+    shown crop is the video's pixels resized, whatever the mean and std."""
+    from helpers import copy_bundle, rewrite_manifest
+
+    from demo.app import LocalClassifier
+    from stadapter_deploy import load_predictor
+    from stadapter_deploy.video import decode_frames, denormalize
+    from stadapter_deploy.video.transforms import eval_transform
+
+    bundle = copy_bundle(tiny_bundle, tmp_path / "bundle")
+    stats = {"mean": [0.5, 0.5, 0.5], "std": [0.1, 0.2, 0.3]}
+    rewrite_manifest(bundle, lambda m: m["preprocessing"].update(stats))
+    predictor = load_predictor(bundle)
+    result = asyncio.run(LocalClassifier(predictor).classify(clips_dir / "good.mp4", 5))
+    raw = decode_frames(clips_dir / "good.mp4", result.frame_indices[0])  # [T, H, W, 3]
+    (crop,) = eval_transform(raw, 32, 1, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # [3, T, 32, 32] in [0, 1]
+    truth = (crop.permute(1, 2, 3, 0) * 255).round().clamp(0, 255).numpy()
+    assert np.abs(result.frames[0].astype(float) - truth).max() <= 1
+    as_clip = denormalize(predictor.preprocess(clips_dir / "good.mp4").clips)  # CLIP's statistics: wrong colours
+    assert np.abs(as_clip[0].astype(float) - truth).mean() > 20
 
 
 def test_cli_rejects_a_missing_bundle(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,7 @@ def service_url(server):
 def test_service_classifier_matches_predictor(service_url, tiny_bundle, tmp_path):
     from demo.app import ServiceClassifier, result_outputs
     from stadapter_deploy import load_predictor
-    from stadapter_deploy.errors import VideoError
+    from stadapter_deploy.errors import RequestError
     from stadapter_deploy.video import decode_frames
     from stadapter_deploy.video.synthetic import write_motion_video
 
@@ -24,7 +26,8 @@ def test_service_classifier_matches_predictor(service_url, tiny_bundle, tmp_path
     expected = predictor.classify(video)
 
     classifier = ServiceClassifier(service_url)
-    result = classifier(video)
+    assert classifier.frames_shown == 8  # the sampled frames, from the service's own preprocessing
+    result = asyncio.run(classifier.classify(video, 5))
     assert [x["label"] for x in result.labels] == [x["label"] for x in expected["labels"]]
     np.testing.assert_allclose([x["score"] for x in result.labels], [x["score"] for x in expected["labels"]], rtol=1e-4)
     assert result.model_name == predictor.model_name
@@ -36,9 +39,10 @@ def test_service_classifier_matches_predictor(service_url, tiny_bundle, tmp_path
 
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 10)
-    with pytest.raises(VideoError):
-        classifier(bad)
-    assert classifier(video).labels[0]["label"] == expected["labels"][0]["label"]  # still answering
+    with pytest.raises(RequestError) as refused:
+        asyncio.run(classifier.classify(bad, 5))
+    assert refused.value.status == 422  # the file's fault, as the service said
+    assert asyncio.run(classifier.classify(video, 5)).labels[0]["label"] == expected["labels"][0]["label"]
 
 
 @pytest.mark.slow
@@ -74,7 +78,7 @@ def test_timeline_through_the_service_matches_the_predictor(service_url, tiny_bu
 
     video = write_motion_video(tmp_path / "clip.mp4", label=2, seed=3)
     expected = [s.to_dict() for s in load_predictor(tiny_bundle).timeline(video, window_s=0.5)]
-    over_http = ServiceClassifier(service_url).timeline(video, 0.5)  # python -m demo --service URL
+    over_http = asyncio.run(ServiceClassifier(service_url).timeline(video, 0.5))  # python -m demo --service URL
     assert [s["frames"] for s in over_http] == [e["frames"] for e in expected]
     assert [s["labels"][0]["label"] for s in over_http] == [e["labels"][0]["label"] for e in expected]
     _, table = Client(f"{service_url}/ui/", verbose=False).predict(handle_file(str(video)), 0.5, api_name="/timeline")

@@ -77,3 +77,55 @@ def test_runtime_never_imports_the_build_time_package():
     graph = import_graph()
     runtime = [m for m in graph if m.startswith("stadapter_deploy.runtime")]
     assert runtime and not any(t.startswith("stadapter_deploy.export") for m in runtime for t in graph[m])
+
+
+def imports_of(graph: dict[str, set[str]], prefix: str) -> set[str]:
+    """Every module that a module under `prefix` imports, at any depth of the function bodies."""
+    return {t for m, targets in graph.items() if m == prefix or m.startswith(prefix + ".") for t in targets}
+
+
+def under(modules: set[str], *prefixes: str) -> list[str]:
+    return sorted(m for m in modules if any(m == p or m.startswith(p + ".") for p in prefixes))
+
+
+APPS = ("train", "export", "serve", "demo", "predict")
+
+
+def test_the_layers():
+    """Imports only go down (DESIGN.md section 8): video and runtime never reach the batch package, the
+    build-time packages or an app; serve never imports the batch package; demo never imports serve; no
+    library module imports an app."""
+    graph = import_graph()
+    lib = "stadapter_deploy"
+    for low in (f"{lib}.video", f"{lib}.runtime"):
+        above = (f"{lib}.predict", f"{lib}.export", f"{lib}.train", *APPS)
+        assert under(imports_of(graph, low), *above) == [], low
+    assert under(imports_of(graph, f"{lib}.video"), f"{lib}.runtime") == []  # video sits below the runtime
+    assert under(imports_of(graph, "serve"), f"{lib}.predict") == []
+    assert under(imports_of(graph, "demo"), "serve") == []
+    assert under(imports_of(graph, lib), *APPS) == []
+
+
+def test_the_layer_check_sees_a_lazy_upward_import():
+    graph = {"stadapter_deploy.video.x": {"stadapter_deploy.predict.batch"}, "stadapter_deploy.predict.batch": set()}
+    assert under(imports_of(graph, "stadapter_deploy.video"), "stadapter_deploy.predict") == [
+        "stadapter_deploy.predict.batch"
+    ]
+
+
+def test_one_opener():
+    """Only the video package's opener opens a video for reading (av.open without mode="w"): every route
+    refuses the same files the same way."""
+    openers = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and ast.unparse(node.func) in ("av.open", "decord.VideoReader"):
+                    writes = any(k.arg == "mode" and ast.unparse(k.value) == "'w'" for k in node.keywords)
+                    if not writes:
+                        openers.append(f"{path.relative_to(ROOT)}: {ast.unparse(node.func)}")
+    assert sorted(openers) == [
+        "stadapter_deploy/video/decode.py: decord.VideoReader",  # decord's own reader, after open_video's checks
+        "stadapter_deploy/video/source.py: av.open",
+        "stadapter_deploy/video/source.py: av.open",
+    ], openers

@@ -17,10 +17,11 @@ from predict.cli import main
 from stadapter_deploy.errors import ConfigError
 from stadapter_deploy.predict.inputs import collect_inputs
 from stadapter_deploy.predict.output import read_results
-from stadapter_deploy.predict.timeline import timeline, windows_for
 from stadapter_deploy.preprocessing import Preprocessing
+from stadapter_deploy.runtime.timeline import timeline
 from stadapter_deploy.video.sampling import eval_indices
 from stadapter_deploy.video.synthetic import render_motion_frames, write_motion_video, write_video
+from stadapter_deploy.video.windows import WindowSpec, windows_for
 
 BIN = Path(sys.executable).parent
 
@@ -93,7 +94,8 @@ def test_folder_and_list_match_classify_and_report_accuracy(tiny_bundle, videos,
         assert got["frames"] == want["frames"]
         assert [x["index"] for x in got["labels"]] == [x["index"] for x in want["labels"]]
         np.testing.assert_allclose([x["score"] for x in got["labels"]], [x["score"] for x in want["labels"]], atol=1e-5)
-        assert set(got["timings_ms"]) == {"decode", "preprocess", "infer"}
+        assert set(got["timings_ms"]) == {"decode", "preprocess", "infer", "total"}
+        assert set(got) == {"video", *want}  # the Predictor's record plus the video's name
 
 
 def test_resume_after_kill_repairs_the_torn_line(tiny_bundle, tmp_path):
@@ -136,8 +138,8 @@ def test_bad_input_gives_a_message_and_an_exit_code(tiny_bundle, videos, tmp_pat
     cases = [
         ([str(tmp_path / "empty")], "no video files in"),
         ([f"@{tmp_path / 'bad.txt'}"], "bad.txt:2: the label must be an integer"),
-        (["--timeline", "--window", "0", str(root / "clips")], "--window must be a positive number of seconds"),
-        (["--timeline", "--stride", "-1", str(root / "clips")], "--stride must be a positive number of seconds"),
+        (["--timeline", "--window", "0", str(root / "clips")], "the window must be a positive number of seconds"),
+        (["--timeline", "--stride", "-1", str(root / "clips")], "the stride must be a positive number of seconds"),
         ([str(root / "clips"), "--out", str(tmp_path / "nowhere" / "r.jsonl")], "does not exist"),
         (["rtsp://127.0.0.1:9/live"], "streams need --timeline"),
     ]
@@ -175,7 +177,7 @@ def test_timeline_windows_are_the_recipes_clips(tiny_bundle, tmp_path):
     np.testing.assert_allclose([x["score"] for x in segment.labels], [x["score"] for x in want.labels], atol=1e-5)
     frames = np.concatenate([render_motion_frames(c, 40 + c) for c in range(3)])  # 48 frames, 6 s
     long = write_video(tmp_path / "long.mp4", frames)
-    segments = timeline(predictor, long, window_s=1.0, stride_s=0.5, top_k=2)
+    segments = timeline(predictor, long, WindowSpec(window_s=1.0, stride_s=0.5), top_k=2)
     assert [(s.start_s, s.end_s) for s in segments] == [(k * 0.5, k * 0.5 + 1.0) for k in range(11)]
     offsets = eval_indices(8, 8, 0)[0]
     assert [s.frames for s in segments] == [[4 * k + o for o in offsets] for k in range(11)]
@@ -187,12 +189,12 @@ def test_timeline_windows_are_the_recipes_clips(tiny_bundle, tmp_path):
 
 def test_default_windows():
     uniform = Preprocessing(num_frames=8, sampling_rate=0)
-    assert windows_for(uniform, fps=30.0) == windows_for(uniform, 30.0, window_s=2.0, stride_s=1.0)
+    assert windows_for(uniform, fps=30.0) == windows_for(uniform, 30.0, WindowSpec(window_s=2.0, stride_s=1.0))
     strided = Preprocessing(num_frames=8, sampling_rate=16)
     win = windows_for(strided, fps=25.0)
     assert (win.window, win.stride) == (113, 56)  # (T-1)*r+1 frames, half of it
     with pytest.raises(ConfigError, match="window must be a positive"):
-        windows_for(strided, 25.0, window_s=float("nan"))
+        windows_for(strided, 25.0, WindowSpec(window_s=float("nan")))
 
 
 def test_timeline_over_a_loopback_stream_matches_the_file(tiny_bundle, tmp_path):
@@ -328,6 +330,8 @@ def test_trained_timeline_changes_label_where_the_clips_change(trained_bundle, t
     assert [(r["start_s"], r["labels"][0]["index"]) for r in lines(out)] == [
         (2.0 * i, c) for i, c in enumerate(classes)
     ]
-    half = timeline(predictor_for(trained_bundle), video, stride_s=1.0, top_k=1)  # windows across the cuts too
+    half = timeline(
+        predictor_for(trained_bundle), video, WindowSpec(stride_s=1.0), top_k=1
+    )  # windows across the cuts too
     whole = [s for s in half if s.start_s % 2 == 0]
     assert [s.labels[0]["index"] for s in whole] == classes

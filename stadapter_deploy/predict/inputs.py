@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..video.source import is_stream
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
-STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt", "rtp")
 NUMBER = re.compile(r"[-+]?\d+(\.\d*)?")
 
 
@@ -22,12 +22,6 @@ NUMBER = re.compile(r"[-+]?\d+(\.\d*)?")
 class VideoInput:
     video: str  # a path, or a stream URL; the key of its result lines
     label: int | None = None  # ground truth from a list file
-
-
-def is_stream(source: str) -> bool:
-    """A URL FFmpeg opens (rtsp://, http(s)://, udp://, ...) or a camera device such as /dev/video0."""
-    scheme = source.split("://", 1)[0].lower() if "://" in source else ""
-    return scheme in STREAM_SCHEMES or source.startswith("/dev/video")
 
 
 def is_video_file(path: Path) -> bool:

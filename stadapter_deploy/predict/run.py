@@ -12,11 +12,13 @@ from tqdm import tqdm
 
 from ..errors import ConfigError
 from ..progress import progress_bar
+from ..runtime.timeline import iter_timeline
+from ..video.source import is_stream
+from ..video.windows import WindowSpec
 from .batch import BatchOptions, classify_videos, decode_pool, error_message
 from .distributed import Rank, barrier, join, leave, merge_parts, part_path, part_paths
-from .inputs import VideoInput, collect_inputs, is_stream
+from .inputs import VideoInput, collect_inputs
 from .output import ResultWriter, check_out_path, read_results
-from .timeline import check_seconds, iter_timeline
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -34,6 +36,7 @@ class PredictConfig:
     threads: int | None = None  # model threads (default: the runner's; under torchrun, cores / local ranks)
     workers: int | None = None  # decode processes
     batch_clips: int | None = None
+    decode_timeout_s: float = 300.0  # per video, in the decode pool
     timeline: bool = False
     window_s: float | None = None
     stride_s: float | None = None
@@ -69,8 +72,7 @@ def run_predict(config: PredictConfig) -> int:
     from ..runtime.bundle import load_bundle
     from ..runtime.predictor import load_predictor
 
-    check_seconds("--window", config.window_s)
-    check_seconds("--stride", config.stride_s)
+    spec = WindowSpec(config.window_s, config.stride_s)
     if config.out is not None:
         check_out_path(config.out)
     bundle = load_bundle(config.bundle)
@@ -82,7 +84,7 @@ def run_predict(config: PredictConfig) -> int:
             raise ConfigError("under torchrun, --out is needed: each rank writes a part file beside it")
         done = {r["video"] for r in previous_records(config.out, rank, config.timeline)}
         mine = [v for v in rank.shard(videos) if v.video not in done or is_stream(v.video)]
-        options = BatchOptions(config.top_k, config.views, config.workers, config.batch_clips)
+        options = batch_options(config)
         pool = decode_pool(bundle.preprocessing, options) if mine and not config.timeline else None
         predictor = load_predictor(
             bundle, config.backend, config.device, config.precision, threads=model_threads(config, rank)
@@ -90,7 +92,7 @@ def run_predict(config: PredictConfig) -> int:
         target = part_path(config.out, rank.rank) if rank.distributed else config.out
         started = time.perf_counter()
         with ResultWriter(target) as writer:
-            new = predict_videos(predictor, mine, config, writer, rank, pool)
+            new = predict_videos(predictor, mine, config, spec, writer, rank, pool)
         seconds = time.perf_counter() - started
         barrier()
         if rank.is_main and config.out is not None:
@@ -108,13 +110,15 @@ def run_predict(config: PredictConfig) -> int:
         leave()
 
 
-def predict_videos(predictor, videos: list[VideoInput], config: PredictConfig, writer, rank: Rank, pool) -> list[dict]:
+def predict_videos(
+    predictor, videos: list[VideoInput], config: PredictConfig, spec: WindowSpec, writer, rank: Rank, pool
+) -> list[dict]:
     desc = f"rank {rank.rank}" if rank.distributed else "predict"
     bar = progress_bar(len(videos), desc, enabled=config.progress, unit="video")
     records = []
     try:
         results = (
-            timeline_records(predictor, videos, config)
+            timeline_records(predictor, videos, config, spec)
             if config.timeline
             else classify_records(predictor, videos, config, pool)
         )
@@ -132,23 +136,30 @@ def predict_videos(predictor, videos: list[VideoInput], config: PredictConfig, w
     return records
 
 
+def batch_options(config: PredictConfig) -> BatchOptions:
+    if not config.decode_timeout_s > 0:
+        raise ConfigError(f"--decode-timeout must be a positive number of seconds, got {config.decode_timeout_s}")
+    return BatchOptions(
+        config.top_k, config.views, config.workers, config.batch_clips, decode_timeout_s=config.decode_timeout_s
+    )
+
+
 def classify_records(predictor, videos: list[VideoInput], config: PredictConfig, pool):
-    options = BatchOptions(config.top_k, config.views, config.workers, config.batch_clips)
-    for record in classify_videos(predictor, videos, options, pool):
+    for record in classify_videos(predictor, videos, batch_options(config), pool):
         yield [record]
 
 
-def timeline_records(predictor, videos: list[VideoInput], config: PredictConfig):
+def timeline_records(predictor, videos: list[VideoInput], config: PredictConfig, spec: WindowSpec):
     """A file's window lines all at once (each with `windows`, so resume can tell a whole video); a
     stream's line by line as each window completes, until the stream ends or Ctrl+C."""
-    args = (config.window_s, config.stride_s, config.top_k, config.views)
+    args = (spec, config.top_k, config.views)
     for video in videos:
         name = video.video
         try:
             if is_stream(name):
                 yield from stream_records(predictor, name, args)
                 continue
-            segments = [s.to_dict() for s in iter_timeline(predictor, name, *args)]
+            segments = [s.to_dict() for s in iter_timeline(predictor, Path(name), *args)]
         except Exception as e:
             yield [{"video": name, "error": error_message(e)}]
             continue

@@ -1,13 +1,14 @@
 """The Predictor: video -> preprocess -> runner -> labels, over any runner; `load_predictor` picks one.
 
-Preprocessing, batching, view averaging and top-k live here, once. The result is a `Classification`.
+Preprocessing, batching, view averaging and top-k live here, once. The result is a `Classification`
+(results.py); a timeline is a list of Segments (timeline.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch
 
 from ..preprocessing import Preprocessing
 from .bundle import Bundle, load_bundle
+from .results import Classification, check_top_k, classification, top_k_labels
 from .runner import Runner, parse_backend
 from .runners import RUNNERS
 
@@ -23,78 +25,6 @@ log = logging.getLogger(__name__)
 BACKENDS = tuple(RUNNERS)
 # "auto" tries these in order and takes the first that the bundle holds and the machine can run.
 AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "torch-cpu")
-
-
-@dataclass
-class Classification:
-    """One classified video. `to_dict()` is the JSON the service answers with."""
-
-    labels: list[dict]  # [{"label", "index", "score"}], best first
-    frame_indices: list[list[int]]  # one list of frame numbers per temporal view
-    backend: str
-    precision: str
-    timings_ms: dict[str, float] = field(default_factory=dict)  # decode, preprocess, infer, total
-    clips: torch.Tensor | None = None  # [V, 3, T, S, S] model input, when asked for
-
-    @property
-    def frames(self) -> list[int]:
-        return [i for view in self.frame_indices for i in view]
-
-    def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k not in ("clips", "frame_indices")}
-        return {**d, "frames": self.frames}
-
-    # Read like the dict that earlier versions returned: result["labels"], set(result), dict(result).
-    def __getitem__(self, key: str):
-        return self.to_dict()[key]
-
-    def __iter__(self):
-        return iter(self.to_dict())
-
-    def keys(self):
-        return self.to_dict().keys()
-
-
-def top_k_labels(labels: list[str], logits: np.ndarray, top_k: int = 5) -> list[dict]:
-    """Softmax per view, averaged over views (as training eval does); the top_k classes."""
-    logits = np.asarray(logits, dtype=np.float64)
-    logits = logits[None] if logits.ndim == 1 else logits  # [V, C]
-    check_top_k(top_k, logits.shape[-1])
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    scores = (z / z.sum(axis=-1, keepdims=True)).mean(axis=0)  # [C]
-    best = np.argsort(-scores, kind="stable")[:top_k]
-    return [{"label": labels[i], "index": int(i), "score": float(scores[i])} for i in best]
-
-
-def check_top_k(top_k, num_classes: int) -> None:
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_classes:
-        raise ValueError(f"top_k must be an integer between 1 and {num_classes}, got {top_k!r}")
-
-
-def classification(
-    views,
-    logits: np.ndarray,
-    labels: list[str],
-    top_k: int,
-    runner_info: dict,
-    infer_ms: float,
-    start: float,
-    keep_clips: bool = False,
-) -> Classification:
-    """Assemble the result of one video from its EvalViews and its logits [V, C]."""
-    return Classification(
-        labels=top_k_labels(labels, logits, top_k),
-        frame_indices=[list(map(int, v)) for v in views.frame_indices],
-        backend=runner_info["backend"],
-        precision=runner_info["precision"],
-        timings_ms={
-            "decode": float(views.timings_ms["decode"]),
-            "preprocess": float(views.timings_ms["preprocess"]),
-            "infer": float(infer_ms),
-            "total": (time.perf_counter() - start) * 1e3,
-        },
-        clips=views.clips if keep_clips else None,
-    )
 
 
 class Predictor:
@@ -168,14 +98,18 @@ class Predictor:
         t0 = time.perf_counter()
         logits = self.predict(ev.clips)  # [V, C]
         infer_ms = (time.perf_counter() - t0) * 1e3
-        return classification(ev, logits, self.labels, top_k, self.info(), infer_ms, start, keep_clips)
+        total_ms = (time.perf_counter() - start) * 1e3
+        return classification(ev, logits, self.labels, top_k, self.info(), infer_ms, total_ms, keep_clips)
 
-    def timeline(self, video, window_s: float | None = None, stride_s: float | None = None, top_k: int = 5) -> list:
+    def timeline(
+        self, video, window_s: float | None = None, stride_s: float | None = None, top_k: int = 5, views=None
+    ) -> list:
         """When things happen: labels for windows slid over `video` (path or bytes), one decode pass.
-        Returns Segments (start_s, end_s, labels, frames); see stadapter_deploy/predict/timeline.py."""
-        from ..predict.timeline import timeline
+        Returns Segments (start_s, end_s, labels, frames); see stadapter_deploy/runtime/timeline.py."""
+        from ..video.windows import WindowSpec
+        from .timeline import timeline
 
-        return timeline(self, video, window_s, stride_s, top_k)
+        return timeline(self, video, WindowSpec(window_s, stride_s), top_k, views)
 
 
 # ----------------------------------------------------------------------------- choosing a runner
@@ -199,21 +133,66 @@ def choose_backend(bundle: Bundle) -> tuple[str, list[str]]:
     raise ValueError(f"no backend can run {bundle.path} here: " + "; ".join(skipped))
 
 
-def resolve_backend(bundle: Bundle, backend: str = "auto", device: str | None = None) -> tuple[str, str, str]:
-    """(runner name, device, why) for a backend name such as "auto", "torch" or "onnxruntime-cuda"."""
-    selection = f"asked for {backend}"
+@dataclass(frozen=True)
+class Plan:
+    """Which runner, device and precision will run a bundle here, and why: checked, nothing loaded yet."""
+
+    runner: str  # a RUNNERS key
+    device: str
+    precision: str
+    selection: str  # in words, e.g. for a startup log
+
+    @property
+    def backend(self) -> str:
+        return f"{self.runner}-{self.device}"
+
+
+def plan_predictor(
+    bundle: Bundle, backend: str = "auto", device: str | None = None, precision: str | None = None
+) -> Plan:
+    """Check once that `backend` (e.g. "auto", "torch", "onnxruntime-cuda") can run `bundle` here in
+    `precision` (None: the runner's default); ValueError saying why not. `load_predictor` runs the plan."""
+    name, device, selection = plan_backend(bundle, backend, device)
+    precision, why = plan_precision(bundle, name, device, precision)
+    return Plan(name, device, precision, selection + (f"; {precision}: {why}" if why else ""))
+
+
+def plan_backend(bundle: Bundle, backend: str = "auto", device: str | None = None) -> tuple[str, str, str]:
+    """(runner name, device, why) for `backend`, asking each runner once whether it can run `bundle` here."""
     if backend == "auto":
         backend, skipped = choose_backend(bundle)
         selection = f"auto chose {backend}" + (f" (passed over: {'; '.join(skipped)})" if skipped else "")
-    base, named_device = parse_backend(backend, RUNNERS)
-    runner = RUNNERS[base]
-    device = named_device or device
+        name, device = parse_backend(backend, RUNNERS)
+        return name, device or RUNNERS[name].devices[0], selection
+    name, named_device = parse_backend(backend, RUNNERS)
+    return name, pick_device(bundle, RUNNERS[name], named_device or device), f"asked for {backend}"
+
+
+def plan_precision(bundle: Bundle, name: str, device: str, precision: str | None) -> tuple[str, str]:
+    """(precision, why it was chosen; "" when asked for): the runner's default, or `precision` if it can run it."""
+    runner = RUNNERS[name]
+    why = ""
+    if precision is None:
+        precision, why = runner.default_precision(bundle, device)
+    if precision not in runner.precisions:
+        raise ValueError(f"unknown precision {precision!r} for {name}; choose one of {', '.join(runner.precisions)}")
+    held = sorted({a["precision"] for a in bundle.find(name)})
+    if name == "onnxruntime" and precision not in held:  # one ONNX file per precision
+        raise ValueError(f"the bundle holds no {precision} ONNX (it holds {', '.join(held)})")
+    return precision, why
+
+
+def pick_device(bundle: Bundle, runner: type[Runner], device: str | None) -> str:
+    """`device` if the runner can run the bundle there; None: the GPU where it can, else its first device."""
     if device is not None and device not in runner.devices:
-        raise ValueError(f"unknown device {device!r} for {base}; choose one of {', '.join(runner.devices)}")
-    if device is None:  # the GPU when this runner can use it here, else its first device
-        cuda_ok = "cuda" in runner.devices and runner.available(bundle, "cuda") is None
-        device = "cuda" if cuda_ok else runner.devices[0]
-    return base, device, selection
+        raise ValueError(f"unknown device {device!r} for {runner.name}; choose one of {', '.join(runner.devices)}")
+    if device is None and "cuda" in runner.devices and runner.available(bundle, "cuda") is None:
+        return "cuda"
+    device = device or runner.devices[0]
+    if reason := runner.available(bundle, device):
+        label = runner.name if len(runner.devices) == 1 else f"{runner.name}-{device}"
+        raise ValueError(f"backend {label} asked for, but it cannot run here: {reason}")
+    return device
 
 
 def load_predictor(
@@ -223,6 +202,7 @@ def load_predictor(
     precision: str | None = None,
     verify: bool = True,
     threads: int | None = None,
+    plan: Plan | None = None,
 ) -> Predictor:
     """Load a bundle and return a Predictor.
 
@@ -232,18 +212,11 @@ def load_predictor(
     precision: "fp32", "fp16" (CUDA), "bf16" (torch on a CPU with BF16) or "int8" (onnxruntime, a bundle
     exported with --int8); default: fp16 on CUDA where the bundle holds it, int8 on a CPU with VNNI/AMX
     where the bundle holds it, else fp32 (`predictor.selection` says why). threads: CPU threads for the runner.
+    plan: a `plan_predictor` result made earlier (backend, device and precision are then not read).
     """
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle, verify=verify)
-    name, device, selection = resolve_backend(bundle, backend, device)
-    runner_class = RUNNERS[name]
-    if precision is None:
-        precision, why = runner_class.default_precision(bundle, device)
-        selection += f"; {precision}: {why}"
-    if precision not in runner_class.precisions:
-        raise ValueError(
-            f"unknown precision {precision!r} for {name}; choose one of {', '.join(runner_class.precisions)}"
-        )
-    log.info(selection)
-    runner = runner_class(bundle, device=device, precision=precision, threads=threads)
-    return Predictor(bundle, runner, selection)
+    plan = plan or plan_predictor(bundle, backend, device, precision)
+    log.info(plan.selection)
+    runner = RUNNERS[plan.runner](bundle, device=plan.device, precision=plan.precision, threads=threads)
+    return Predictor(bundle, runner, plan.selection)

@@ -3,21 +3,26 @@
     python -m stadapter_deploy.video.check_list train.txt --root videos/ --num-classes 400 --out train_clean.txt
 
 An entry is kept when its label is an integer in [0, num_classes) and its video decodes at least one
-frame (every frame is decoded and counted, within the decode limits: stadapter_deploy/video/limits.py).
-The report (TSV: line, path, reason) lists every dropped entry.
+frame (every frame is decoded and counted, within the decode limits: stadapter_deploy/video/limits.py)
+within CHECK_TIMEOUT_S. The report (TSV: line, path, reason) lists every dropped entry. Videos are
+decoded in the project's decode pool (pool.py): a file that hangs or crashes the decoder costs only
+its own entry.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import as_completed
 from pathlib import Path
 
 from ..errors import VideoError
 from ..progress import progress_bar
 from .decode import count_decodable_frames
 from .listfile import parse_list_line
+from .pool import DecodePool, JobFailed
+
+CHECK_TIMEOUT_S = 600.0  # one video's full decode
 
 
 def check_video(path: str) -> str | None:
@@ -32,8 +37,12 @@ def check_video(path: str) -> str | None:
     return None
 
 
-def _check_line(job: tuple[int, str, Path, int]) -> tuple[int, str, str | None]:
-    number, line, root, num_classes = job
+def check_worker():
+    """What each checking process runs: `_check_line` per job."""
+    return _check_line
+
+
+def _check_line(number: int, line: str, root: Path, num_classes: int) -> tuple[int, str, str | None]:
     try:
         parsed = parse_list_line(line)
     except ValueError:
@@ -62,9 +71,16 @@ def check_list(
     jobs = [(n, line, root, num_classes) for n, line in enumerate(lines, 1) if _is_entry(line)]
     report = report or out.with_name(out.name + ".dropped.tsv")
     results = {}
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    with DecodePool(check_worker, (), max(1, workers), CHECK_TIMEOUT_S, name="stadapter-check") as pool:
+        pool.start()
+        futures = {pool.submit(*job): job for job in jobs}
         bar = progress_bar(len(jobs), "checking videos", enabled=progress, unit="video")
-        for number, path, reason in pool.map(_check_line, jobs, chunksize=4):
+        for future in as_completed(futures):
+            number, line = futures[future][:2]
+            try:
+                number, path, reason = future.result()
+            except JobFailed as e:  # the decoder hung or crashed on this file
+                path, reason = parse_list_line(line)[0], f"its decode {e}"  # the line parsed: it got to decoding
             results[number] = (path, reason)
             bar.update()
         bar.close()

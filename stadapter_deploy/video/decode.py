@@ -28,9 +28,9 @@ import av
 import numpy as np
 
 from ..errors import VideoError
-from .limits import DecodeLimits, VideoTooLargeError
+from .limits import DecodeLimits
+from .source import VideoSource, decoded_frames, frame_rotation, open_video, rgb_frame, source_name
 
-VideoSource = str | os.PathLike | bytes
 DECODERS = ("decord", "pyav")
 SEEK_MIN_FRAMES = 3000  # shorter videos decode sequentially: as fast as seeking there, and exact by definition
 SEEK_MIN_SAVING = 2  # and only where seeking decodes at most half the frames a sequential pass would
@@ -70,63 +70,11 @@ class _Unproven(Exception):
     """A seek's landing or a frame's identity cannot be proven; decode sequentially instead."""
 
 
-def _name(video: VideoSource) -> str:
-    return "<bytes>" if isinstance(video, bytes | bytearray) else str(video)
-
-
-def _open_container(video: VideoSource) -> av.container.InputContainer:
-    if isinstance(video, bytes | bytearray):
-        if len(video) == 0:
-            raise VideoError("the video is empty (0 bytes)")
-        source = io.BytesIO(video)
-    else:
-        path = os.fspath(video)
-        if not os.path.isfile(path):
-            raise VideoError(f"video file not found: {path}")
-        if os.path.getsize(path) == 0:
-            raise VideoError(f"the video file is empty (0 bytes): {path}")
-        source = path
-    try:
-        return av.open(source, mode="r", metadata_errors="ignore")
-    except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        raise VideoError(f"not a readable video file ({reason}): {_name(video)}") from None
-
-
-def _video_stream(container: av.container.InputContainer, video: VideoSource) -> av.video.stream.VideoStream:
-    if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # png_pipe, jpeg_pipe...
-        raise VideoError(f"this is a still image ({container.format.name}), not a video: {_name(video)}")
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-        raise VideoError(f"no video stream in {_name(video)} (it holds: {', '.join(kinds)})")
-    stream = container.streams.video[0]
-    if stream.codec_context is None:  # a codec tag no decoder in this FFmpeg knows
-        raise VideoError(f"the video's codec is not one this decoder knows: {_name(video)}")
-    # Slice threads, PyAV's default. Frame threads (FFmpeg 8) drop the last frames after a trailing packet
-    # that holds no picture, and conceal damaged packets differently: not the reference decode.
-    stream.thread_type = "SLICE"
-    return stream
-
-
-def _check_headers(container, stream, limits: DecodeLimits) -> None:
-    """The limits against what the headers declare, before anything is decoded."""
-    codec = stream.codec_context
-    if codec.width and codec.height:
-        limits.check_size(codec.width, codec.height)
-    if stream.frames:
-        limits.check_frames(stream.frames)
-    if stream.duration and stream.time_base:
-        limits.check_duration(float(stream.duration * stream.time_base))
-    elif container.duration:
-        limits.check_duration(container.duration / av.time_base)
-
-
 def scan(video: VideoSource, limits: DecodeLimits | None = None) -> Probe:
     """Headers and packets only, no decoding: size, codec, packet count, timestamps and keyframes."""
     limits = limits or DecodeLimits.from_env()
-    with _open_container(video) as container:
-        stream = _video_stream(container, video)
-        _check_headers(container, stream, limits)
+    with open_video(video, limits) as opened:
+        container, stream = opened.container, opened.stream
         pts, key_pts, count = [], [], 0
         try:
             for packet in container.demux(stream):
@@ -142,7 +90,7 @@ def scan(video: VideoSource, limits: DecodeLimits | None = None) -> Probe:
             pass  # truncated: keep the packets read so far
         codec, fmt, time_base = stream.codec_context, container.format.name, stream.time_base
     if count == 0:
-        raise VideoError(f"the video has no frames: {_name(video)}")
+        raise VideoError(f"the video has no frames: {source_name(video)}")
     info = Probe(num_frames=count, height=codec.height, width=codec.width, codec=codec.name, format=fmt)
     if len(pts) == count and len(set(pts)) == count:  # timestamps usable to check seeks against
         info.frame_pts = sorted(pts)
@@ -154,35 +102,6 @@ def scan(video: VideoSource, limits: DecodeLimits | None = None) -> Probe:
     return info
 
 
-def decoded_frames(container, stream, limits: DecodeLimits, count_frames: bool = True):
-    """Decoded frames in output order from the current position, within the limits (frame i of a video
-    is the i-th this yields from the start). `count_frames=False` for a live stream, which has no end.
-
-    Like ffmpeg, a packet that fails to decode is skipped and decoding goes on; a demuxing error
-    (a truncated file, a dropped connection) ends the video quietly; running out of memory raises
-    VideoTooLargeError.
-    """
-    count = 0
-    try:
-        for packet in container.demux(stream):
-            try:
-                decoded = packet.decode()
-            except av.error.MemoryError:
-                raise
-            except av.FFmpegError:
-                continue
-            for frame in decoded:
-                count += 1
-                if count_frames:
-                    limits.check_frames(count)
-                limits.check_size(frame.width, frame.height)
-                yield frame
-    except av.error.MemoryError:
-        raise VideoTooLargeError("decoding ran out of memory (the process's memory limit)") from None
-    except av.FFmpegError:
-        return
-
-
 def _decode_sequential(video: VideoSource, keep: set[int], stop: int | None, limits: DecodeLimits):
     """Decode from the start, converting the frames whose index is in `keep`, up to frame `stop` (None: to
     the end). Returns ({index: RGB frame}, frames decoded, the first frame's (rotation, height, width)).
@@ -191,13 +110,11 @@ def _decode_sequential(video: VideoSource, keep: set[int], stop: int | None, lim
     damaged packet in a later frame changed held ones).
     """
     held, count, first = {}, 0, None
-    with _open_container(video) as container:
-        stream = _video_stream(container, video)
-        _check_headers(container, stream, limits)
-        for frame in decoded_frames(container, stream, limits):
-            first = first or (_rotation(frame), frame.height, frame.width)
+    with open_video(video, limits) as opened:
+        for frame in decoded_frames(opened.container, opened.stream, limits):
+            first = first or (frame_rotation(frame), frame.height, frame.width)
             if count in keep:
-                held[count] = _rgb(frame)
+                held[count] = rgb_frame(frame)
             count += 1
             if stop is not None and count > stop:
                 break
@@ -238,8 +155,8 @@ def _verified(frames, start: int, info: Probe):
 def _decode_seeking(video: VideoSource, info: Probe, wanted: list[int], limits: DecodeLimits) -> dict:
     """{index: frame} for sorted `wanted`, seeking to the keyframe before each one that lies ahead."""
     out = {}
-    with _open_container(video) as container:
-        stream = _video_stream(container, video)
+    with open_video(video, limits) as opened:
+        container, stream = opened.container, opened.stream
         walk, next_index = None, 0
         for index in wanted:
             key = info.keyframes[bisect.bisect_right(info.keyframes, index) - 1]
@@ -248,7 +165,7 @@ def _decode_seeking(video: VideoSource, info: Probe, wanted: list[int], limits: 
                 walk = _verified(frames, landed, info)
             for i, frame in walk:
                 if i == index:
-                    out[index] = _rgb(frame)
+                    out[index] = rgb_frame(frame)
                     break
             else:
                 return out  # the video ends before `index`
@@ -258,9 +175,8 @@ def _decode_seeking(video: VideoSource, info: Probe, wanted: list[int], limits: 
 
 def _count_from_last_keyframe(video: VideoSource, info: Probe, limits: DecodeLimits) -> int:
     """N of a long video: the last keyframe's index plus the frames that decode from it (proven)."""
-    with _open_container(video) as container:
-        stream = _video_stream(container, video)
-        frames, landed = _seek_landing(container, stream, info, len(info.frame_pts) - 1, limits)
+    with open_video(video, limits) as opened:
+        frames, landed = _seek_landing(opened.container, opened.stream, info, len(info.frame_pts) - 1, limits)
         return landed + sum(1 for _ in _verified(frames, landed, info))
 
 
@@ -270,21 +186,6 @@ def _should_seek(info: Probe, wanted: list[int]) -> bool:
         return False
     work = sum(index - info.keyframes[bisect.bisect_right(info.keyframes, index) - 1] + 1 for index in wanted)
     return SEEK_MIN_SAVING * work <= wanted[-1]
-
-
-def _rotation(frame: av.VideoFrame) -> int:
-    """Degrees counterclockwise to turn the frame to display it (0, 90, 180, 270)."""
-    rotation = int(round(frame.rotation or 0)) % 360
-    if rotation % 90:
-        raise VideoError(f"unsupported rotation tag of {rotation} degrees")
-    return rotation
-
-
-def _rgb(frame: av.VideoFrame) -> np.ndarray:
-    """[H, W, 3] uint8, turned counterclockwise by the rotation tag as players display it."""
-    rotation = _rotation(frame)
-    image = frame.to_ndarray(format="rgb24")
-    return np.ascontiguousarray(np.rot90(image, k=rotation // 90)) if rotation else image
 
 
 def _decord_suits(info: Probe) -> bool:
@@ -344,13 +245,14 @@ def decode_with_probe(
     decoder = resolve_decoder(decoder)
     bad = [i for i in indices if not 0 <= i < info.num_frames]
     if bad:
-        raise VideoError(f"frame index {bad[0]} is outside the video's {info.num_frames} frames: {_name(video)}")
+        raise VideoError(f"frame index {bad[0]} is outside the video's {info.num_frames} frames: {source_name(video)}")
     wanted = sorted(set(int(i) for i in indices))
     got = _decode_wanted(video, info, wanted, decoder, limits or DecodeLimits.from_env())
     missing = [i for i in wanted if i not in got]
     if missing:
         raise ShortVideoError(
-            f"frame {missing[0]} of {info.num_frames} does not decode (truncated or corrupt video?): {_name(video)}"
+            f"frame {missing[0]} of {info.num_frames} does not decode (truncated or corrupt video?): "
+            f"{source_name(video)}"
         )
     return np.stack([got[i] for i in indices])
 
@@ -380,7 +282,7 @@ def decode_sampled(video: VideoSource, pick, decoder: str | None = None, limits:
     guesses = [n for n in (info.num_frames, info.num_frames - 1) if n > 0]
     held, count, first = _decode_sequential(video, {i for n in guesses for i in pick(n)}, None, limits)
     if count == 0:
-        raise VideoError(f"no frame of the video can be decoded: {_name(video)}")
+        raise VideoError(f"no frame of the video can be decoded: {source_name(video)}")
     indices = pick(count)
     missing = sorted(set(indices) - held.keys())
     if missing:
@@ -401,7 +303,7 @@ def probe(video: VideoSource, limits: DecodeLimits | None = None) -> Probe:
     info = scan(video, limits)
     _, count, first = _decode_sequential(video, set(), None if info.num_frames < SEEK_MIN_FRAMES else 0, limits)
     if count == 0:
-        raise VideoError(f"no frame of the video can be decoded: {_name(video)}")
+        raise VideoError(f"no frame of the video can be decoded: {source_name(video)}")
     if info.num_frames >= SEEK_MIN_FRAMES:
         try:
             count = _count_from_last_keyframe(video, info, limits)

@@ -1,0 +1,395 @@
+"""The one decode pool: worker processes that each run one job at a time, where a job past its deadline
+is stopped. The service and the batch CLI both decode here.
+
+Decoding is CPU work in native code, so it runs in processes: in parallel, never blocking an event
+loop or the model, and a decode that hangs or crashes takes only its own process down. That process
+is killed and replaced by the thread that watches it; the other jobs go on.
+
+A job returns one value (`submit`, a Future) or, where the job function returns a generator, a stream
+of values (`stream`), sent one at a time so that a long video's windows never pile up in memory: the
+worker blocks until the consumer has taken the previous one. Each value must arrive within
+`timeout_s` of the last.
+
+No worker outlives its parent, SIGKILL included: each holds only its own end of its pipe (so a write
+to a dead parent fails at once), and a watchdog thread ends it when its parent process is gone,
+even while the decoder is stuck in native code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+import types
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+log = logging.getLogger("stadapter.pool")
+
+READY_TIMEOUT_S = 120.0  # a worker imports torch and the video pipeline before it is ready
+WATCHDOG_S = 0.5  # how often a worker checks that its parent is alive
+STREAM_AHEAD = 2  # values of a stream taken from its worker before the consumer asks for them
+RESPAWN_ATTEMPTS = 5
+
+
+class JobRejected(ValueError):
+    """The job's input was bad: the job function raised a ValueError (e.g. VideoError)."""
+
+
+class JobFailed(RuntimeError):
+    """The job could not finish: it ran past its deadline, crashed its process, or raised."""
+
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+# ----------------------------------------------------------------------------- the worker process
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(WATCHDOG_S)
+        if os.getppid() != parent_pid:  # reparented: the parent is gone
+            os._exit(1)
+
+
+def _worker_main(conn: Connection, setup: Callable[..., Callable], setup_args: tuple, parent_pid: int) -> None:
+    """A worker process: build the job function once, then answer jobs until the pipe closes."""
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
+    try:
+        job = setup(*setup_args)
+    except Exception as e:  # reported to the parent, which refuses to start
+        conn.send(("setup-failed", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        try:
+            args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            result = job(*args)
+            if isinstance(result, types.GeneratorType):
+                for item in result:
+                    conn.send(("item", item))
+                result = None
+            reply = ("ok", result)
+        except ValueError as e:
+            reply = ("rejected", str(e))
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the parent is gone
+        except Exception as e:
+            reply = ("failed", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        try:
+            conn.send(reply)
+        except OSError:
+            return
+
+
+# ----------------------------------------------------------------------------- the parent side
+
+
+_DONE = object()
+
+
+@dataclass(eq=False)
+class _Job:
+    args: tuple
+    future: Future  # the value (submit) or None once a stream ends
+    items: queue.Queue | None = None  # a stream's values, then _DONE or an exception
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+
+class _Slot:
+    """One worker process and the thread that feeds it jobs, watches its deadlines and replaces it."""
+
+    def __init__(self, pool: DecodePool):
+        self.pool = pool
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.job: _Job | None = None
+        self.started = threading.Event()
+        self.error: Exception | None = None
+
+    def main(self) -> None:
+        """The slot's thread: start the process, then serve jobs (a slot that cannot start leaves the pool)."""
+        try:
+            self.spawn()
+        except RuntimeError as e:
+            self.error = e
+            self.pool.lost(self, e)
+            return
+        finally:
+            self.started.set()
+        self.serve()
+
+    def spawn(self) -> None:
+        """Start the process and wait until it has built its job function (RuntimeError if it cannot)."""
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded process holding a model
+        parent, child = context.Pipe()
+        process = context.Process(
+            target=_worker_main,
+            args=(child, self.pool.setup, self.pool.setup_args, os.getpid()),
+            daemon=True,
+            name=self.pool.name,
+        )
+        process.start()
+        child.close()  # the worker holds the only copy of its end
+        self.process, self.conn = process, parent
+        if not parent.poll(READY_TIMEOUT_S):
+            self.kill()
+            raise RuntimeError(f"a {self.pool.name} worker did not start within {READY_TIMEOUT_S:g} s")
+        try:
+            kind, message = parent.recv()
+        except (EOFError, OSError):
+            kind, message = "died", "it exited while starting"
+        if kind != "ready":
+            self.kill()
+            raise RuntimeError(f"a {self.pool.name} worker could not start: {message}")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.join(timeout=5)
+            self.process = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def serve(self) -> None:
+        """The slot's thread: run jobs from the pool's queue until the pool closes."""
+        while True:
+            job = self.pool.jobs.get()
+            if job is None:
+                return
+            if job.abandoned.is_set() or not job.future.set_running_or_notify_cancel():
+                continue
+            self.job = job
+            try:
+                healthy = self.run(job)
+            except Exception as e:  # a fault of this code, not of the job: the job fails, the slot goes on
+                log.exception("%s slot failed on a job", self.pool.name)
+                self.fail(job, JobFailed(f"{type(e).__name__}: {e}"))
+                healthy = False
+            self.job = None
+            if not healthy and not self.replace():
+                return
+
+    def run(self, job: _Job) -> bool:
+        """Send one job and deliver its outcome; False when the process had to be killed."""
+        try:
+            self.send(job.args)
+            while True:
+                kind, value = self.receive()
+                if kind != "item":
+                    break
+                if not self.offer(job, value):
+                    return False  # the consumer left mid-stream: the worker is still busy with it
+        except JobFailed as e:
+            self.fail(job, e)
+            return False
+        if kind == "ok":
+            self.finish(job, value)
+        elif kind == "rejected":
+            self.fail(job, JobRejected(value))
+        else:
+            log.error("decode job failed: %s", value)
+            self.fail(job, JobFailed(value.splitlines()[0]))
+        return True
+
+    def send(self, args: tuple) -> None:
+        try:
+            self.conn.send(args)
+        except (OSError, AttributeError):  # a process that died while idle (AttributeError: killed by close())
+            raise JobFailed("its worker process died") from None
+
+    def receive(self) -> tuple[str, Any]:
+        timeout = self.pool.timeout_s
+        try:
+            if not self.conn.poll(timeout):
+                raise JobFailed(f"took longer than {timeout:g} s", timed_out=True)
+            return self.conn.recv()
+        except (EOFError, OSError, AttributeError):  # AttributeError: killed (conn closed) by cancel()
+            raise JobFailed("its worker process died") from None
+
+    @staticmethod
+    def offer(job: _Job, item) -> bool:
+        """Hand a stream's next value (or its end) to the consumer; False once the consumer has left."""
+        while not job.abandoned.is_set():
+            try:
+                job.items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    @classmethod
+    def finish(cls, job: _Job, value) -> None:
+        if job.items is not None:
+            cls.offer(job, _DONE)
+            value = None
+        if not job.future.done():
+            job.future.set_result(value)
+
+    @classmethod
+    def fail(cls, job: _Job, error: Exception) -> None:
+        if job.items is not None:
+            cls.offer(job, error)
+        if not job.future.done():
+            job.future.set_exception(error)
+
+    def replace(self) -> bool:
+        """Kill this slot's process and start another; False when the pool is closing or it keeps failing."""
+        self.kill()
+        for attempt in range(RESPAWN_ATTEMPTS):
+            if self.pool.closed:
+                return False
+            try:
+                self.spawn()
+                return True
+            except RuntimeError as e:
+                log.error("replacing a %s worker failed (attempt %d): %s", self.pool.name, attempt + 1, e)
+                time.sleep(2.0)
+        self.pool.lost(self, RuntimeError(f"a {self.pool.name} worker could not be replaced"))
+        return False
+
+
+class DecodePool:
+    """`workers` processes that each run `setup(*setup_args)` once, then `job(*args)` per job."""
+
+    def __init__(
+        self,
+        setup: Callable[..., Callable],
+        setup_args: tuple,
+        workers: int,
+        timeout_s: float,
+        name: str = "stadapter-decode",
+    ):
+        self.setup, self.setup_args = setup, setup_args
+        self.workers, self.timeout_s, self.name = workers, timeout_s, name
+        self.jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.slots: set[_Slot] = set()
+        self.closed = False
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def alive(self) -> int:
+        """Processes up and not being replaced (busy or idle)."""
+        return sum(1 for s in self.slots if s.process is not None and s.process.is_alive())
+
+    def start(self) -> None:
+        """Start every process and wait until each is ready (RuntimeError if one cannot start)."""
+        slots = self.start_in_background()
+        for slot in slots:
+            slot.started.wait()
+        errors = [slot.error for slot in slots if slot.error is not None]
+        if errors:
+            self.close()
+            raise errors[0]
+
+    def start_in_background(self) -> list[_Slot]:
+        """Start every process without waiting: jobs submitted meanwhile wait for the first one ready."""
+        slots = [_Slot(self) for _ in range(self.workers)]
+        self.slots.update(slots)
+        for slot in slots:
+            thread = threading.Thread(target=slot.main, daemon=True, name=f"{self.name}-slot")
+            thread.start()
+            self._threads.append(thread)
+        return slots
+
+    def lost(self, slot: _Slot, reason: Exception) -> None:
+        """A slot whose process cannot (re)start leaves; with none left, waiting jobs fail with the reason."""
+        self.slots.discard(slot)
+        if self.slots:
+            return
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                _Slot.fail(job, JobFailed(f"no {self.name} worker is running ({reason})"))
+
+    def submit(self, *args: Any) -> Future:
+        """Run `job(*args)` on the next free worker: a Future of its value, or of JobRejected / JobFailed."""
+        job = _Job(args, Future())
+        self._put(job)
+        return job.future
+
+    def stream(self, *args: Any) -> Iterator:
+        """The values of a job whose function is a generator, as the worker makes them. Closing the
+        iterator early stops the job (its process is replaced)."""
+        job = _Job(args, Future(), queue.Queue(maxsize=STREAM_AHEAD))
+        self._put(job)
+        try:
+            while True:
+                item = job.items.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            job.abandoned.set()
+
+    async def run(self, *args: Any) -> Any:
+        """`submit` for an event loop. A cancelled caller (a client gone) stops its job."""
+        future = self.submit(*args)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            self.cancel(future)
+            raise
+
+    def cancel(self, future: Future) -> None:
+        """Stop the job of `future`: dropped if waiting, its process killed (and replaced) if running."""
+        if future.cancel():
+            return
+        for slot in list(self.slots):
+            job = slot.job
+            if job is not None and job.future is future:
+                job.abandoned.set()
+                if slot.process is not None:
+                    slot.process.kill()
+
+    def _put(self, job: _Job) -> None:
+        if self.closed:
+            raise RuntimeError(f"the {self.name} pool is closed")
+        if not self.slots:
+            raise JobFailed(f"no {self.name} worker is running")
+        self.jobs.put(job)
+
+    def close(self) -> None:
+        """Stop every worker; jobs still waiting fail."""
+        self.closed = True
+        for _ in self._threads:
+            self.jobs.put(None)
+        for slot in list(self.slots):
+            if slot.job is not None:
+                slot.job.abandoned.set()
+            slot.kill()
+        self.slots.clear()
+        while True:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and not job.future.done():
+                _Slot.fail(job, JobFailed(f"the {self.name} pool was closed"))
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
