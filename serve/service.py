@@ -169,7 +169,7 @@ def mount_ui(service_class):
 
     page = build_demo(InProcessClassifier(BUNDLE), subtitle=f"Served by BentoML: {BUNDLE.model_name}")
     if SETTINGS.api_token:
-        page.auth = token_login(SETTINGS.api_token)
+        page.auth, page.auth_message = token_login(SETTINGS.api_token), "The service's API token is the password."
     return bentoml.gradio.mount_gradio_app(page, path="/ui")(service_class)
 
 

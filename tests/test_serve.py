@@ -360,3 +360,54 @@ def test_every_hard_case_video_that_ffmpeg_decodes_gets_200(server, local, corpu
         response = post_video(url, path)
         assert response.status_code == 200, (name, response.text)
         assert response.json()["frames"] == local.classify(path).frames, name  # the frames a player shows
+
+
+def odd_files(folder: Path, corpus: dict, bad: dict) -> dict[str, bytes]:
+    """Every hard-case corpus file, the bad-input set, and still images (PNG, JPEG, a PNG named .mp4)."""
+    from PIL import Image
+
+    image = Image.fromarray(np.full((48, 64, 3), 120, np.uint8))
+    image.save(folder / "still.png")
+    image.save(folder / "still.jpg")
+    files = {name: path.read_bytes() for name, path in corpus.items()}
+    files |= {f"bad: {name}": data for name, data in bad.items()}
+    files |= {"still.png": (folder / "still.png").read_bytes(), "still.jpg": (folder / "still.jpg").read_bytes()}
+    files["png named .mp4"] = files["still.png"]
+    return files
+
+
+def route_outcome(response: httpx.Response) -> tuple[int, str]:
+    """(status, the error's reason without its 'cannot use <which video>:' prefix, '' on success)."""
+    if response.status_code == 200:
+        return 200, ""
+    return response.status_code, response.json()["error"].split(": ", 1)[-1]
+
+
+def test_every_route_accepts_and_refuses_the_same_files(server, videos, corpus, bad, tmp_path):
+    """/classify, /classify_timeline and each entry of /classify_batch give every odd file the same status
+    and, for a refusal, the same reason: they share one opener and one decode pool."""
+    url, _ = server
+    files = odd_files(tmp_path, corpus, bad)
+    names = list(files)
+    upload = lambda name: ("upload.mp4", files[name], "application/octet-stream")  # noqa: E731
+    single = {
+        route: {
+            name: route_outcome(httpx.post(f"{url}{route}", files={"video": upload(name)}, timeout=120))
+            for name in names
+        }
+        for route in ("/classify", "/classify_timeline")
+    }
+    batch = {}
+    for start in range(0, len(names), 4):  # the session's server takes 4 videos a request
+        chunk = names[start : start + 4]
+        answer = httpx.post(f"{url}/classify_batch", files=[("videos", upload(n)) for n in chunk], timeout=300)
+        assert answer.status_code == 200, answer.text
+        for name, entry in zip(chunk, answer.json()["results"], strict=True):
+            batch[name] = (entry["status"], entry["error"].split(": ", 1)[-1]) if "error" in entry else (200, "")
+    for name in names:
+        assert single["/classify"][name] == single["/classify_timeline"][name] == batch[name], name
+    statuses = {name: single["/classify"][name][0] for name in names}
+    assert all(statuses[name] == 200 for name in corpus), statuses  # every file a player plays
+    for name in ("still.png", "still.jpg", "png named .mp4", "bad: unsupported codec"):
+        assert statuses[name] == 422, (name, single["/classify"][name])
+    assert "still image" in single["/classify"]["png named .mp4"][1]
