@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .. import hardware
 from ..errors import BundleError
 from ..labels import placeholder_labels, read_labels
 from ..model import build_model, save_checkpoint
@@ -25,6 +26,7 @@ from ..recipes import class_names, get_recipe
 from ..runtime import bundle as B
 from .onnx_export import DEFAULT_CONV_FORM, DEFAULT_OPSET, count_ops, export_onnx, external_data_file
 from .parity import check_artifact, check_inputs, reference_logits
+from .quantize import Int8Recipe
 from .tensorrt_build import DEFAULT_TIMING_CACHE, BatchProfile
 
 ONNX_FILE = "model.onnx"
@@ -62,6 +64,7 @@ class ExportOptions:
     check_videos: int = 3
     check_random: int = 2
     progress: bool = True
+    int8_recipe: Int8Recipe = field(default_factory=Int8Recipe)  # how --int8 quantizes (quantize.py)
 
 
 @dataclass
@@ -189,7 +192,7 @@ def export_bundle(source: ExportSource, out: str | Path, options: ExportOptions 
             bar.update()
         if options.int8:
             bar.set_postfix_str("onnx int8")
-            artifacts.append(_int8_artifact(tmp, onnx_fields))
+            artifacts.append(_int8_artifact(tmp, onnx_fields, options.int8_recipe))
             bar.update()
         if build_trt:
             bar.set_postfix_str("tensorrt")
@@ -230,10 +233,12 @@ def _onnx_artifact(model, folder: Path, name: str, precision: str, pre, options:
     )
 
 
-def _int8_artifact(folder: Path, fields: dict) -> dict:
+def _int8_artifact(folder: Path, fields: dict, recipe: Int8Recipe) -> dict:
     from .quantize import quantize_int8
 
-    summary = quantize_int8(folder / ONNX_FILE, folder / ONNX_INT8_FILE)
+    if recipe.method == "static":
+        raise ValueError("the exporter writes dynamic int8 only (static needs calibration clips)")
+    summary = quantize_int8(folder / ONNX_FILE, folder / ONNX_INT8_FILE, recipe=recipe)
     data = external_data_file(folder / ONNX_INT8_FILE)
     return B.artifact_entry(
         folder,
@@ -310,6 +315,8 @@ def verify_bundle(model: torch.nn.Module, bundle: B.Bundle, options: ExportOptio
         "reference": "torch fp32 on the CPU",
         "check_clips": int(len(inputs.clips)),
         "random_clips": int(len(inputs.random)),
+        # the CPU the gate ran on: int8 figures hold on every CPU whose int8 sums are exact (ort_runner.py)
+        "cpu": {"kind": hardware.cpu_kind(), "flags": hardware.simd_flags()},
         "passed": not failures,
     }
     if failures:

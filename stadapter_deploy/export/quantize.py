@@ -10,37 +10,65 @@ weights per output channel. What stays float, and why:
   residual stream; about 8% of the GEMM work in B/16 12x384 (quantize_adapters=True to include them);
 - the patch-embedding Conv and the head Gemm: under 1% of the work.
 
+Weights keep 7 bits of range ([-64, 64], ONNX Runtime's reduce_range) by default. ONNX Runtime's x86
+int8 GEMMs multiply uint8 activations by int8 weights; without VNNI/AMX (AVX2, AVX-512 without VNNI)
+they add each pair of products in a saturating int16 (VPMADDUBSW): 2 x 255 x 127 overflows it, and
+the logits move (B/16 12x384 on AVX2: cosine 0.98, relative error 0.1). With 7-bit weights a pair
+is at most 2 x 255 x 64 = 32640 < 32767, so every x86 kernel sums exactly and the artifact gives the
+same numbers on every CPU kind; the export gate's figures then hold wherever the bundle runs.
+docs/benchmarks.md ("int8 on every x86 CPU") measures this against the other ways out.
+
 Two methods: "dynamic" (activations quantized on the fly per tensor, from their own min/max) and
 "static" (QDQ with ranges calibrated on decoded clips). benchmarks/bench_cpu_precision.py measures
-both; on B/16 12x384 (AVX-512 VNNI, batch 1, 1-2 threads) dynamic took 0.37-0.39 of ORT fp32's CPU
-time and static 0.40-0.48, with logits as close or closer for dynamic, and dynamic needs no
-calibration clips: it is the default.
+both; dynamic was as fast or faster and as accurate on B/16 12x384, and needs no calibration clips:
+it is the default.
 """
 
 from __future__ import annotations
 
 import collections
-import statistics
 import tempfile
-import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..runtime.bundle import INPUT_NAME
+from ..timing import median_rate
 from .onnx_export import INLINE_LIMIT, check_onnx
 
 METHODS = ("dynamic", "static")
-DEFAULT_METHOD = "dynamic"
 KEPT_FLOAT_OPS = ("LayerNormalization", "Softmax")
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How quantize_int8 quantizes; the defaults are what `stadapter-export --int8` writes."""
+
+    method: str = "dynamic"  # or "static": QDQ with calibrated activation ranges
+    weight_bits: int = 7  # 7: weights in [-64, 64], exact on every x86 kernel; 8: [-127, 127]
+    per_channel: bool = True  # one weight scale per output channel (else one per tensor)
+    weight_type: str = "s8"  # "u8": uint8 weights, ONNX Runtime's U8U8 kernels (exact, slower)
+    keep_float: tuple[str, ...] = ()  # weight MatMul node names to leave in float as well
+    quantize_adapters: bool = False
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown int8 method {self.method!r}; choose one of {METHODS}")
+        if self.weight_bits not in (7, 8) or self.weight_type not in ("s8", "u8"):
+            raise ValueError(f"weight_bits must be 7 or 8 and weight_type s8 or u8, got {self}")
+
+    @property
+    def saturation_free(self) -> bool:
+        """True when no x86 int8 kernel can saturate on this artifact: the numbers are the same on every CPU."""
+        return self.weight_bits == 7 or self.weight_type == "u8"
 
 
 def quantize_int8(
     fp32_onnx: str | Path,
     out: str | Path,
     calibration_clips: np.ndarray | None = None,
-    method: str = DEFAULT_METHOD,
-    quantize_adapters: bool = False,
+    recipe: Int8Recipe = Int8Recipe(),
 ) -> dict:
     """Write an int8 copy of `fp32_onnx` to `out`; returns what was quantized and kept in float (for the manifest).
 
@@ -49,26 +77,24 @@ def quantize_int8(
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    if method not in METHODS:
-        raise ValueError(f"unknown int8 method {method!r}; choose one of {METHODS}")
-    if method == "static" and (calibration_clips is None or len(calibration_clips) == 0):
+    if recipe.method == "static" and (calibration_clips is None or len(calibration_clips) == 0):
         raise ValueError("static int8 quantization needs calibration_clips [N, 3, T, S, S]")
     out = Path(out)
     big = Path(fp32_onnx).stat().st_size + _external_size(Path(fp32_onnx)) >= INLINE_LIMIT
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         prepare(fp32_onnx, prepared, big)
-        plan = plan_matmuls(prepared, quantize_adapters)
+        plan = plan_matmuls(prepared, recipe.quantize_adapters, recipe.keep_float)
         common = dict(
             op_types_to_quantize=["MatMul"],
-            per_channel=True,
-            reduce_range=False,  # VNNI and AMX have no u8 x s8 saturation problem; see int8_gemm_gops
-            weight_type=QuantType.QInt8,
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.weight_bits == 7,
+            weight_type=QuantType.QInt8 if recipe.weight_type == "s8" else QuantType.QUInt8,
             nodes_to_quantize=plan["quantized"],
             use_external_data_format=big,
             extra_options={"MatMulConstBOnly": True},
         )
-        if method == "dynamic":
+        if recipe.method == "dynamic":
             quantize_dynamic(prepared, out, **common)
         else:
             reader = ClipReader(calibration_clips)
@@ -76,14 +102,23 @@ def quantize_int8(
                 prepared, out, reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, **common
             )
     check_onnx(out)
+    granularity = "per output channel" if recipe.per_channel else "per tensor"
+    if recipe.weight_type == "s8":
+        weights = f"int8 {'[-64, 64]' if recipe.weight_bits == 7 else '[-127, 127]'}, symmetric, {granularity}"
+    else:
+        weights = f"uint8 {'[0, 127]' if recipe.weight_bits == 7 else '[0, 255]'}, asymmetric, {granularity}"
     return {
-        "method": method,
-        "weights": "int8, symmetric, per output channel",
-        "activations": "uint8, per tensor, " + ("dynamic range" if method == "dynamic" else "calibrated min/max"),
-        "calibration_clips": 0 if method == "dynamic" else len(calibration_clips),
+        "method": recipe.method,
+        "recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(recipe).items()},
+        "weights": weights,
+        "activations": "uint8, per tensor, "
+        + ("dynamic range" if recipe.method == "dynamic" else "calibrated min/max"),
+        "saturation_free": recipe.saturation_free,
+        "calibration_clips": 0 if recipe.method == "dynamic" else len(calibration_clips),
         "quantized": {"MatMul (weights)": len(plan["quantized"])},
         "kept_float": {
             "MatMul (adapters)": len(plan["adapters"]),
+            "MatMul (weights, asked)": len(plan["asked"]),
             "MatMul (activation x activation)": plan["activation_matmuls"],
             **{op: plan["op_counts"].get(op, 0) for op in KEPT_FLOAT_OPS},
         },
@@ -108,8 +143,9 @@ def prepare(fp32_onnx: str | Path, out: Path, big: bool) -> None:
     )
 
 
-def plan_matmuls(path: Path, quantize_adapters: bool) -> dict:
-    """Which MatMul nodes to quantize: those with a constant weight, less the adapters' unless asked."""
+def plan_matmuls(path: Path, quantize_adapters: bool, keep_float: tuple[str, ...] = ()) -> dict:
+    """Which MatMul nodes to quantize: those with a constant weight, less the adapters' unless asked,
+    less the `keep_float` ones."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -117,10 +153,16 @@ def plan_matmuls(path: Path, quantize_adapters: bool) -> dict:
     matmuls = [n for n in graph.node if n.op_type == "MatMul"]
     with_weight = [n for n in matmuls if n.input[1] in weights]
     adapters = [n.name for n in with_weight if is_adapter_node(n)]
-    quantized = [n.name for n in with_weight if quantize_adapters or n.name not in adapters]
+    unknown = set(keep_float) - {n.name for n in with_weight}
+    if unknown:
+        raise ValueError(f"keep_float names no weight MatMul of {path.name}: {sorted(unknown)}")
+    quantized = [
+        n.name for n in with_weight if (quantize_adapters or n.name not in adapters) and n.name not in keep_float
+    ]
     return {
         "quantized": quantized,
         "adapters": [] if quantize_adapters else adapters,
+        "asked": [n for n in keep_float if n not in adapters or quantize_adapters],
         "activation_matmuls": len(matmuls) - len(with_weight),
         "op_counts": collections.Counter(n.op_type for n in graph.node),
     }
@@ -178,10 +220,4 @@ def int8_gemm_gops(threads: int, m: int = 1576, k: int = 768, n: int = 3072, sec
     opts.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     a = rng.standard_normal((m, k)).astype(np.float32)
-    session.run(None, {"a": a})
-    rates, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(rates) < 3:
-        start = time.perf_counter()
-        session.run(None, {"a": a})
-        rates.append(2 * m * k * n / (time.perf_counter() - start) / 1e9)
-    return statistics.median(rates)
+    return median_rate(lambda: session.run(None, {"a": a}), 2 * m * k * n / 1e9, seconds)

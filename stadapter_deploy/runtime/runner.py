@@ -10,10 +10,11 @@ only place that reads them.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
+# The CPU probes live in stadapter_deploy.hardware; these names stay importable from here for the
+# callers written before it (tests/test_bundle.py, benchmarks/gpu_check.py).
+from ..hardware import cpu_flags, cpu_has_bf16, cpu_has_int8_dot  # noqa: F401
 from .bundle import Bundle
 
 
@@ -28,11 +29,18 @@ class Runner:
     precision: str = "fp32"
     max_batch: int | None = None  # None: any batch size
     label_note: str = ""  # appended to the label, e.g. " untrimmed" for a benchmark's variant
+    method: str = ""  # how the precision is computed, where it says more than its name (int8: weights, kernels)
 
     @classmethod
     def available(cls, bundle: Bundle, device: str) -> str | None:
         """None when this runner can run `bundle` on `device` here, else why not, in words."""
         raise NotImplementedError
+
+    @classmethod
+    def precision_refusal(cls, bundle: Bundle, device: str, precision: str) -> str | None:
+        """None when this runner can run `bundle` in `precision` on `device` here with the figures its export
+        gate measured, else why not and what to do instead (one line). `available` has passed."""
+        return None
 
     @classmethod
     def default_precision(cls, bundle: Bundle, device: str) -> tuple[str, str]:
@@ -72,23 +80,3 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them (avx2, avx512_vnni, avx512_bf16, amx_int8, ...)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return frozenset()
-    return frozenset(line.partition(":")[2].split())
-
-
-def cpu_has_int8_dot() -> bool:
-    """VNNI (AVX-512 or AVX) or AMX: int8 dot products in hardware, where int8 GEMMs beat fp32."""
-    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-def cpu_has_bf16() -> bool:
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})

@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ... import hardware
 from ...errors import BundleError, WeightsError
 from ...model import STAdapterViT
 from ...model.weights import load_safetensors
 from ..bundle import Bundle
-from ..runner import Runner, cpu_has_bf16, cuda_available
+from ..runner import Runner, cuda_available
 
 
 class TorchRunner(Runner):
@@ -27,22 +28,27 @@ class TorchRunner(Runner):
         return None
 
     @classmethod
+    def precision_refusal(cls, bundle: Bundle, device: str, precision: str) -> str | None:
+        if precision == "fp16" and device != "cuda":
+            return "fp16 on the torch backend needs CUDA; use fp32 or bf16 on the CPU"
+        if precision == "bf16" and device == "cpu" and not hardware.cpu_has_bf16():
+            return "bf16 on the CPU needs AVX512-BF16 or AMX, which this CPU lacks; use fp32"
+        return None
+
+    @classmethod
     def default_precision(cls, bundle: Bundle, device: str) -> tuple[str, str]:
         return ("fp16", "half precision on the GPU") if device == "cuda" else ("fp32", "the CPU default")
 
     @classmethod
     def usable_precisions(cls, bundle: Bundle, device: str) -> list[str]:
-        if device == "cuda":
-            return ["fp32", "fp16"]
-        return ["fp32", "bf16"] if cpu_has_bf16() else ["fp32"]
+        wanted = ["fp32", "fp16"] if device == "cuda" else ["fp32", "bf16"]
+        return [p for p in wanted if cls.precision_refusal(bundle, device, p) is None]
 
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
         if device == "cuda" and not cuda_available():
             raise ValueError("backend torch-cuda asked for, but torch sees no CUDA GPU")
-        if precision == "fp16" and device != "cuda":
-            raise ValueError("fp16 on the torch backend needs CUDA; use fp32 or bf16 on the CPU")
-        if precision == "bf16" and device == "cpu" and not cpu_has_bf16():
-            raise ValueError("bf16 on the CPU needs AVX512-BF16 or AMX, which this CPU lacks; use fp32")
+        if reason := self.precision_refusal(bundle, device, precision):
+            raise ValueError(reason)
         if threads:
             torch.set_num_threads(threads)
         artifact = bundle.find("torch")[0]
