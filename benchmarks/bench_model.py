@@ -10,14 +10,12 @@ Prints a markdown table of medians and the ratio; numbers go to docs/benchmarks.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from stadapter_deploy import build_model
-from stadapter_deploy.export.bench import median_ms
+from stadapter_deploy import build_model, hardware
 from stadapter_deploy.model import STAdapter
+from stadapter_deploy.timing import interleaved_ms, median_ms
 
 
 def randomize_adapters(model: torch.nn.Module) -> None:
@@ -28,17 +26,16 @@ def randomize_adapters(model: torch.nn.Module) -> None:
                 module.conv.bias.normal_(std=0.1)
 
 
-def interleaved_ms(model: torch.nn.Module, clip: torch.Tensor, repeats: int) -> tuple[float, float]:
-    """Median forward ms with model.trim_last_block True and False, alternating so load hits both alike."""
-    times = {True: [], False: []}
-    for _ in range(repeats + 1):  # the first round warms up
-        for trim in times:
-            model.trim_last_block = trim
-            start = time.perf_counter()
-            model(clip)
-            times[trim].append((time.perf_counter() - start) * 1e3)
+def trimmed_and_full_ms(model: torch.nn.Module, clip: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Median forward ms with model.trim_last_block True and False, interleaved so load hits both alike."""
+
+    def forward(trim: bool):
+        model.trim_last_block = trim
+        return model(clip)
+
+    ms = interleaved_ms({"trimmed": lambda: forward(True), "full": lambda: forward(False)}, repeats)
     model.trim_last_block = True
-    return statistics.median(times[True][1:]), statistics.median(times[False][1:])
+    return ms["trimmed"].wall_ms, ms["full"].wall_ms
 
 
 def main() -> None:
@@ -59,7 +56,7 @@ def main() -> None:
         for form, use_conv3d in (("shifted multiply-adds", False), ("permute + nn.Conv3d", True)):
             model.use_conv3d = use_conv3d
             rows.append((f"B/16 12x384 forward, 1x8x224x224, {form}", median_ms(lambda: model(clip), args.repeats)))
-        trimmed, full = interleaved_ms(model, clip, args.repeats)
+        trimmed, full = trimmed_and_full_ms(model, clip, args.repeats)
         rows.append(("B/16 12x384 forward, Conv3d form, last block on the class token only", trimmed))
         rows.append(("B/16 12x384 forward, Conv3d form, last block on every token", full))
 
@@ -70,7 +67,8 @@ def main() -> None:
         rows.append(("temporal conv alone, [8, 8, 196, 384], shifted multiply-adds", shifted))
         rows.append(("temporal conv alone, [8, 8, 196, 384], permute + nn.Conv3d", conv3d))
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}\n")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"CPU {hardware.cpu_name()}, kind {hardware.cpu_kind()}, flags: {' '.join(hardware.simd_flags())}\n")
     print("| measurement | median ms |\n|---|---|")
     for name, ms in rows:
         print(f"| {name} | {ms:.1f} |")

@@ -1,21 +1,23 @@
 """Backend benchmark: clips/s, p50/p99 latency and the share of the FLOP floor per backend and batch.
 
-The FLOP floor of a clip is its FLOPs divided by the machine's measured fp32 matmul rate (the best a
-GEMM-bound model could do here); "share" is achieved GFLOP/s over that rate.
+The FLOP floor of a clip is its FLOPs divided by the machine's measured GEMM rate in the row's own
+precision (the best a GEMM-bound model could do here); "share" is achieved GFLOP/s over that rate.
+`stadapter-export bench` (export/bench_cli.py) parses its flags into a BenchConfig and calls `run`.
 """
 
 from __future__ import annotations
 
-import os
-import platform
+import json
 import statistics
-import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import hardware
 from ..model.config import ModelConfig
+from ..timing import median_ms, median_rate, time_ms  # noqa: F401  (median_ms: the benchmarks import it here)
 
 
 def model_gflops(cfg: ModelConfig, num_frames: int) -> float:
@@ -35,31 +37,7 @@ def matmul_shape(cfg: ModelConfig, num_frames: int) -> tuple[int, int, int]:
     return cfg.tokens_per_frame * num_frames, cfg.width, 4 * cfg.width
 
 
-def time_ms(fn, runs: int, warmup: int = 0) -> list[float]:
-    """Wall milliseconds of `runs` calls of fn(), after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - start) * 1e3)
-    return out
-
-
-def median_ms(fn, runs: int, warmup: int = 1) -> float:
-    """The benchmarks' one timer: median wall milliseconds of `runs` calls (machines here are noisy)."""
-    return statistics.median(time_ms(fn, runs, warmup))
-
-
-def _median_rate(run, flop: float, seconds: float) -> float:
-    run()
-    rates, end = [], time.perf_counter() + seconds
-    while time.perf_counter() < end or len(rates) < 3:
-        t = time.perf_counter()
-        run()
-        rates.append(flop / (time.perf_counter() - t) / 1e9)
-    return statistics.median(rates)
+# ----------------------------------------------------------------------------- GEMM probes
 
 
 def torch_matmul_gflops(
@@ -70,7 +48,7 @@ def torch_matmul_gflops(
     torch.set_num_threads(threads)
     try:
         a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-        return _median_rate(lambda: torch.mm(a, b), 2 * m * k * n, seconds)
+        return median_rate(lambda: torch.mm(a, b), 2 * m * k * n / 1e9, seconds)
     finally:
         torch.set_num_threads(old)
 
@@ -95,7 +73,7 @@ def ort_matmul_gflops(threads: int, m: int = 1576, k: int = 768, n: int = 3072, 
     opts.intra_op_num_threads = threads
     session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     a = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
-    return _median_rate(lambda: session.run(None, {"a": a}), 2 * m * k * n, seconds)
+    return median_rate(lambda: session.run(None, {"a": a}), 2 * m * k * n / 1e9, seconds)
 
 
 def matmul_gflops(threads: int, m: int = 1576, k: int = 768, n: int = 3072, seconds: float = 2.0) -> float:
@@ -108,6 +86,9 @@ def matmul_gflops(threads: int, m: int = 1576, k: int = 768, n: int = 3072, seco
     return max(r for r in rates if r is not None)
 
 
+# ----------------------------------------------------------------------------- rows
+
+
 @dataclass
 class Row:
     backend: str
@@ -118,8 +99,9 @@ class Row:
     p50_ms: float
     p99_ms: float
     gflops: float  # achieved
-    matmul_gflops: float  # the machine's fp32 matmul rate, measured just before this row
+    matmul_gflops: float  # the machine's GEMM rate in this row's precision, measured just before this row
     floor_share: float  # achieved / matmul_gflops
+    method: str = ""  # how the precision is computed (int8: quantization and kernels), from the runner
 
 
 def time_predictor(
@@ -127,21 +109,14 @@ def time_predictor(
 ) -> Row:
     """`iters` timed predict() calls at `batch` (fewer once `budget_s` is spent, at least one).
 
-    The matmul rate is measured right before, so the FLOP-floor share follows a shared machine's load.
+    The fp32 matmul rate is measured right before, so the FLOP-floor share follows a shared machine's load.
     """
     clips = np.random.default_rng(0).standard_normal((batch, *predictor.input_shape)).astype(np.float32)
     predictor.predict(clips[:1])  # warm-up (first-call allocation), cheap at batch 1
     shape = matmul_shape(predictor.bundle.config, predictor.preprocessing.num_frames)
     peak = matmul_gflops(threads, *shape, seconds=matmul_s)
-    times, start = [], time.perf_counter()
-    for _ in range(iters):
-        t = time.perf_counter()
-        predictor.predict(clips)
-        times.append(time.perf_counter() - t)
-        if time.perf_counter() - start > budget_s:
-            break
-    p50 = statistics.median(times)
-    p99 = float(np.percentile(times, 99))
+    times = np.array(time_ms(lambda: predictor.predict(clips), iters, budget_s=budget_s)) / 1e3
+    p50 = float(np.median(times))
     achieved = gflop_per_clip * batch / p50
     return Row(
         predictor.backend,
@@ -150,37 +125,58 @@ def time_predictor(
         len(times),
         batch / p50,
         p50 * 1e3,
-        p99 * 1e3,
+        float(np.percentile(times, 99)) * 1e3,
         achieved,
         peak,
         achieved / peak,
+        predictor.runner.method,
     )
 
 
+def median_rows(rows: list[Row]) -> list[Row]:
+    """One row per (backend, precision, batch): the medians over the sweeps."""
+    groups: dict[tuple, list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.backend, r.precision, r.batch), []).append(r)
+    out = []
+    for (backend, precision, batch), rs in groups.items():
+        med = {f: statistics.median(getattr(r, f) for r in rs) for f in ("clips_per_s", "p50_ms", "p99_ms")}
+        med |= {f: statistics.median(getattr(r, f) for r in rs) for f in ("gflops", "matmul_gflops", "floor_share")}
+        out.append(Row(backend, precision, batch, sum(r.iters for r in rs), **med, method=rs[0].method))
+    return sorted(out, key=lambda r: (r.backend, r.batch))
+
+
 def machine_info(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+    """The machine (hardware.describe: CPU, its kind and flags, cores, GPU) and the run's threads and torch."""
+    return {**hardware.describe(), "threads": threads, "torch": torch.__version__}
 
 
 def markdown_table(rows: list[Row]) -> str:
     lines = [
         "| backend | precision | batch | iters | clips/s | p50 ms | p99 ms | GFLOP/s | GEMM rate (its precision) "
-        "| share of FLOP floor |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| share of FLOP floor | method |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.backend} | {r.precision} | {r.batch} | {r.iters} | {r.clips_per_s:.2f} | {r.p50_ms:.0f} | "
-            f"{r.p99_ms:.0f} | {r.gflops:.1f} | {r.matmul_gflops:.1f} | {r.floor_share:.0%} |"
+            f"{r.p99_ms:.0f} | {r.gflops:.1f} | {r.matmul_gflops:.1f} | {r.floor_share:.0%} | {r.method or '-'} |"
         )
+    return "\n".join(lines)
+
+
+def ratios(rows: list[Row]) -> str:
+    """Throughput of each row relative to ONNX Runtime fp32 and to torch eager fp32 on the same device
+    and batch, in one table."""
+    by = {(r.backend, r.precision, r.batch): r.clips_per_s for r in rows}
+    lines = ["| backend | precision | batch | vs onnxruntime fp32 | vs torch fp32 |", "|---|---|---|---|---|"]
+    for (backend, precision, batch), rate in by.items():
+        device = "cuda" if "cuda" in backend or backend.startswith("tensorrt") else "cpu"
+        cells = []
+        for base in (f"onnxruntime-{device}", f"torch-{device}"):
+            ref = by.get((base, "fp32", batch))
+            cells.append(f"{rate / ref:.2f}x" if ref else "-")
+        lines.append(f"| {backend} | {precision} | {batch} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -210,3 +206,135 @@ def plot(rows: list[Row], path, title: str) -> None:
 
 def rows_to_dicts(rows: list[Row]) -> list[dict]:
     return [asdict(r) for r in rows]
+
+
+# ----------------------------------------------------------------------------- the whole run
+
+
+@dataclass
+class BenchConfig:
+    bundle: Path
+    backends: list[str] | None = None  # None: every backend this machine can run on the bundle
+    batches: tuple[int, ...] = (1, 8, 32)
+    iters: int = 10
+    budget_s: float = 60.0
+    repeats: int = 1
+    threads: int = 1
+    png: Path = Path("bench_backends.png")
+    matmul_seconds: float = 1.0
+    json: Path | None = None
+
+    def __post_init__(self):
+        if min(self.batches) < 1 or self.iters < 1 or self.repeats < 1 or self.threads < 1:
+            raise ValueError("--batches, --iters, --repeats and --threads must be positive")
+
+
+def candidates(bundle, names: list[str] | None = None) -> list[tuple[str, str]]:
+    """(backend, precision) for every backend this machine can run on the bundle, in every precision
+    the bundle holds for it and the machine supports."""
+    from ..runtime import RUNNERS
+    from ..runtime.predictor import AUTO_ORDER, runnable
+    from ..runtime.runner import parse_backend
+
+    out = []
+    for name in names or [n for n in AUTO_ORDER if runnable(bundle, n) is None]:
+        base, device = parse_backend(name, RUNNERS)
+        runner = RUNNERS[base]
+        out += [(name, p) for p in runner.usable_precisions(bundle, device or runner.devices[0])]
+    return out
+
+
+def load(bundle, name: str, precision: str, threads: int, trimmed: bool = True):
+    from ..runtime import load_predictor
+
+    predictor = load_predictor(bundle, backend=name, precision=precision, threads=threads)
+    if not trimmed:  # the same weights with the last block computed in full (the trimming's saving)
+        predictor.runner.model.trim_last_block = False
+        predictor.runner.label_note = " untrimmed"
+    return predictor
+
+
+def gemm_rates(cfg: BenchConfig, shape: tuple[int, int, int], precisions: set[str]) -> dict:
+    """fp32 (best library, and each), int8 and bf16 GEMM rates at `shape`, for the precisions timed."""
+    from .quantize import int8_gemm_gops
+
+    rates = {
+        "fp32": matmul_gflops(cfg.threads, *shape),
+        "torch.mm": torch_matmul_gflops(cfg.threads, *shape),
+        "onnxruntime MatMul": ort_matmul_gflops(cfg.threads, *shape),
+    }
+    rates["int8"] = int8_gemm_gops(cfg.threads, *shape) if "int8" in precisions else None
+    rates["bf16"] = torch_matmul_gflops(cfg.threads, *shape, dtype=torch.bfloat16) if "bf16" in precisions else None
+    return rates
+
+
+def run(cfg: BenchConfig) -> list[Row]:
+    """Time every (backend, precision) at every batch, `cfg.repeats` interleaved sweeps; print the tables,
+    write the plot (and the JSON). Returns the median rows."""
+    from ..runtime import load_bundle
+
+    torch.set_num_threads(cfg.threads)
+    b = load_bundle(cfg.bundle)
+    pairs = candidates(b, cfg.backends)
+    predictors = [load(b, name, precision, cfg.threads) for name, precision in pairs]
+    if ("torch-cpu", "fp32") in pairs:
+        predictors.append(load(b, "torch-cpu", "fp32", cfg.threads, trimmed=False))
+    gflop = model_gflops(b.config, b.preprocessing.num_frames)
+    shape = matmul_shape(b.config, b.preprocessing.num_frames)
+    info = machine_info(cfg.threads)
+    print(f"# CPU {info['cpu']}: kind {info['cpu_kind']}, flags {' '.join(info['cpu_flags'])}", flush=True)
+    rates = gemm_rates(cfg, shape, {p for _, p in pairs})
+    libs = ", ".join(f"{k} {rates[k]:.1f}" for k in ("torch.mm", "onnxruntime MatMul") if rates[k] is not None)
+    print(f"# fp32 GEMM {shape[0]}x{shape[1]}x{shape[2]}, {cfg.threads} threads: {libs} GFLOP/s", flush=True)
+    if rates["int8"]:
+        print(f"# int8 GEMM (onnxruntime DynamicQuantizeMatMul), same shape: {rates['int8']:.1f} GOP/s", flush=True)
+    if rates["bf16"]:
+        print(f"# bf16 GEMM (torch.mm), same shape: {rates['bf16']:.1f} GFLOP/s", flush=True)
+    print(
+        f"# {b.model_name}: {gflop:.1f} GFLOP per clip; machine fp32 matmul {rates['fp32']:.1f} GFLOP/s "
+        f"({cfg.threads} threads) -> FLOP floor {gflop / rates['fp32'] * 1e3:.0f} ms per clip",
+        flush=True,
+    )
+    rows = []
+    for _ in range(cfg.repeats):
+        for batch in cfg.batches:
+            for p in predictors:
+                row = time_predictor(p, batch, cfg.iters, cfg.budget_s, gflop, cfg.threads, cfg.matmul_seconds)
+                if rates.get(p.precision) and p.precision != "fp32":  # an int8/bf16 row's floor: its own GEMM rate
+                    row.matmul_gflops, row.floor_share = rates[p.precision], row.gflops / rates[p.precision]
+                print(
+                    f"  {row.backend:<20} {row.precision:<5} batch {batch:>3}: {row.clips_per_s:8.2f} clips/s, "
+                    f"p50 {row.p50_ms:8.0f} ms ({row.iters} calls)",
+                    flush=True,
+                )
+                rows.append(row)
+    rows = median_rows(rows)
+    report(cfg, b, info, rates, gflop, rows)
+    if cfg.json:
+        payload = {
+            "machine": info,
+            "matmul_gflops": rates["fp32"],
+            "matmul_by_library": {k: rates[k] for k in ("torch.mm", "onnxruntime MatMul")},
+            "gemm_shape": shape,
+            "gflop_per_clip": gflop,
+            "rows": rows_to_dicts(rows),
+        }
+        cfg.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return rows
+
+
+def report(cfg: BenchConfig, bundle, info: dict, rates: dict, gflop: float, rows: list[Row]) -> None:
+    fp32 = [r.matmul_gflops for r in rows if r.precision == "fp32"] or [rates["fp32"]]
+    gpu = f", GPU {info['gpu']}" if info["gpu"] else ", no GPU"
+    print(f"\nMachine: {info['cpu']} (CPU kind {info['cpu_kind']}), {info['cores']} cores, {cfg.threads} threads{gpu}")
+    print(f"CPU flags: {' '.join(info['cpu_flags'])}")
+    print(
+        f"fp32 matmul: {rates['fp32']:.1f} GFLOP/s at the start, {statistics.median(fp32):.1f} median before the "
+        f"fp32 rows (range {min(fp32):.1f}-{max(fp32):.1f}); model: {gflop:.1f} GFLOP/clip; "
+        f"medians over {cfg.repeats} sweep(s)\n"
+    )
+    print(markdown_table(rows) + "\n")
+    print(ratios(rows))
+    title = f"{bundle.model_name} - {info['cpu']} ({info['cpu_kind']}), {cfg.threads} threads"
+    plot(rows, cfg.png, title)
+    print(f"\nplot: {cfg.png}")
