@@ -1,193 +1,362 @@
-"""B/16 12x384 on this CPU, side by side: the trimmed last block vs the full one (torch and ONNX
-Runtime fp32), torch bf16 autocast, and ONNX Runtime int8 (dynamic vs static QDQ), with accuracy
-against fp32 and the GEMM probes (fp32 vs int8 at the MLP's shape).
+"""int8 on every x86 CPU: the ways to quantize B/16 12x384, their speed here and their accuracy on
+this CPU and on an emulated AVX2 one (issue 17).
 
-    python benchmarks/bench_cpu_precision.py [--batch 1 8] [--repeats 5] [--threads 2] [--calib 8] [--eval 8]
+Stages; each reads and writes --work (default /tmp/bench_cpu_precision):
 
-Weights are random (no CLIP download), with non-zero adapters; accuracy is logits agreement with the
-fp32 graph (relative L2 error, cosine, top-1 agreement) on random clips and on decoded synthetic
-videos (held out from the static calibration set). Timings are interleaved (one call of each variant
-per round) so load from other processes hits them alike; medians are reported.
+    python benchmarks/bench_cpu_precision.py prepare    # model, fp32 + int8 ONNX, clips, fp32 logits, layer inputs
+    python benchmarks/bench_cpu_precision.py layers     # each weight MatMul alone: int8 error against fp32
+    qemu-x86_64 -cpu Haswell .venv/bin/python benchmarks/bench_cpu_precision.py layers     # the same on AVX2
+    python benchmarks/bench_cpu_precision.py prepare    # again: adds the option that keeps the 2 worst in float
+    python benchmarks/bench_cpu_precision.py accuracy   # every option against fp32 (and under qemu, as above)
+    python benchmarks/bench_cpu_precision.py speed --threads 2 --rounds 7   # interleaved, this CPU only
+    python benchmarks/bench_cpu_precision.py report     # one markdown table from the JSON the stages wrote
+
+Weights are random (no CLIP download): a random backbone, every adapter parameter drawn with std 0.05.
+`prepare --bundle B --videos LIST` instead takes a trained bundle's fp32 ONNX and the videos of a
+labelled list (e.g. the synthetic recipe's val.txt): accuracy then reports top-1 against fp32 and the labels.
+Accuracy figures are ONNX Runtime int8 against ONNX Runtime fp32 on the machine that ran `prepare` (fp32
+itself moved by 2e-7 of the largest logit between an AVX-512 CPU and qemu's Haswell, on the synthetic
+model). QEMU emulates AVX2 but not AVX-512, and its timings mean nothing: speed is measured on this CPU only.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
+import shutil
 import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from stadapter_deploy import build_model
-from stadapter_deploy.export.bench import ort_matmul_gflops, torch_matmul_gflops
-from stadapter_deploy.export.onnx_export import export_onnx
-from stadapter_deploy.export.quantize import int8_gemm_gops, quantize_int8
-from stadapter_deploy.model import STAdapter
-from stadapter_deploy.video import load_eval_views
-from stadapter_deploy.video.synthetic import write_motion_video
+from stadapter_deploy import hardware
+from stadapter_deploy.export.quantize import Int8Recipe, quantize_int8
 
-FRAMES, SIZE = 8, 224
+PRECISE = "session.x64quantprecision"  # ONNX Runtime: U8U8 instead of U8S8 where the CPU has no VNNI
+# name -> (recipe of the artifact, file, run with PRECISE)
+OPTIONS = {
+    "8-bit per channel (before)": (Int8Recipe(weight_bits=8), "int8_w8.onnx", False),
+    "8-bit + U8U8 at run time": (Int8Recipe(weight_bits=8), "int8_w8.onnx", True),
+    "7-bit per tensor": (Int8Recipe(per_channel=False), "int8_w7_tensor.onnx", False),
+    "7-bit per channel": (Int8Recipe(), "int8_w7.onnx", False),
+    "U8U8 (uint8 weights)": (Int8Recipe(weight_bits=8, weight_type="u8"), "int8_u8.onnx", False),
+    "static QDQ 8-bit": (Int8Recipe(method="static", weight_bits=8), "int8_static_w8.onnx", False),
+    "static QDQ 7-bit": (Int8Recipe(method="static"), "int8_static_w7.onnx", False),
+}
+KEEP_FLOAT = "8-bit, 2 worst MatMuls in float"
+KEEP_FLOAT_FILE = "int8_w8_keep2.onnx"
 
 
 def machine_line() -> str:
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    flags = sorted({f for f in open("/proc/cpuinfo").read().split() if f.startswith(("avx512", "amx")) or f == "avx2"})
-    return f"{load}\nflags: {' '.join(flags)}"
+    return f"{load}\nCPU kind {hardware.cpu_kind()}, flags: {' '.join(hardware.simd_flags())}"
 
 
-def make_model(prototypes: np.ndarray) -> torch.nn.Module:
-    """Random B/16 12x384 with non-identity adapters and a nearest-prototype head.
-
-    Random CLIP weights map every clip to nearly the same feature, so a random head gives every clip
-    the same class. Head row i is instead the centered feature of prototype clip i: the classes are
-    then as close together as the clips are, a hard case for top-1 agreement.
-    """
-    torch.manual_seed(0)
-    model = build_model("vit_b16_adapter12x384", num_classes=len(prototypes)).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, STAdapter):  # a trained adapter is not the identity
-                module.conv.weight.normal_(std=0.3)
-                module.conv.bias.normal_(std=0.02)
-        feats = torch.cat([model.features(torch.from_numpy(c[None])) for c in prototypes])  # [P, D]
-        center = feats.mean(0)  # [D]
-        rows = (feats - center) / (feats - center).norm(dim=1, keepdim=True)  # [P, D]
-        model.fc.weight.copy_(rows)
-        model.fc.bias.copy_(-(rows @ center))  # logits = rows @ (feature - center)
-    return model
-
-
-def decoded_clips(folder: Path, seeds: range) -> np.ndarray:
-    """[N, 3, T, 224, 224] clips decoded from synthetic motion videos, through the eval pipeline."""
-    clips = []
-    for seed in seeds:
-        video = write_motion_video(folder / f"{seed}.mp4", label=seed % 6, seed=seed, size=(320, 240), num_frames=16)
-        clips.append(load_eval_views(video, num_frames=FRAMES, size=SIZE)[0].numpy())
-    return np.stack(clips)
-
-
-def ort_session(path: Path, threads: int):
+def session(path: Path, threads: int | None = None, precise: bool = False):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
+    if threads:
+        opts.intra_op_num_threads = threads
+    if precise:
+        opts.add_session_config_entry(PRECISE, "1")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def torch_runner(model, trim: bool, bf16: bool = False):
-    def run(clips: np.ndarray) -> np.ndarray:
-        model.trim_last_block = trim
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return model(torch.from_numpy(clips)).float().numpy()
-
-    return run
+def run_clips(sess, clips: np.ndarray) -> np.ndarray:
+    """Logits [N, C], one clip per call (the batch-1 case the targets are about)."""
+    return np.concatenate([sess.run(None, {"clips": c[None]})[0] for c in clips])
 
 
-def interleaved_ms(runners: dict, clips: np.ndarray, repeats: int) -> dict[str, tuple[float, float]]:
-    """name -> (median wall ms, median process CPU ms). On a loaded machine the CPU time (at 1 thread:
-    the work itself) moves less than the wall time, which includes waiting for a core."""
-    for run in runners.values():
-        run(clips)  # warm-up
-    times = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            run(clips)
-            times[name].append(((time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3))
-    medians = {}
-    for name, t in times.items():
-        walls, cpus = zip(*t, strict=True)
-        medians[name] = statistics.median(walls), statistics.median(cpus)
-    return medians
+def all_options(work: Path) -> dict:
+    """OPTIONS, plus the keep-float option once `layers` has found the worst MatMuls on AVX2."""
+    opts = dict(OPTIONS)
+    if (work / "keep_float.json").exists():
+        recipe = Int8Recipe(weight_bits=8, keep_float=tuple(json.loads((work / "keep_float.json").read_text())))
+        opts[KEEP_FLOAT] = (recipe, KEEP_FLOAT_FILE, False)
+    return opts
 
 
-def agreement(out: np.ndarray, ref: np.ndarray) -> str:
-    rel = np.linalg.norm(out - ref, axis=1) / np.linalg.norm(ref, axis=1)
-    cos = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
-    top1 = (out.argmax(1) == ref.argmax(1)).mean()
-    return f"rel err median {np.median(rel):.4f} max {rel.max():.4f}, cos min {cos.min():.5f}, top-1 {top1:.0%}"
+def options_here(work: Path) -> dict:
+    """The options whose artifact `prepare` wrote."""
+    return {name: o for name, o in all_options(work).items() if (work / o[1]).exists()}
+
+
+# ----------------------------------------------------------------------------- prepare (this machine)
+
+
+def b16_model():
+    import torch
+
+    from stadapter_deploy import build_model
+    from stadapter_deploy.model import STAdapter
+
+    torch.manual_seed(0)
+    model = build_model("vit_b16_adapter12x384", num_classes=400).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, STAdapter):  # a trained adapter is not the identity
+                for p in module.parameters():
+                    p.normal_(std=0.05)
+    return model
+
+
+def prepare_b16(work: Path, args) -> None:
+    from stadapter_deploy.export.onnx_export import export_onnx
+    from stadapter_deploy.export.parity import check_inputs
+    from stadapter_deploy.preprocessing import Preprocessing
+
+    pre = Preprocessing(size=224)
+    if not (work / "fp32.onnx").exists():
+        export_onnx(b16_model(), work / "fp32.onnx", num_frames=pre.num_frames)  # trimmed last block
+    if not (work / "clips_random.npy").exists():
+        checks = check_inputs(pre, args.decoded, args.random, seed=0)
+        np.save(work / "clips_random.npy", checks.random)
+        np.save(work / "clips_decoded.npy", checks.clips)
+        np.save(work / "calibration.npy", check_inputs(pre, args.calib, 0, seed=100).clips)
+
+
+def prepare_bundle(work: Path, bundle_path: Path, videos: Path) -> None:
+    """A trained bundle's fp32 ONNX and its labelled videos, one view each, through the bundle's preprocessing."""
+    from stadapter_deploy.runtime import load_bundle
+    from stadapter_deploy.video import prepare_eval_views
+    from stadapter_deploy.video.listfile import read_video_list
+
+    bundle = load_bundle(bundle_path)
+    shutil.copy(bundle.file(bundle.find("onnxruntime", "fp32")[0]), work / "fp32.onnx")
+    if (work / "clips_val.npy").exists():
+        return
+    one_view = bundle.preprocessing.replace(spatial_views=1, temporal_views=1)
+    entries = read_video_list(videos, videos.parent, bundle.config.num_classes)  # [(path, label)]
+    clips = [prepare_eval_views(path, one_view).clips.numpy()[0] for path, _ in entries]
+    np.save(work / "clips_val.npy", np.stack(clips))
+    np.save(work / "labels_val.npy", np.array([label for _, label in entries]))
+    np.save(work / "calibration.npy", np.stack(clips[: min(8, len(clips))]))
+
+
+def prepare(args) -> None:
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    print(machine_line())
+    if args.bundle:
+        prepare_bundle(work, args.bundle, args.videos)
+    else:
+        prepare_b16(work, args)
+    ref_sess = session(work / "fp32.onnx")
+    for clips in sorted(work.glob("clips_*.npy")):
+        ref = work / clips.name.replace("clips_", "fp32_")
+        if not ref.exists():
+            np.save(ref, run_clips(ref_sess, np.load(clips)))
+    calibration = np.load(work / "calibration.npy")
+    keep = work / "layers_avx2.json"
+    if keep.exists() and not (work / "keep_float.json").exists():
+        errors = json.loads(keep.read_text())["8-bit per channel (before)"]
+        worst = sorted(errors, key=errors.get, reverse=True)[:2]
+        (work / "keep_float.json").write_text(json.dumps(worst))
+        print(f"kept in float (largest error alone on AVX2): {worst}")
+    for name, (recipe, file, _) in all_options(work).items():
+        if not (work / file).exists():
+            info = quantize_int8(work / "fp32.onnx", work / file, calibration, recipe)
+            print(f"{name}: {file}, {info['weights']}, {info['quantized']}")
+    if not (work / "layers").exists():
+        prepare_layers(work)
+
+
+def prepare_layers(work: Path) -> None:
+    """Each quantized weight MatMul alone: its input on one clip and a one-node fp32 model with its weight."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from stadapter_deploy.export.quantize import plan_matmuls
+    from stadapter_deploy.export.quantize import prepare as ort_prepare
+
+    folder = work / "layers"
+    folder.mkdir()
+    ort_prepare(work / "fp32.onnx", folder / "prepared.onnx", big=False)
+    model = onnx.load(str(folder / "prepared.onnx"))
+    names = plan_matmuls(folder / "prepared.onnx", quantize_adapters=False)["quantized"]
+    nodes = [n for n in model.graph.node if n.name in names]
+    weights = {t.name: t for t in model.graph.initializer}
+    del model.graph.output[:]
+    model.graph.output.extend(helper.make_tensor_value_info(n.input[0], onnx.TensorProto.FLOAT, None) for n in nodes)
+    probe = folder / "probe.onnx"
+    onnx.save(model, str(probe))
+    clip = np.load(sorted(work.glob("clips_*.npy"))[0])[:1]  # clips_decoded / clips_random / clips_val
+    inputs = session(probe).run(None, {"clips": clip})
+    probe.unlink()
+    for i, (node, x) in enumerate(zip(nodes, inputs, strict=True)):
+        x = x.reshape(-1, x.shape[-1])  # [M, K]
+        w = numpy_helper.to_array(weights[node.input[1]])  # [K, N]
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"], name=node.name)],
+            "one",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(x.shape))],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [x.shape[0], w.shape[1]])],
+            [numpy_helper.from_array(w, "w")],
+        )
+        one = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        onnx.save(one, str(folder / f"{i:02d}_fp32.onnx"))
+        np.save(folder / f"{i:02d}_x.npy", x)
+        np.save(folder / f"{i:02d}_y.npy", x @ w)
+        for name in ("8-bit per channel (before)", "7-bit per channel"):
+            _, file, _ = OPTIONS[name]
+            quantize_int8(folder / f"{i:02d}_fp32.onnx", folder / f"{i:02d}_{file}", None, OPTIONS[name][0])
+    (folder / "names.json").write_text(json.dumps([n.name for n in nodes]))
+
+
+# ----------------------------------------------------------------------------- layers, accuracy (any CPU, qemu too)
+
+
+def layers(args) -> None:
+    """Relative L2 error of each weight MatMul alone (int8 against fp32 on its real input), per option."""
+    folder = args.work / "layers"
+    names = json.loads((folder / "names.json").read_text())
+    kind = hardware.cpu_kind()
+    print(machine_line())
+    out = {}
+    for option in ("8-bit per channel (before)", "8-bit + U8U8 at run time", "7-bit per channel"):
+        _, file, precise = OPTIONS[option]
+        errors = {}
+        for i, name in enumerate(names):
+            x, y = np.load(folder / f"{i:02d}_x.npy"), np.load(folder / f"{i:02d}_y.npy")
+            got = session(folder / f"{i:02d}_{file}", args.threads, precise).run(None, {"x": x})[0]
+            errors[name] = float(np.linalg.norm(got - y) / np.linalg.norm(y))
+        out[option] = errors
+        worst = sorted(errors, key=errors.get, reverse=True)[:3]
+        print(
+            f"{option}: median {np.median(list(errors.values())):.4f}; worst "
+            + ", ".join(f"{n} {errors[n]:.4f}" for n in worst)
+        )
+    (args.work / f"layers_{kind}.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+def accuracy(args) -> None:
+    from stadapter_deploy.export.parity import compare
+
+    work, kind = args.work, hardware.cpu_kind()
+    print(machine_line())
+    results = {}
+    path = work / f"accuracy_{kind}.json"
+    if path.exists():
+        results = json.loads(path.read_text())
+    for name, (_, file, precise) in options_here(work).items():
+        if args.options and not any(w in name for w in args.options):
+            continue
+        sess = session(work / file, args.threads, precise)
+        for clips_file in sorted(work.glob("clips_*.npy")):
+            part = clips_file.stem.removeprefix("clips_")
+            if args.sets and part not in args.sets:
+                continue
+            clips = np.load(clips_file)[: args.max_clips]
+            ref = np.load(work / f"fp32_{part}.npy")[: len(clips)]
+            out = run_clips(sess, clips)
+            np.save(work / f"int8_{kind}_{file.removesuffix('.onnx')}_{precise:d}_{part}.npy", out)
+            fig = compare(ref, out)
+            if (work / f"labels_{part}.npy").exists():
+                labels = np.load(work / f"labels_{part}.npy")[: len(clips)]
+                fig["label_top1_fp32"] = float((ref.argmax(1) == labels).mean())
+                fig["label_top1"] = float((out.argmax(1) == labels).mean())
+            results.setdefault(name, {})[part] = fig
+            print(
+                f"{name} / {part} ({fig['n']} clips): cos min {fig['min_cosine']:.5f}, max-rel "
+                f"{fig['rel_diff']:.4f}, top-1 vs fp32 {fig['top1_agreement']:.1%}",
+                flush=True,
+            )
+            path.write_text(json.dumps(results, indent=1) + "\n")
+
+
+# ----------------------------------------------------------------------------- speed (this CPU)
+
+
+def speed(args) -> None:
+    from stadapter_deploy.timing import interleaved_ms
+
+    work = args.work
+    clip = np.load(work / "clips_random.npy")[:1]
+    sessions = {"ORT fp32": session(work / "fp32.onnx", args.threads)}
+    for name, (_, file, precise) in options_here(work).items():
+        if not args.options or any(w in name for w in args.options):
+            sessions[name] = session(work / file, args.threads, precise)
+    runs = {name: (lambda s=s: s.run(None, {"clips": clip})) for name, s in sessions.items()}
+    print(machine_line())
+    medians = interleaved_ms(runs, args.rounds)
+    print(machine_line())
+    base = medians["ORT fp32"]
+    rows = {
+        name: {
+            "wall_ms": m.wall_ms,
+            "cpu_ms": m.cpu_ms,
+            "vs_fp32_wall": base.wall_ms / m.wall_ms,
+            "vs_fp32_cpu": base.cpu_ms / m.cpu_ms,
+            "rounds": m.runs,
+        }
+        for name, m in medians.items()
+    }
+    print(f"\n1 clip, {args.threads} threads, medians of {args.rounds} interleaved rounds")
+    print("| variant | wall ms | vs ORT fp32 (wall) | CPU ms | vs ORT fp32 (CPU) |\n|---|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        print(
+            f"| {name} | {r['wall_ms']:.0f} | {r['vs_fp32_wall']:.2f}x | {r['cpu_ms']:.0f} | {r['vs_fp32_cpu']:.2f}x |"
+        )
+    path = work / f"speed_{hardware.cpu_kind()}.json"
+    runs_so_far = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(
+        json.dumps(runs_so_far + [{"machine": machine_line(), "threads": args.threads, "rows": rows}], indent=1) + "\n"
+    )
+
+
+def report(args) -> None:
+    """One markdown table: speed (median over speed runs) and accuracy per CPU kind, per option."""
+    import statistics
+
+    work = args.work
+    acc = {p.stem.removeprefix("accuracy_"): json.loads(p.read_text()) for p in sorted(work.glob("accuracy_*.json"))}
+    speeds = [run["rows"] for p in work.glob("speed_*.json") for run in json.loads(p.read_text())]
+    kinds = list(acc)
+    head = "| option | speed vs ORT fp32 |" + "".join(f" {k}: cos min / max-rel / top-1 |" for k in kinds)
+    print(head + "\n|---|---:|" + "---|" * len(kinds))
+    for name in options_here(work):
+        ratios = [rows[name]["vs_fp32_wall"] for rows in speeds if name in rows]
+        cells = [f"{statistics.median(ratios):.2f}x ({len(ratios)} runs)" if ratios else "-"]
+        for k in kinds:
+            parts = acc[k].get(name, {})
+            cells.append(
+                "; ".join(
+                    f"{part} {f['min_cosine']:.4f} / {f['rel_diff']:.3f} / {f['top1_agreement']:.1%}"
+                    + (f" (labels {f['label_top1']:.1%}, fp32 {f['label_top1_fp32']:.1%})" if "label_top1" in f else "")
+                    for part, f in parts.items()
+                )
+                or "-"
+            )
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\nint8 logits of one CPU kind against another's (max |diff| / max |logit|, same clips):")
+    for name, (_, file, precise) in options_here(work).items():
+        for part in ("random", "decoded", "val"):
+            found = {k: work / f"int8_{k}_{file.removesuffix('.onnx')}_{precise:d}_{part}.npy" for k in kinds}
+            logits = {k: np.load(f) for k, f in found.items() if f.exists()}
+            if len(logits) == 2:
+                a, b = logits.values()
+                n = min(len(a), len(b))
+                print(f"- {name} / {part}: {np.abs(a[:n] - b[:n]).max() / np.abs(a[:n]).max():.1e} ({n} clips)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, nargs="*", default=[1], help="batch sizes to time (none: accuracy only)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--calib", type=int, default=8, help="decoded clips for static calibration")
-    parser.add_argument("--eval", type=int, default=8, help="held-out decoded clips (and as many random ones)")
-    parser.add_argument("--classes", type=int, default=12, help="head classes (one prototype clip each)")
-    parser.add_argument("--reuse", action="store_true", help="reuse the ONNX files already in --work")
-    parser.add_argument("--variants", nargs="*", help="time only variants whose name contains one of these")
-    parser.add_argument("--no-accuracy", action="store_true", help="timings only")
-    parser.add_argument("--work", type=Path, default=None, help="keep the ONNX files here (default: a temp dir)")
+    parser.add_argument("stage", choices=["prepare", "layers", "accuracy", "speed", "report"])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/bench_cpu_precision"), help="files of every stage")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="ONNX Runtime intra-op threads")
+    parser.add_argument("--rounds", type=int, default=7, help="speed: interleaved rounds (medians reported)")
+    parser.add_argument("--options", nargs="*", help="accuracy/speed: only options whose name contains one of these")
+    parser.add_argument("--max-clips", type=int, default=None, help="accuracy: at most this many clips per set")
+    parser.add_argument("--sets", nargs="*", help="accuracy: only these clip sets (random, decoded, val)")
+    parser.add_argument("--random", type=int, default=8, help="prepare: random clips")
+    parser.add_argument("--decoded", type=int, default=4, help="prepare: decoded synthetic-video clips")
+    parser.add_argument("--calib", type=int, default=8, help="prepare: decoded clips to calibrate static QDQ")
+    parser.add_argument("--bundle", type=Path, help="prepare: a trained bundle instead of random B/16 weights")
+    parser.add_argument("--videos", type=Path, help="prepare --bundle: a labelled video list ('path label' lines)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench_cpu_precision_"))
-    work.mkdir(parents=True, exist_ok=True)
-    print(machine_line())
-    print(f"torch {torch.__version__}, {args.threads} threads\n")
-
-    prototypes = decoded_clips(work, range(2000, 2000 + args.classes))
-    model = make_model(prototypes)
-    files = {trim: work / f"fp32_{'trimmed' if trim else 'full'}.onnx" for trim in (False, True)}
-    calib = decoded_clips(work, range(args.calib))
-    held_out = decoded_clips(work, range(1000, 1000 + args.eval))
-    random = np.random.default_rng(0).standard_normal((args.eval, 3, FRAMES, SIZE, SIZE)).astype(np.float32)
-    if args.reuse and all((work / f"int8_{m}.onnx").exists() for m in ("dynamic", "static")):
-        print(f"reusing the ONNX files in {work} (the model is deterministic)")
-    else:
-        for trim in (False, True):
-            model.trim_last_block = trim
-            start = time.perf_counter()
-            export_onnx(model, files[trim], num_frames=FRAMES)
-            print(f"export fp32 trim={trim}: {time.perf_counter() - start:.0f} s")
-        for method in ("dynamic", "static"):
-            start = time.perf_counter()
-            info = quantize_int8(files[True], work / f"int8_{method}.onnx", calib, method)
-            print(f"quantize {method}: {time.perf_counter() - start:.0f} s, {info}")
-
-    sessions = {
-        "ORT fp32 full": ort_session(files[False], args.threads),
-        "ORT fp32 trimmed": ort_session(files[True], args.threads),
-        "ORT int8 dynamic": ort_session(work / "int8_dynamic.onnx", args.threads),
-        "ORT int8 static": ort_session(work / "int8_static.onnx", args.threads),
-    }
-    runners = {name: (lambda c, s=s: s.run(None, {"clips": c})[0]) for name, s in sessions.items()}
-    runners |= {
-        "torch fp32 full": torch_runner(model, False),
-        "torch fp32 trimmed": torch_runner(model, True),
-        "torch bf16 trimmed": torch_runner(model, True, bf16=True),
-    }
-
-    if args.variants:
-        runners = {k: v for k, v in runners.items() if k.endswith("fp32 full") or any(w in k for w in args.variants)}
-    print("\n## accuracy against fp32 (per clip)")
-    for label, clips in (("decoded", held_out), ("random", random)) if not args.no_accuracy else ():
-        ref = np.concatenate([runners["ORT fp32 full"](c[None]) for c in clips])
-        print(f"{label} clips: {len(clips)}, distinct fp32 top-1 classes: {len(set(ref.argmax(1)))}")
-        for name, run in runners.items():
-            if name != "ORT fp32 full":
-                out = np.concatenate([run(c[None]) for c in clips])
-                print(f"- {name}: {agreement(out, ref)}")
-
-    for batch in args.batch:
-        clips = np.concatenate([held_out, random])[:batch]
-        print(f"\n## batch {batch}, median of {args.repeats} interleaved rounds\n{machine_line()}")
-        ms = interleaved_ms(runners, clips, args.repeats)
-        print("| variant | wall ms | vs its fp32 full | CPU ms | vs its fp32 full |\n|---|---|---|---|---|")
-        for name, (wall, cpu) in ms.items():
-            base_wall, base_cpu = ms["torch fp32 full" if name.startswith("torch") else "ORT fp32 full"]
-            print(f"| {name} | {wall:.0f} | {wall / base_wall:.3f} | {cpu:.0f} | {cpu / base_cpu:.3f} |")
-
-    print(f"\n## GEMM probes, {args.threads} threads, (M, K, N) = (1576, 768, 3072)\n{machine_line()}")
-    print(f"torch fp32 mm: {torch_matmul_gflops(args.threads, seconds=2):.0f} GFLOP/s")
-    print(f"ORT fp32 MatMul: {ort_matmul_gflops(args.threads, seconds=2):.0f} GFLOP/s")
-    print(f"ORT int8 DynamicQuantizeMatMul: {int8_gemm_gops(args.threads, seconds=2):.0f} GOP/s")
+    {"prepare": prepare, "layers": layers, "accuracy": accuracy, "speed": speed, "report": report}[args.stage](args)
 
 
 if __name__ == "__main__":
