@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--window", type=float, help="window in seconds (default: the recipe's clip span, or 2 s for a uniform recipe)"
     )
     t.add_argument("--stride", type=float, help="seconds between window starts (default: half the window)")
+    t.add_argument(
+        "--live-policy",
+        choices=("drop", "all"),
+        default="drop",
+        help="live streams: 'drop' (default) labels the newest complete window each time the model is free and "
+        "skips the ones it cannot reach in time, so lines stay live; 'all' labels every window in order, "
+        "however late (a recording replayed as a stream). Each line has lag_s, its distance to the live edge",
+    )
     return p
 
 
@@ -85,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         timeline=args.timeline,
         window_s=args.window,
         stride_s=args.stride,
+        live_policy=args.live_policy,
         progress=not args.no_progress,
     )
     try:

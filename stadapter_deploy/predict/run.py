@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class PredictConfig:
     timeline: bool = False
     window_s: float | None = None
     stride_s: float | None = None
+    live_policy: str = "drop"  # live streams: "drop" windows the model cannot reach in time, or run "all"
     progress: bool = True
 
 
@@ -153,11 +155,12 @@ def timeline_records(predictor, videos: list[VideoInput], config: PredictConfig,
     """A file's window lines all at once (each with `windows`, so resume can tell a whole video); a
     stream's line by line as each window completes, until the stream ends or Ctrl+C."""
     args = (spec, config.top_k, config.views)
+    live_args = (*args, None, config.live_policy)
     for video in videos:
         name = video.video
         try:
             if is_stream(name):
-                yield from stream_records(predictor, name, args)
+                yield from stream_records(predictor, name, live_args)
                 continue
             segments = [s.to_dict() for s in iter_timeline(predictor, Path(name), *args)]
         except Exception as e:
@@ -168,18 +171,22 @@ def timeline_records(predictor, videos: list[VideoInput], config: PredictConfig,
 
 
 def stream_records(predictor, url: str, args: tuple):
-    latencies = []
+    """A stream's lines as its windows are labelled, then one line of what the stream cost: windows
+    labelled and skipped, how far behind the live edge they were (lag_s) and the model's time."""
+    lags, latencies, skipped = [], [], 0
     try:
         for segment in iter_timeline(predictor, url, *args):
+            lags.append(segment.lag_s)
             latencies.append(segment.latency_ms)
+            skipped += segment.skipped or 0
             yield [{"video": url, **segment.to_dict()}]
     except KeyboardInterrupt:
         say(f"stadapter-predict: stopped {url} (Ctrl+C)")
-    if latencies:
-        latencies.sort()
+    if lags:
         say(
-            f"{url}: {len(latencies)} windows, latency from a window's last frame to its line: "
-            f"median {latencies[len(latencies) // 2]:.0f} ms, max {latencies[-1]:.0f} ms"
+            f"{url}: {len(lags)} windows labelled, {skipped} skipped (--live-policy {args[-1]}); lag behind the "
+            f"live edge: median {statistics.median(lags):.2f} s, max {max(lags):.2f} s; latency from a window's "
+            f"last frame to its line: median {statistics.median(latencies):.0f} ms, max {max(latencies):.0f} ms"
         )
 
 

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..video.windows import DEFAULT_BATCH_CLIPS, WindowBatch, WindowSpec, iter_window_batches, timeline_preprocessing
+from ..video.source import is_stream
+from ..video.windows import (
+    DEFAULT_BATCH_CLIPS,
+    LiveWindows,
+    WindowBatch,
+    WindowSpec,
+    iter_window_batches,
+    timeline_preprocessing,
+)
 from .results import check_top_k, top_k_labels
 
 
@@ -22,11 +30,14 @@ class Segment:
     end_s: float  # the end of the window's last frame
     labels: list[dict]  # [{"label", "index", "score"}], best first
     frames: list[int]  # the frame indices the window sampled
-    latency_ms: float | None = None  # live streams: from decoding the window's last frame to the result
+    latency_ms: float | None = None  # live streams: model time, from decoding the window's last frame to here
+    lag_s: float | None = None  # live streams: from the window's end to the live edge, as the line is made
+    skipped: int | None = None  # live streams: windows dropped since the previous line (policy "drop")
 
     def to_dict(self) -> dict:
         d = {"start_s": self.start_s, "end_s": self.end_s, "labels": self.labels, "frames": self.frames}
-        return d if self.latency_ms is None else {**d, "latency_ms": self.latency_ms}
+        live = {"latency_ms": self.latency_ms, "lag_s": self.lag_s, "skipped": self.skipped}
+        return d | {k: v for k, v in live.items() if v is not None}
 
 
 def window_segments(batch: WindowBatch, logits: np.ndarray, labels: list[str], top_k: int) -> list[Segment]:
@@ -48,14 +59,32 @@ def iter_timeline(
     top_k: int = 5,
     views: int | None = None,
     batch_windows: int | None = None,
+    live_policy: str = "drop",
 ) -> Iterator[Segment]:
-    """Segments of `video` (a path, the file's bytes, or a live source) in time order, as they complete."""
+    """Segments of `video` (a path, the file's bytes, or a live source) in time order, as they complete.
+
+    A live source is decoded apart from the model (LiveWindows): with live_policy "drop" each segment is
+    the newest window complete when the model freed up, with its lag_s and the windows skipped before it."""
     check_top_k(top_k, len(predictor.labels))
     pre = timeline_preprocessing(predictor.preprocessing, views)
+    if is_stream(video):
+        yield from live_timeline(predictor, LiveWindows(video, pre, spec, live_policy), top_k)
+        return
     max_clips = predictor.max_batch or DEFAULT_BATCH_CLIPS
     for batch in iter_window_batches(video, pre, spec, batch_windows, max_clips):
         logits = predictor.predict(batch.clips.flatten(0, 1))  # [B * V, C]
         yield from window_segments(batch, logits, predictor.labels, top_k)
+
+
+def live_timeline(predictor, live: LiveWindows, top_k: int) -> Iterator[Segment]:
+    try:
+        for batch in live:
+            logits = predictor.predict(batch.clips.flatten(0, 1))  # [V, C]
+            (segment,) = window_segments(batch, logits, predictor.labels, top_k)
+            segment.lag_s, segment.skipped = live.lag_s(batch), live.take_skipped()
+            yield segment
+    finally:
+        live.close()
 
 
 def timeline(predictor, video, spec: WindowSpec | None = None, top_k: int = 5, views: int | None = None) -> list:

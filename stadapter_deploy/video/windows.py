@@ -17,7 +17,9 @@ repeats the last frame): exactly the clip `prepare_eval_views` makes of it.
 from __future__ import annotations
 
 import math
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -34,6 +36,7 @@ from .transforms import eval_transform
 
 UNIFORM_WINDOW_S = 2.0  # one short action: an SSv2 clip lasts 2 to 6 s; a synthetic clip 2 s
 DEFAULT_BATCH_CLIPS = 8  # clips per model call where the runner sets no maximum
+LIVE_POLICIES = ("drop", "all")
 
 
 @dataclass(frozen=True)
@@ -200,3 +203,92 @@ def short_video_window(video: VideoSource, pre: Preprocessing, win: Windows) -> 
     views = prepare_eval_views(video, pre)
     count = views.num_video_frames
     return WindowBatch(views.clips[None], [0], views.frame_indices, [time.perf_counter()], win, False, count)
+
+
+class LiveWindows:
+    """A live source decoded in a thread of its own, apart from the model, always up to its newest frame.
+
+    policy "drop": the consumer gets the newest complete window each time it asks; windows it did not
+    reach in time are skipped (counted), never queued, so what it reports stays live however slow the
+    model is. policy "all": every window in order (a recording replayed as a stream), however late.
+
+    Iterate for one-window WindowBatches; `lag_s(batch)` is, at the moment it is asked, the seconds
+    from the window's end to the live edge (the end of the newest frame received).
+    """
+
+    def __init__(self, video: str, pre: Preprocessing, spec: WindowSpec | None = None, policy: str = "drop"):
+        if policy not in LIVE_POLICIES:
+            raise ConfigError(f"the live policy must be one of {', '.join(LIVE_POLICIES)}, got {policy!r}")
+        self.source = open_video(video, live_ok=True)  # an unreachable stream fails here, in the caller
+        self.win = windows_for(pre, self.source.fps, spec)
+        self.policy = policy
+        self.assembler = WindowAssembler(self.win, pre)
+        self.changed = threading.Condition()
+        self.ready: deque[tuple[int, torch.Tensor, float]] = deque()  # (start, clip [V, 3, T, S, S], arrived)
+        self.skipped = 0  # windows dropped since the consumer last took one
+        self.edge = 0  # frames received: the live edge is frame edge - 1
+        self.ended, self.error, self.stopping = False, None, False
+        self.thread = threading.Thread(target=self._decode, daemon=True, name="stadapter-live-decode")
+        self.thread.start()
+
+    def _decode(self) -> None:
+        try:
+            for frame in self.source.frames():
+                starts = self.assembler.add(frame)
+                windows = [(start, self.assembler.clip(start), time.perf_counter()) for start in starts]
+                if windows:
+                    self.assembler.forget_before(self.assembler.next_start)
+                with self.changed:
+                    self.edge = self.assembler.count
+                    if windows and self.policy == "drop":
+                        self.skipped += len(self.ready) + len(windows) - 1
+                        self.ready.clear()
+                        windows = windows[-1:]
+                    self.ready.extend(windows)
+                    self.changed.notify_all()
+                if self.stopping:
+                    return
+        except Exception as e:  # handed to the consumer, in its thread
+            self.error = e
+        finally:
+            with self.changed:
+                self.ended = True
+                self.changed.notify_all()
+            self.source.close()
+
+    def __iter__(self) -> Iterator[WindowBatch]:
+        taken = 0
+        while True:
+            with self.changed:
+                self.changed.wait_for(lambda: self.ready or self.ended)
+                if not self.ready:
+                    break
+                start, clip, arrived = self.ready.popleft()
+            taken += 1
+            yield WindowBatch(clip[None], [start], [self.assembler.indices(start)], [arrived], self.win, True)
+        if self.error is not None:
+            raise self.error
+        if self.assembler.count == 0:
+            raise VideoError(f"no frame of the stream {self.source.name} could be decoded")
+        if taken == 0 and not self.stopping:
+            raise VideoError(
+                f"the stream {self.source.name} ended after {self.assembler.count} frames, "
+                f"before one window of {self.win.window}"
+            )
+
+    def take_skipped(self) -> int:
+        """Windows dropped since the last call."""
+        with self.changed:
+            skipped, self.skipped = self.skipped, 0
+        return skipped
+
+    def lag_s(self, batch: WindowBatch) -> float:
+        end = batch.starts[-1] + self.win.window
+        return round(max(0, self.edge - end) / self.win.fps, 3)
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(timeout=READ_STOP_S)
+
+
+READ_STOP_S = 2.0  # how long close() waits for the decode thread (it ends at its next frame, or its read timeout)
