@@ -15,6 +15,11 @@ Prints a markdown table and the target checks; --json writes every figure.
 
 instead measures good-request latency beside two decode bombs in flight, then kill -9 of the decode
 workers and of the model worker under 4 clients (answers by status, time to the first 200 after).
+
+    python benchmarks/load_test.py --bundle BUNDLE --task [--low-requests 30] [--task-minutes 20]
+
+instead measures a good /classify request's latency alone, then while one long /timeline_task runs
+(its own decode pool), alternating in rounds; the p50 ratio should stay within 2x.
 """
 
 from __future__ import annotations
@@ -279,6 +284,54 @@ def fault_runs(args, env: dict) -> int:
     return 0
 
 
+def make_long_video(folder: Path, minutes: float) -> bytes:
+    path = folder / "long.mp4"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-t", str(minutes * 60)]
+        + ["-c:v", "libx264", "-preset", "ultrafast", str(path)],
+        check=True,
+    )
+    return path.read_bytes()
+
+
+def task_running(url: str, task_id: str) -> bool:
+    status = httpx.get(f"{url}/timeline_task/status", params={"task_id": task_id}, timeout=60).json()["status"]
+    return status in ("pending", "in_progress")
+
+
+def task_run(args, env: dict) -> int:
+    """/classify p50 without and with one long task decoding beside it, alternating until the task ends."""
+    with tempfile.TemporaryDirectory(prefix="stadapter-task-") as tmp:
+        env = {**env, "BENTOML_HOME": str(Path(tmp) / "bentoml"), "STADAPTER_BUNDLE": str(args.bundle)}
+        video, long = make_video(Path(tmp)).read_bytes(), make_long_video(Path(tmp), args.task_minutes)
+        log_path = args.server_log or Path(tmp) / "server.log"
+        process, url = start_server(env, log_path)
+        alone, beside, rounds = [], [], 0
+        try:
+            wait_ready(process, url, log_path, timeout_s=600)
+            good_latencies(url, video, 3)  # warm-up
+            alone += good_latencies(url, video, args.low_requests)[0]
+            files = {"video": ("long.mp4", long, "video/mp4")}
+            task_id = httpx.post(f"{url}/timeline_task/submit", files=files, timeout=600).json()["task_id"]
+            while task_running(url, task_id) and rounds < 3:
+                beside += good_latencies(url, video, args.low_requests)[0]
+                rounds += 1
+            progress = httpx.get(f"{url}/timeline_task/progress", params={"task_id": task_id}, timeout=60).json()
+        except ServerFailed as e:
+            sys.exit(str(e))
+        finally:
+            stop_server(process)
+    ratio = statistics.median(beside) / statistics.median(alone)
+    print(f"\n/classify of a 10 s 640x360 video beside one /timeline_task of a {args.task_minutes:g}-minute video\n")
+    print("| run | requests | p50 ms | p95 ms |\n|---|---:|---:|---:|")
+    for name, values in (("alone", alone), ("with the task running", beside)):
+        print(f"| {name} | {len(values)} | {percentile(values, 50):.0f} | {percentile(values, 95):.0f} |")
+    print(f"\np50 ratio: {ratio:.2f}x (target <= 2x); the task was at {progress.get('windows', '?')} windows")
+    if args.json:
+        args.json.write_text(json.dumps({"alone": alone, "with_task": beside, "ratio": ratio}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, required=True, help="model bundle to serve")
@@ -305,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: good-request latency beside two decode bombs in flight, then kill -9 of the decode "
         "workers and of the model worker under 4 clients (failed requests, time to recover)",
     )
+    p.add_argument(
+        "--task",
+        action="store_true",
+        help="instead: good /classify latency alone and beside one long /timeline_task (p50 ratio)",
+    )
+    p.add_argument("--task-minutes", type=float, default=20, help="length of the task's video (default 20)")
     args = p.parse_args(argv)
     if args.clients[0] != 1:
         p.error("--clients must start with 1")
@@ -322,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.faults:
         return fault_runs(args, env)
+    if args.task:
+        return task_run(args, env)
     with tempfile.TemporaryDirectory(prefix="stadapter-load-") as tmp:
         # A private BentoML home: every `bentoml serve` start empties $BENTOML_HOME/prometheus_multiproc_dir,
         # which would wipe this server's batch metrics if another server started meanwhile.

@@ -104,3 +104,64 @@ def bomb(tmp_path_factory):
         str(path),
     )
     return path
+
+
+# ----------------------------------------------------------------------------- no process left behind
+
+SESSION_TAG = "STADAPTER_TEST_SESSION"
+LEFT_BEHIND_GRACE_S = 10.0
+
+
+def pytest_sessionstart(session):
+    """Tag this run: every process it starts, at any depth, inherits the variable (spawned workers too)."""
+    import os
+    import uuid
+
+    os.environ[SESSION_TAG] = uuid.uuid4().hex
+
+
+def tagged_processes(tag: str) -> list[int]:
+    """PIDs of the processes, other than this one, whose environment holds this run's tag."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = open(f"/proc/{entry}/environ", "rb").read()
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if f"{SESSION_TAG}={tag}".encode() in environ.split(b"\0") and b"resource_tracker" not in cmdline:
+            found.append(int(entry))  # spawn's resource tracker is this process's own, and ends with it
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite leaves no process behind: what it started and did not stop fails the run (and is killed)."""
+    import os
+    import time
+
+    import psutil
+
+    tag = os.environ.get(SESSION_TAG)
+    if not tag:
+        return
+    deadline = time.monotonic() + LEFT_BEHIND_GRACE_S  # servers and workers being stopped get a moment
+    while (left := tagged_processes(tag)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    live = []
+    for pid in left:
+        try:
+            process = psutil.Process(pid)
+            if process.status() != psutil.STATUS_ZOMBIE:
+                live.append(f"{pid} {' '.join(process.cmdline())[:160]}")
+                process.kill()
+        except psutil.Error:
+            pass
+    if live:
+        session.config.get_terminal_writer().line(
+            "processes the test run left behind (killed now):\n  " + "\n  ".join(live), red=True
+        )
+        session.exitstatus = 1

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from predict.cli import main
@@ -115,11 +116,13 @@ def test_resume_after_kill_repairs_the_torn_line(tiny_bundle, tmp_path):
     try:
         while (not out.exists() or len(out.read_text().splitlines()) < len(small)) and proc.poll() is None:
             time.sleep(0.05)
+        tree = psutil.Process(proc.pid).children(recursive=True)  # its decode worker (and spawn's tracker)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     written = out.read_text()
     assert len(written.splitlines()) == len(small), "the kill should land while the long video decodes"
+    assert tree and psutil.wait_procs(tree, timeout=10)[1] == []  # no process of its tree outlives it
     with open(out, "a") as f:  # what a kill in the middle of a write leaves
         f.write('{"video": "' + str(after[0]) + '", "labels": [{"la')
     subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
@@ -336,3 +339,33 @@ def test_trained_timeline_changes_label_where_the_clips_change(trained_bundle, t
     )  # windows across the cuts too
     whole = [s for s in half if s.start_s % 2 == 0]
     assert [s.labels[0]["index"] for s in whole] == classes
+
+
+def test_a_video_past_the_decode_timeout_is_an_error_line_and_the_rest_go_on(tiny_bundle, videos, tmp_path, capsys):
+    """--decode-timeout: a file whose decode takes too long (here: a long one under a short limit, as a file
+    that hangs the decoder would) becomes an error line; its worker is replaced and the others are classified."""
+    root, paths = videos
+    part, slow = tmp_path / "part.mp4", tmp_path / "slow.mp4"  # 60 s of 720p: about 3 s to decode here
+    ffmpeg = ["ffmpeg", "-nostdin", "-loglevel", "error"]
+    lavfi = [
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=1280x720:rate=30",
+        "-t",
+        "10",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+    ]
+    subprocess.run([*ffmpeg, *lavfi, str(part)], check=True)
+    subprocess.run([*ffmpeg, "-stream_loop", "5", "-i", str(part), "-c", "copy", str(slow)], check=True)
+    out = tmp_path / "results.jsonl"
+    args = ["--bundle", str(tiny_bundle), "--backend", "onnxruntime", "--workers", "1", "--no-progress"]
+    code = main([*args, "--decode-timeout", "0.5", str(paths[0]), str(slow), str(paths[1]), "--out", str(out)])
+    assert code == 1
+    records = {r["video"]: r for r in lines(out)}
+    assert "took longer than 0.5 s" in records[str(slow)]["error"] and "--decode-timeout" in records[str(slow)]["error"]
+    assert all("labels" in records[str(p)] for p in paths[:2])  # before and after it, on the replaced worker
+    assert "--decode-timeout" in capsys.readouterr().err
