@@ -42,7 +42,7 @@ from starlette.responses import JSONResponse
 CHUNK = 1 << 20  # replay chunk: big chunks make the multipart parser ~2x faster than 64 KB ones
 DRAIN_BYTES = 32 << 20  # read at most this much past the limit before answering 413
 MAX_NAME = 200  # file names become temp-file suffixes; longer ones are refused
-OPEN_PATHS = ("/readyz", "/livez", "/metrics")  # what a load balancer and a scraper reach without the token
+OPEN_PATHS = ("/readyz", "/livez", "/healthz", "/metrics")  # what a load balancer and a scraper reach without the token
 
 
 class Refusal(Exception):

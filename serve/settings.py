@@ -27,44 +27,85 @@ def setting(default, env: str, meaning: str, low: float | None = None, secret: b
 
 @dataclass(frozen=True)
 class Settings:
-    bundle: Path = setting(None, "STADAPTER_BUNDLE", "model bundle directory (stadapter-export --out ...)")
-    backend: str = setting("auto", "STADAPTER_BACKEND", "auto, torch, onnxruntime, tensorrt (+ -cpu / -cuda)")
+    bundle: Path = setting(None, "STADAPTER_BUNDLE", "the model bundle directory (stadapter-export --out ...)")
+    backend: str = setting(
+        "auto",
+        "STADAPTER_BACKEND",
+        "`auto`, `torch`, `onnxruntime`, `tensorrt`, optionally `-cpu`/`-cuda` (see Export)",
+    )
     precision: str | None = setting(
-        None, "STADAPTER_PRECISION", "fp32, fp16, bf16 or int8 (default: the backend's choice, see load_predictor)"
+        None,
+        "STADAPTER_PRECISION",
+        "`fp32`, `fp16` (GPU), `bf16` (torch on a CPU with BF16), `int8` (a bundle exported with `--int8`); "
+        "unset: the backend's choice (see Export)",
     )
     api_token: str | None = setting(
         None,
         "STADAPTER_API_TOKEN",
-        "set: every route but /readyz, /livez and /metrics needs `Authorization: Bearer <token>` (else 401)",
+        "set: every route but `/readyz`, `/livez` and `/metrics` needs `Authorization: Bearer <token>` "
+        "(else a JSON 401); `/ui` asks for it as its login password",
         secret=True,
     )
-    max_upload_mb: float = setting(200.0, "STADAPTER_MAX_UPLOAD_MB", "larger request bodies get 413", 0.001)
+    max_upload_mb: float = setting(
+        200.0,
+        "STADAPTER_MAX_UPLOAD_MB",
+        "larger request bodies are refused with 413 (a declared `Content-Length` over it before a byte is read)",
+        0.001,
+    )
     body_timeout_s: float = setting(
-        60.0, "STADAPTER_BODY_TIMEOUT_S", "an upload not fully received by then gets 408", 0.01
+        60.0,
+        "STADAPTER_BODY_TIMEOUT_S",
+        "an upload not fully received by then gets 408, so a slow client cannot hold a worker",
+        0.01,
     )
     decode_timeout_s: float = setting(
-        30.0, "STADAPTER_DECODE_TIMEOUT_S", "a decode past this is stopped (its process killed): 422", 0.01
+        30.0,
+        "STADAPTER_DECODE_TIMEOUT_S",
+        "a request's decode that runs longer is stopped (its process is killed and replaced) and answered 422",
+        0.01,
     )
-    decode_workers: int = setting(2, "STADAPTER_DECODE_WORKERS", "decode processes per API worker", 1)
-    api_workers: int = setting(1, "STADAPTER_API_WORKERS", "API (upload + decode) worker processes", 1)
+    decode_workers: int = setting(2, "STADAPTER_DECODE_WORKERS", "decode processes per API worker, for the requests", 1)
+    api_workers: int = setting(1, "STADAPTER_API_WORKERS", "API worker processes (uploads, checks, decode pools)", 1)
     max_batch_size: int = setting(16, "STADAPTER_MAX_BATCH_SIZE", "most clips in one model call", 1)
     max_latency_ms: int = setting(
-        30000, "STADAPTER_MAX_LATENCY_MS", "longest a clip may queue for the model before a 503", 1
+        30000,
+        "STADAPTER_MAX_LATENCY_MS",
+        "longest a clip may wait for the model; past it the request gets 503 (overload)",
+        1,
     )
-    max_videos: int = setting(16, "STADAPTER_MAX_VIDEOS", "most videos in one /classify_batch request", 1)
+    max_videos: int = setting(16, "STADAPTER_MAX_VIDEOS", "most videos in one `/classify_batch` request", 1)
     max_timeline_windows: int = setting(
-        64, "STADAPTER_MAX_TIMELINE_WINDOWS", "most windows in one /classify_timeline answer", 1
+        64,
+        "STADAPTER_MAX_TIMELINE_WINDOWS",
+        "most windows in one `/classify_timeline` answer; longer videos go through `/timeline_task`",
+        1,
     )
     max_task_seconds: float = setting(
-        3 * 3600.0, "STADAPTER_MAX_TASK_SECONDS", "longest video a /timeline_task may take, in seconds", 1
+        3 * 3600.0,
+        "STADAPTER_MAX_TASK_SECONDS",
+        "longest video a `/timeline_task` takes, in seconds (decoding is bounded in memory at any length)",
+        1,
     )
     task_workers: int = setting(
-        1, "STADAPTER_TASK_WORKERS", "decode processes for /timeline_task, apart from the request pool", 1
+        1,
+        "STADAPTER_TASK_WORKERS",
+        "decode processes for `/timeline_task`, apart from the requests' pool, so a task never takes theirs",
+        1,
     )
-    request_timeout_s: float = setting(300.0, "STADAPTER_REQUEST_TIMEOUT_S", "whole-request limit of each service", 1)
-    warmup: bool = setting(True, "STADAPTER_WARMUP", "1: run one full batch at startup (memory peaks then)")
+    request_timeout_s: float = setting(
+        300.0, "STADAPTER_REQUEST_TIMEOUT_S", "BentoML's per-request timeout of both services", 1
+    )
+    warmup: bool = setting(
+        True,
+        "STADAPTER_WARMUP",
+        "run one batch of `STADAPTER_MAX_BATCH_SIZE` clips at startup, so memory peaks before `/readyz` "
+        "says ready (`0`: skip)",
+    )
     ui: bool = setting(
-        False, "STADAPTER_UI", "1: mount the Gradio demo at /ui (it calls this service in-process; needs gradio)"
+        False,
+        "STADAPTER_UI",
+        "`1`: mount the Gradio demo at `/ui`; it calls this service in-process (needs gradio and `demo/`, "
+        "so not in a bento)",
     )
 
     @property
@@ -118,7 +159,7 @@ def load_settings(environ=os.environ) -> Settings:
 
 def settings_table() -> str:
     """The README's table of variables, from the fields themselves."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows = ["| variable | default | what |", "|---|---|---|"]
     for f in dataclasses.fields(Settings):
         rows.append(f"| `{f.metadata['env']}` | {_shown(f)} | {f.metadata['meaning']} |")
     return "\n".join(rows)
@@ -126,9 +167,9 @@ def settings_table() -> str:
 
 def _shown(f: dataclasses.Field) -> str:
     if f.name == "bundle":
-        return "./bundle, else the quickstart's"
+        return "`bundle/`, else `runs/quickstart/bundle`"
     if f.default is None:
         return "(unset)"
     if isinstance(f.default, bool):
-        return str(int(f.default))
-    return f"{f.default:g}" if isinstance(f.default, float) else str(f.default)
+        return f"`{int(f.default)}`"
+    return f"`{f.default:g}`" if isinstance(f.default, float) else f"`{f.default}`"

@@ -35,3 +35,12 @@ def test_quickstart_is_executable_and_strict():
     script = ROOT / "quickstart.sh"
     assert script.stat().st_mode & stat.S_IXUSR
     assert "set -euo pipefail" in script.read_text()
+
+
+def test_the_service_settings_table_is_the_one_in_settings():
+    """The README's table of variables is `settings_table()`: each default is stated once, in serve/settings.py."""
+    from serve.settings import settings_table
+
+    text = (ROOT / "README.md").read_text()
+    table = text.split("<!-- settings table -->\n", 1)[1].split("\n<!-- /settings table -->", 1)[0]
+    assert table == settings_table()

@@ -14,8 +14,11 @@ from pathlib import Path
 MAX_TIMELINE_WINDOWS_ENV = "STADAPTER_MAX_TIMELINE_WINDOWS"
 
 
-def decode_worker(preprocessing: dict, batch_clips: int = 8):
-    """Runs once in each decode process: cap its memory, one torch thread, then answer decode jobs."""
+def decode_worker(preprocessing: dict, batch_clips: int = 8, nice: int = 0):
+    """Runs once in each decode process: cap its memory, one torch thread (and `nice` lower CPU priority,
+    so a model-bound run's model keeps its cores), then answer decode jobs."""
+    import os
+
     import torch
 
     from ..preprocessing import Preprocessing
@@ -23,6 +26,8 @@ def decode_worker(preprocessing: dict, batch_clips: int = 8):
 
     limit_process_memory()  # no file, whatever its tricks, can take the machine's memory
     torch.set_num_threads(1)
+    if nice:
+        os.nice(nice)
     pre = Preprocessing.from_dict(preprocessing)
 
     def decode(kind: str, video, views: int | None, *options):
@@ -61,9 +66,10 @@ def window_batches(
     max_windows: int | None = None,
     max_seconds: float | None = None,
     batch_clips: int = 8,
+    seconds_env: str = "STADAPTER_MAX_TASK_SECONDS",
 ):
     """The packed window batches of `video`, streamed; past `max_windows` windows or `max_seconds` of
-    video a VideoTooLargeError ends the stream (the windows sent so far stay sent)."""
+    video (set by `seconds_env`) a VideoTooLargeError ends the stream (the windows sent so far stay sent)."""
     from dataclasses import replace
 
     from .handover import pack
@@ -72,8 +78,8 @@ def window_batches(
 
     pre = timeline_preprocessing(pre, views)
     limits = DecodeLimits.from_env()
-    if max_seconds is not None:
-        limits = replace(limits, max_duration_s=min(limits.max_duration_s, max_seconds))
+    if max_seconds is not None and max_seconds < limits.max_duration_s:
+        limits = replace(limits, max_duration_s=max_seconds, duration_env=seconds_env)
     source = Path(video) if isinstance(video, str) else video  # an upload's name is never taken for a URL
     windows = 0
     batches = iter_window_batches(source, pre, spec, max(1, batch_clips // pre.views), limits=limits)

@@ -44,6 +44,7 @@ class DecodeLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS  # width x height of one frame
     max_frames: int = DEFAULT_MAX_FRAMES  # frames (or packets) in the video
     max_duration_s: float = DEFAULT_MAX_DURATION_S
+    duration_env: str = MAX_DURATION_ENV  # the variable that sets max_duration_s, named in the refusal
 
     @classmethod
     def from_env(cls) -> DecodeLimits:
@@ -70,7 +71,7 @@ class DecodeLimits:
         if seconds > self.max_duration_s:
             raise VideoTooLargeError(
                 f"the video lasts {seconds:.0f} s, over the limit of {self.max_duration_s:.0f} s "
-                f"(set {MAX_DURATION_ENV} to change it)"
+                f"(set {self.duration_env} to change it)"
             )
 
 
