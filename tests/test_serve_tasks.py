@@ -82,3 +82,16 @@ def test_a_bad_file_fails_its_task_with_the_message_of_classify_timeline(server,
     clip = write_motion_video(tmp_path / "clip.mp4", label=1, seed=2).read_bytes()
     files = {"video": ("clip.mp4", clip, "video/mp4")}
     assert httpx.post(f"{url}/timeline_task/submit", files=files, data={"top_k": "x"}, timeout=30).status_code == 400
+
+
+@pytest.mark.slow
+def test_the_demo_sends_a_video_over_the_limit_to_the_task_and_shows_its_progress(server, ten_minutes):
+    import asyncio
+
+    from demo.classifiers import ServiceClassifier
+
+    url, _ = server
+    told: list[str] = []
+    segments = asyncio.run(ServiceClassifier(url).timeline(ten_minutes, None, told.append))
+    assert len(segments) == 599 and segments[-1]["start_s"] == 598.0
+    assert told and all(words.startswith("task ") and "windows" in words for words in told)
