@@ -1,32 +1,44 @@
-"""stadapter-predict's batch path (decode pool + batched inference) against `Predictor.classify` in a loop.
+"""stadapter-predict with its defaults against a plain `Predictor.classify` loop, start-up counted on both sides.
 
-Both classify the same copies of one generated H.264 video with the same Predictor; rounds alternate
-(loop, pool, loop, pool, ...) so both see the same machine load. The pool is timed warm: its
-processes start (seconds: each imports torch) while stadapter-predict loads the model.
+Both are whole commands on the same copies of one generated H.264 video (10 s, 640x360): the loop is a
+Python process that loads the Predictor and classifies each video in turn; the other is
+`stadapter-predict --bundle B FOLDER --out F` with no tuning flag. Rounds alternate (loop, predict,
+loop, ...) so both see the same machine load; medians are reported. The bounds each figure is
+measured against come first: one video's decode alone (one core) and its model time alone.
 
-    python benchmarks/bench_predict.py --bundle BUNDLE [--videos 16] [--views 1] [--rounds 2]
+    python benchmarks/bench_predict.py --model tiny [--videos 60] [--rounds 3]
+    python benchmarks/bench_predict.py --model b16 [--videos 8] [--rounds 2]
+    python benchmarks/bench_predict.py --bundle BUNDLE ...
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from stadapter_deploy.predict.batch import BatchOptions, classify_videos, decode_pool
-from stadapter_deploy.predict.inputs import VideoInput
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LOOP = """
+import sys
 from stadapter_deploy.runtime.predictor import load_predictor
+predictor = load_predictor(sys.argv[1])
+for path in sys.argv[2:]:
+    predictor.classify(path)
+"""
 
 
-def make_videos(folder: Path, count: int, size: str, seconds: float) -> list[Path]:
+def make_videos(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
     first = folder / "v000.mp4"
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30"]
-        + ["-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(first)],
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"]
+        + ["-t", "10", "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(first)],
         check=True,
     )
     paths = [first] + [folder / f"v{i:03d}.mp4" for i in range(1, count)]
@@ -35,60 +47,97 @@ def make_videos(folder: Path, count: int, size: str, seconds: float) -> list[Pat
     return paths
 
 
-def time_loop(predictor, paths: list[Path], views: int | None) -> float:
+def make_bundle(folder: Path, model: str) -> Path:
+    """A random-weight bundle through the real export path (tiny: the test helper's; b16: B/16 12x384)."""
+    import torch
+
+    from stadapter_deploy import build_model
+    from stadapter_deploy.export.exporter import ExportOptions, export_bundle, load_source
+    from stadapter_deploy.model import save_checkpoint
+
+    torch.manual_seed(0)
+    net = build_model("tiny" if model == "tiny" else "vit_b16_adapter12x384", num_classes=6)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if ".adapter_pre_" in name:
+                p.normal_(std=0.05)
+    recipe = {"dataset": "synthetic", "num_frames": 8, "sampling_rate": 0, "spatial_views": 1, "temporal_views": 1}
+    checkpoint = save_checkpoint(net, folder / "checkpoint", extra={"recipe": recipe})
+    options = ExportOptions(progress=False, check_videos=1, check_random=1)
+    return export_bundle(load_source(checkpoint=checkpoint), folder / "bundle", options).path
+
+
+def bounds(bundle: Path, video: Path) -> tuple[float, float]:
+    """(one video's decode + preprocess alone on one core, its model time alone), seconds, medians of 3."""
+    import torch
+
+    from stadapter_deploy.runtime.predictor import load_predictor
+    from stadapter_deploy.timing import median_ms
+
+    predictor = load_predictor(bundle)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    decode_ms = median_ms(lambda: predictor.preprocess(str(video)), 3)
+    torch.set_num_threads(threads)
+    clips = predictor.preprocess(str(video)).clips
+    model_ms = median_ms(lambda: predictor.predict(clips), 3)
+    return decode_ms / 1e3, model_ms / 1e3
+
+
+def run_loop(bundle: Path, paths: list[Path]) -> float:
     start = time.perf_counter()
-    for path in paths:
-        predictor.classify(str(path), views=views)
+    subprocess.run([sys.executable, "-c", LOOP, str(bundle), *map(str, paths)], check=True)
     return time.perf_counter() - start
 
 
-def time_pool(predictor, paths: list[Path], options: BatchOptions) -> float:
-    """Steady state: the pool is started (as stadapter-predict starts it while the model loads) and warm."""
-    pool = decode_pool(predictor.preprocessing, options)
-    pool.submit(str(paths[0])).result()
+def run_predict(bundle: Path, folder: Path, out: Path) -> tuple[float, str]:
+    out.unlink(missing_ok=True)
     start = time.perf_counter()
-    results = list(classify_videos(predictor, [VideoInput(str(p)) for p in paths], options, pool))
-    seconds = time.perf_counter() - start
-    assert all("labels" in r for r in results), results
-    return seconds
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--backend", default="auto")
-    p.add_argument("--videos", type=int, default=16)
-    p.add_argument("--size", default="640x360")
-    p.add_argument("--seconds", type=float, default=10.0)
-    p.add_argument("--views", type=int, help="clips per video (default: the recipe's)")
-    p.add_argument("--workers", type=int, help="decode processes (default: stadapter-predict's)")
-    p.add_argument("--batch-size", type=int, help="clips per model call (default: stadapter-predict's)")
-    p.add_argument("--rounds", type=int, default=2)
-    args = p.parse_args()
-
-    print("uptime:", os.popen("uptime").read().strip())
-    print("cpu:", " ".join(sorted(set(os.popen("lscpu | grep -o 'avx512[a-z_0-9]*\\|avx2'").read().split()))))
-    predictor = load_predictor(args.bundle, backend=args.backend)
-    options = BatchOptions(views=args.views, workers=args.workers, batch_clips=args.batch_size)
-    clips_per_video = predictor.preprocessing.with_views(args.views).views
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = make_videos(Path(tmp), args.videos, args.size, args.seconds)
-        predictor.classify(str(paths[0]), views=args.views)  # warm-up: the runtime's first call
-        loop, pool = [], []
-        for r in range(args.rounds):
-            loop.append(time_loop(predictor, paths, args.views))
-            pool.append(time_pool(predictor, paths, options))
-            print(f"round {r + 1}: loop {loop[-1]:.1f} s, pool {pool[-1]:.1f} s")
-    clips = args.videos * clips_per_video
-    best_loop, best_pool = min(loop), min(pool)
-    print(f"{predictor!r}, {args.videos} videos of {args.size} {args.seconds:g} s, {clips_per_video} clip(s) each")
-    print(f"Predictor.classify loop: {clips / best_loop:.2f} clips/s (best of {args.rounds})")
-    print(f"stadapter-predict batch: {clips / best_pool:.2f} clips/s (best of {args.rounds})")
-    print(
-        f"speed-up: {best_loop / best_pool:.2f}x; per round: "
-        + ", ".join(f"{a / b:.2f}x" for a, b in zip(loop, pool, strict=True))
+    done = subprocess.run(
+        [str(BIN / "stadapter-predict"), "--bundle", str(bundle), str(folder), "--out", str(out), "--no-progress"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
+    chose = next((line for line in done.stderr.splitlines() if "decode worker" in line), "")
+    return time.perf_counter() - start, chose
+
+
+def cpu_flags() -> str:
+    from stadapter_deploy.hardware import cpu_kind, simd_flags
+
+    return f"{cpu_kind()} ({' '.join(simd_flags())})"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path, help="a bundle (default: one made with --model)")
+    p.add_argument("--model", choices=("tiny", "b16"), default="tiny", help="random-weight model to export")
+    p.add_argument("--videos", type=int, help="videos (default: 60 for tiny, 8 otherwise)")
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    count = args.videos or (60 if args.model == "tiny" and not args.bundle else 8)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        bundle = args.bundle or make_bundle(tmp, args.model)
+        paths = make_videos(tmp / "videos", count)
+        decode_s, model_s = bounds(bundle, paths[0])
+        loop, predict, chose = [], [], ""
+        for r in range(args.rounds):
+            loop.append(run_loop(bundle, paths))
+            seconds, chose = run_predict(bundle, tmp / "videos", tmp / "out.jsonl")
+            predict.append(seconds)
+            print(f"round {r + 1}: loop {loop[-1]:.1f} s, stadapter-predict {predict[-1]:.1f} s", flush=True)
+    print(f"\nCPU: {cpu_flags()}; bundle {bundle.name if args.bundle else args.model}; {count} videos of 10 s 640x360")
+    print(f"one video alone: decode + preprocess {decode_s * 1e3:.0f} ms (one core), model {model_s * 1e3:.0f} ms")
+    print(f"stadapter-predict chose: {chose.removeprefix('stadapter-predict: ')}\n")
+    print("| side | median s | videos/s |\n|---|---:|---:|")
+    for name, values in (("Predictor.classify loop", loop), ("stadapter-predict (defaults)", predict)):
+        print(f"| {name} | {statistics.median(values):.1f} | {count / statistics.median(values):.2f} |")
+    ratios = [a / b for a, b in zip(loop, predict, strict=True)]
+    print(f"\nspeed-up: {statistics.median(ratios):.2f}x (median of rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

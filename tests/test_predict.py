@@ -369,3 +369,24 @@ def test_a_video_past_the_decode_timeout_is_an_error_line_and_the_rest_go_on(tin
     assert "took longer than 0.5 s" in records[str(slow)]["error"] and "--decode-timeout" in records[str(slow)]["error"]
     assert all("labels" in records[str(p)] for p in paths[:2])  # before and after it, on the replaced worker
     assert "--decode-timeout" in capsys.readouterr().err
+
+
+def test_the_defaults_follow_the_model_and_the_machine(tiny_bundle, videos, capsys):
+    """The rule of predict/defaults.py on the real presets' FLOPs, and the one line the CLI says about it."""
+    from stadapter_deploy.model.config import get_preset
+    from stadapter_deploy.predict.defaults import choose
+
+    pre = Preprocessing(num_frames=8)
+    tiny = choose(get_preset("tiny").clip_gflops(8), pre, "cpu", cores=2)
+    assert (tiny.workers, tiny.threads, tiny.nice) == (2, 1, 0) and "decode-bound" in tiny.why
+    b16 = choose(get_preset("vit_b16_adapter12x384").clip_gflops(8), pre.with_views(3), "cpu", cores=2)
+    assert (b16.workers, b16.batch_clips, b16.threads, b16.nice) == (1, 3, 2, 10) and "model-bound" in b16.why
+    big = choose(303.0, pre, "cpu", cores=64)  # B/16 on a big CPU: the cores split between the two
+    assert (big.workers, big.threads) == (3, 57) and big.workers + big.threads <= 64
+    gpu = choose(303.0, pre, "cuda", cores=16, max_batch=32)
+    assert (gpu.workers, gpu.batch_clips, gpu.threads) == (8, 32, None)
+    root, paths = videos
+    assert main(["--bundle", str(tiny_bundle), "--no-progress", str(paths[0])]) == 0
+    err = capsys.readouterr().err
+    chose = [line for line in err.splitlines() if "decode worker" in line]
+    assert len(chose) == 1 and "decode-bound" in chose[0] and "flags given: none" in chose[0], err

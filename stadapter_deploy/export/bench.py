@@ -22,14 +22,7 @@ from ..timing import median_ms, median_rate, time_ms  # noqa: F401  (median_ms: 
 
 def model_gflops(cfg: ModelConfig, num_frames: int) -> float:
     """Forward GFLOP (1 multiply-add = 2 FLOP) of one clip: 303 for B/16 12x384 at 8 frames."""
-    t = num_frames
-    d, length, patches = cfg.width, cfg.tokens_per_frame, cfg.grid**2
-    embed = 2 * patches * d * 3 * cfg.patch_size**2
-    block = 24 * length * d * d + 4 * length * length * d  # qkv, out_proj, MLP 4x; q@k and attn@v
-    adapters = cfg.adapter_layers * (int(cfg.adapter_pre_attn) + int(cfg.adapter_pre_mlp))
-    adapter = 4 * patches * d * cfg.adapter_width + 2 * patches * cfg.adapter_width * cfg.adapter_kernel_t
-    head = 2 * d * cfg.num_classes
-    return (t * (embed + cfg.layers * block + adapters * adapter) + head) / 1e9
+    return cfg.clip_gflops(num_frames)
 
 
 def matmul_shape(cfg: ModelConfig, num_frames: int) -> tuple[int, int, int]:

@@ -45,6 +45,16 @@ class ModelConfig:
     def adapter_blocks(self) -> range:
         return range(self.layers - self.adapter_layers, self.layers)
 
+    def clip_gflops(self, num_frames: int) -> float:
+        """Forward GFLOP (1 multiply-add = 2 FLOP) of one clip: 303 for B/16 12x384 at 8 frames."""
+        d, length, patches = self.width, self.tokens_per_frame, self.grid**2
+        embed = 2 * patches * d * 3 * self.patch_size**2
+        block = 24 * length * d * d + 4 * length * length * d  # qkv, out_proj, MLP 4x; q@k and attn@v
+        adapters = self.adapter_layers * (int(self.adapter_pre_attn) + int(self.adapter_pre_mlp))
+        adapter = 4 * patches * d * self.adapter_width + 2 * patches * self.adapter_width * self.adapter_kernel_t
+        head = 2 * d * self.num_classes
+        return (num_frames * (embed + self.layers * block + adapters * adapter) + head) / 1e9
+
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 

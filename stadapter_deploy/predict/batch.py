@@ -10,7 +10,6 @@ that crashes its process is tried once more on the replacement.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -21,28 +20,28 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import STAdapterError
+from ..hardware import cpu_cores
 from ..runtime.results import check_top_k, classification
 from ..video.handover import unpack
 from ..video.jobs import decode_worker
 from ..video.pool import DecodePool, JobFailed
 from ..video.windows import DEFAULT_BATCH_CLIPS
+from .defaults import MAX_CPU_WORKERS
 from .inputs import VideoInput
 
 DEFAULT_DECODE_TIMEOUT_S = 300.0  # one video; a file that hangs the decoder becomes an error line
-
-
-def default_workers() -> int:
-    return max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
 @dataclass
 class BatchOptions:
     top_k: int = 5
     views: int | None = None  # clips per video; None keeps the recipe's
-    workers: int | None = None  # decode processes (default: the cores this process may use, at most 4)
+    workers: int | None = None  # decode processes (default: the cores this process may use, at most 4;
+    # stadapter-predict chooses from the model and the machine: predict/defaults.py)
     batch_clips: int | None = None  # clips per model call (default: the runner's max batch, else 8)
     ahead: int | None = None  # videos decoding or decoded but not yet run (default: 2 per worker + a batch)
     decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S
+    nice: int = 0  # CPU priority added to the decode workers (predict/defaults.py: model-bound on a CPU)
 
 
 def error_message(e: BaseException) -> str:
@@ -60,7 +59,10 @@ def decode_pool(preprocessing, options: BatchOptions) -> DecodePool:
     """The pool `classify_videos` needs, started now (each process imports torch: seconds), e.g. while
     the model loads: its processes start in the background and take jobs once ready."""
     pre = preprocessing.with_views(options.views)
-    pool = DecodePool(decode_worker, (pre.to_dict(),), options.workers or default_workers(), options.decode_timeout_s)
+    setup = (pre.to_dict(), DEFAULT_BATCH_CLIPS, options.nice)
+    pool = DecodePool(
+        decode_worker, setup, options.workers or min(cpu_cores(), MAX_CPU_WORKERS), options.decode_timeout_s
+    )
     pool.start_in_background()
     return pool
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
@@ -12,11 +11,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ConfigError
+from ..hardware import cpu_cores
 from ..progress import progress_bar
 from ..runtime.timeline import iter_timeline
 from ..video.source import is_stream
 from ..video.windows import WindowSpec
 from .batch import BatchOptions, classify_videos, decode_pool, error_message
+from .defaults import Choice, choose, describe
 from .distributed import Rank, barrier, join, leave, merge_parts, part_path, part_paths
 from .inputs import VideoInput, collect_inputs
 from .output import ResultWriter, check_out_path, read_results
@@ -63,16 +64,28 @@ def previous_records(out: Path | None, rank: Rank, timeline: bool) -> list[dict]
     return records
 
 
-def model_threads(config: PredictConfig, rank: Rank) -> int | None:
-    if config.threads or rank.local_world_size <= 1:
-        return config.threads
-    return max(1, len(os.sched_getaffinity(0)) // rank.local_world_size)
+def machine_defaults(config: PredictConfig, bundle, device: str, rank: Rank) -> tuple[BatchOptions, int | None]:
+    """The batch options and model threads: what the flags say, the rest chosen from the machine
+    (predict/defaults.py), said once on stderr. Under torchrun each rank has its share of the cores."""
+    cores = max(1, cpu_cores() // max(1, rank.local_world_size))
+    gflops = bundle.config.clip_gflops(bundle.preprocessing.num_frames)
+    chosen = choose(gflops, bundle.preprocessing.with_views(config.views), device, cores)
+    options = batch_options(config, chosen)
+    threads = config.threads or chosen.threads
+    if not config.timeline and not (config.workers and config.batch_clips and config.threads):
+        say(f"stadapter-predict: {describe(chosen)}; flags given: {flags_given(config) or 'none'}")
+    return options, threads
+
+
+def flags_given(config: PredictConfig) -> str:
+    given = {"--workers": config.workers, "--batch-size": config.batch_clips, "--threads": config.threads}
+    return ", ".join(f"{flag} {value}" for flag, value in given.items() if value)
 
 
 def run_predict(config: PredictConfig) -> int:
     """Run as the command line asks; returns the exit code."""
     from ..runtime.bundle import load_bundle
-    from ..runtime.predictor import load_predictor
+    from ..runtime.predictor import load_predictor, plan_predictor
 
     spec = WindowSpec(config.window_s, config.stride_s)
     if config.out is not None:
@@ -86,15 +99,14 @@ def run_predict(config: PredictConfig) -> int:
             raise ConfigError("under torchrun, --out is needed: each rank writes a part file beside it")
         done = {r["video"] for r in previous_records(config.out, rank, config.timeline)}
         mine = [v for v in rank.shard(videos) if v.video not in done or is_stream(v.video)]
-        options = batch_options(config)
+        plan = plan_predictor(bundle, config.backend, config.device, config.precision)
+        options, threads = machine_defaults(config, bundle, plan.device, rank)
         pool = decode_pool(bundle.preprocessing, options) if mine and not config.timeline else None
-        predictor = load_predictor(
-            bundle, config.backend, config.device, config.precision, threads=model_threads(config, rank)
-        )
+        predictor = load_predictor(bundle, plan=plan, threads=threads)
         target = part_path(config.out, rank.rank) if rank.distributed else config.out
         started = time.perf_counter()
         with ResultWriter(target) as writer:
-            new = predict_videos(predictor, mine, config, spec, writer, rank, pool)
+            new = predict_videos(predictor, mine, config, spec, options, writer, rank, pool)
         seconds = time.perf_counter() - started
         barrier()
         if rank.is_main and config.out is not None:
@@ -113,7 +125,14 @@ def run_predict(config: PredictConfig) -> int:
 
 
 def predict_videos(
-    predictor, videos: list[VideoInput], config: PredictConfig, spec: WindowSpec, writer, rank: Rank, pool
+    predictor,
+    videos: list[VideoInput],
+    config: PredictConfig,
+    spec: WindowSpec,
+    options: BatchOptions,
+    writer,
+    rank: Rank,
+    pool,
 ) -> list[dict]:
     desc = f"rank {rank.rank}" if rank.distributed else "predict"
     bar = progress_bar(len(videos), desc, enabled=config.progress, unit="video")
@@ -122,7 +141,7 @@ def predict_videos(
         results = (
             timeline_records(predictor, videos, config, spec)
             if config.timeline
-            else classify_records(predictor, videos, config, pool)
+            else classify_records(predictor, videos, options, pool)
         )
         for lines in results:
             writer.write(lines)
@@ -138,16 +157,21 @@ def predict_videos(
     return records
 
 
-def batch_options(config: PredictConfig) -> BatchOptions:
+def batch_options(config: PredictConfig, chosen: Choice) -> BatchOptions:
     if not config.decode_timeout_s > 0:
         raise ConfigError(f"--decode-timeout must be a positive number of seconds, got {config.decode_timeout_s}")
     return BatchOptions(
-        config.top_k, config.views, config.workers, config.batch_clips, decode_timeout_s=config.decode_timeout_s
+        config.top_k,
+        config.views,
+        config.workers or chosen.workers,
+        config.batch_clips or chosen.batch_clips,
+        decode_timeout_s=config.decode_timeout_s,
+        nice=chosen.nice if not config.workers else 0,
     )
 
 
-def classify_records(predictor, videos: list[VideoInput], config: PredictConfig, pool):
-    for record in classify_videos(predictor, videos, batch_options(config), pool):
+def classify_records(predictor, videos: list[VideoInput], options: BatchOptions, pool):
+    for record in classify_videos(predictor, videos, options, pool):
         yield [record]
 
 

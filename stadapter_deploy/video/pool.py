@@ -132,6 +132,9 @@ class _Slot:
             return
         finally:
             self.started.set()
+        if self.pool.closed:  # closed while this process started: it must not outlive the pool
+            self.kill()
+            return
         self.serve()
 
     def spawn(self) -> None:
@@ -257,6 +260,9 @@ class _Slot:
                 return False
             try:
                 self.spawn()
+                if self.pool.closed:
+                    self.kill()
+                    return False
                 return True
             except RuntimeError as e:
                 log.error("replacing a %s worker failed (attempt %d): %s", self.pool.name, attempt + 1, e)

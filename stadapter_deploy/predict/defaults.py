@@ -1,0 +1,77 @@
+"""stadapter-predict's defaults from the machine: decode workers, clips per model call and model threads.
+
+On a CPU, decoding and inference share the cores, so the cores are split by what a video costs each:
+- the model's core-seconds per video, from its FLOPs (known from the config: 303 GFLOP a clip for
+  B/16 12x384) at CPU_GFLOPS_PER_CORE;
+- a typical decode, DECODE_S_PER_VIDEO of one core (a 10 s 640x360 H.264 video: docs/benchmarks.md).
+Decoding gets that share of the cores, as whole decode workers, and the model the rest:
+- decode-bound (the tiny model): a worker per core (at most MAX_CPU_WORKERS), the model on the
+  threads it needs to keep up (one, for tiny), 8 clips a call;
+- model-bound, where decoding needs less than half a core (B/16 on a few cores): the model on every
+  core, one video a call, and one decode worker at a lower CPU priority that fills the model's gaps
+  and never takes a core from it;
+- in between (B/16 on many cores): the split, e.g. 3 workers and 57 model threads on 64 cores.
+
+On a GPU the model runs apart from the cores: decode workers on every core (at most MAX_GPU_WORKERS)
+feed batches as large as the runner's profile allows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..hardware import cpu_cores
+from ..preprocessing import Preprocessing
+from ..video.windows import DEFAULT_BATCH_CLIPS
+
+CPU_GFLOPS_PER_CORE = 40.0  # fp32 GEMM-bound ViT throughput of one core, AVX2 to AVX-512 (a rough middle)
+DECODE_S_PER_VIDEO = 0.4  # one core, a 10 s 640x360 H.264 video, 8 frames converted (bench_video.py)
+MAX_CPU_WORKERS = 8  # each imports torch (~0.3 GB resident)
+MAX_GPU_WORKERS = 8
+GPU_BATCH_CLIPS = 32  # where the runner sets no maximum
+
+
+@dataclass(frozen=True)
+class Choice:
+    workers: int  # decode processes
+    batch_clips: int  # clips per model call
+    threads: int | None  # model CPU threads (None: the runner's own, e.g. on a GPU)
+    nice: int  # CPU priority added to the decode workers (0: none)
+    why: str  # in words, for the one progress line
+
+
+def choose(
+    gflops_per_clip: float,
+    pre: Preprocessing,
+    device: str,
+    cores: int | None = None,
+    max_batch: int | None = None,
+) -> Choice:
+    """The defaults for a model of `gflops_per_clip` with preprocessing `pre` (its views) on `device`."""
+    cores = cores or cpu_cores()
+    clips = pre.views
+    if device != "cpu":
+        workers = min(cores, MAX_GPU_WORKERS)
+        batch = max_batch or GPU_BATCH_CLIPS
+        why = f"{device}: the model runs apart from the {cores} cores, which all decode"
+        return Choice(workers, batch, None, 0, why)
+    model_core_s = gflops_per_clip * clips / CPU_GFLOPS_PER_CORE  # one video's model work, in core-seconds
+    decoding = cores * DECODE_S_PER_VIDEO / (DECODE_S_PER_VIDEO + model_core_s)  # the cores decoding needs
+    costs = f"~{model_core_s:.2g} core-s of model and ~{DECODE_S_PER_VIDEO:g} of decoding a video, {cores} cores"
+    if decoding < 0.5:
+        why = f"model-bound: {costs}; the model gets every core, one low-priority decode worker fills its gaps"
+        return Choice(1, clips, cores, 10, why)
+    workers = max(1, min(round(decoding), cores, MAX_CPU_WORKERS))
+    keep_up = math.ceil(workers * model_core_s / DECODE_S_PER_VIDEO)  # model threads that keep up with them
+    threads = max(1, min(cores - workers, keep_up))
+    batch = max(clips, min(max_batch or DEFAULT_BATCH_CLIPS, DEFAULT_BATCH_CLIPS))
+    bound = "decode-bound" if workers == min(cores, MAX_CPU_WORKERS) else "split"
+    return Choice(workers, batch, threads, 0, f"{bound}: {costs}; decoding gets {decoding:.1f} of the cores")
+
+
+def describe(choice: Choice) -> str:
+    threads = f"the model on {choice.threads} thread{'s' * (choice.threads != 1)}" if choice.threads else ""
+    clips = f"{choice.batch_clips} clip{'s' * (choice.batch_clips != 1)} a call"
+    parts = [f"{choice.workers} decode worker{'s' * (choice.workers != 1)}", clips]
+    return ", ".join(parts + ([threads] if threads else [])) + f" ({choice.why})"
