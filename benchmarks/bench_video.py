@@ -14,7 +14,6 @@ with 0 and 2 workers. Prints a markdown table; figures are medians over --repeat
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import av
@@ -22,12 +21,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from stadapter_deploy.export.bench import median_ms  # the benchmarks' one timer (a warm-up call first)
 from stadapter_deploy.preprocessing import Preprocessing
+from stadapter_deploy.timing import median_ms, time_ms
 from stadapter_deploy.video import load_eval_views, prepare_eval_views
 from stadapter_deploy.video.dataset import VideoClipDataset
 from stadapter_deploy.video.sampling import eval_indices
 from stadapter_deploy.video.transforms import normalize, resize, short_side_size, spatial_crops
+from stadapter_deploy.video.windows import iter_window_batches
 
 
 def make_video(
@@ -73,9 +73,8 @@ def loader_clips_per_s(path: Path, workers: int, clips: int = 24) -> float:
     pre = Preprocessing(num_frames=8, sampling_rate=16, size=224)
     ds = VideoClipDataset([(path, 0)] * clips, pre, train=True, augment="k400")
     loader = DataLoader(ds, batch_size=4, num_workers=workers)
-    start = time.perf_counter()
-    count = sum(len(labels) for _, labels, _ in loader)
-    return count / (time.perf_counter() - start)
+    (ms,) = time_ms(lambda: sum(len(labels) for _, labels, _ in loader), 1)
+    return clips / (ms / 1e3)
 
 
 def main() -> None:
@@ -120,6 +119,13 @@ def main() -> None:
         asked = median_ms(lambda p=path: prepare_eval_views(p, decoder="decord").clips, args.repeats)
         alone = median_ms(lambda p=path: decord_frames(p), args.repeats)
         print(f"| {name} | {ref:.0f} | {exact:.0f} | {ref / exact:.1f}x | {asked:.0f} | {alone:.0f} |")
+    uhd = make_video(w / "3840x2160_3s.mp4", 3840, 2160, seconds=3, options={"preset": "ultrafast"})
+    data, pre = uhd.read_bytes(), Preprocessing()
+    timeline = median_ms(lambda: list(iter_window_batches(data, pre)), args.repeats)
+    classify = median_ms(lambda: prepare_eval_views(data, pre), args.repeats)
+    print("\n| 3 s 3840x2160 H.264 (2 windows of 2 s) | ms |\n|---|---|")
+    print(f"| a /classify_timeline's decode (every window, one pass) | {timeline:.0f} |")
+    print(f"| a /classify's decode | {classify:.0f} |")
     path = videos["10 s 640x360 H.264 30 fps"]
     rates = {w: loader_clips_per_s(path, w) for w in (0, 2)}
     print("\n| DataLoader (640x360 clip, 8 frames r=16, K400 aug, 224) | clips/s |\n|---|---|")

@@ -41,7 +41,7 @@ import numpy as np
 import psutil
 
 from serve.local import ServerFailed, start_server, stop_server, wait_ready
-from stadapter_deploy.export.bench import time_ms
+from stadapter_deploy.timing import time_ms
 
 
 def percentile(values: list[float], q: float) -> float:
