@@ -334,26 +334,41 @@ class STAdapter:
     async def _timeline(
         self, pool: DecodePool, job: tuple, options: Options, what: str, deadline_s=None, progress=None
     ) -> list[Segment]:
-        """Window batches streamed from a decode worker, each sent to the model as it arrives."""
-        batches = pool.stream(*job)
+        """Window batches streamed from a decode worker, each sent to the model as it arrives. A task
+        (`progress` given) whose worker turns out to have died before sending anything is tried once more
+        on its replacement: that death was not the task's."""
+        try:
+            return await self._stream_segments(pool, job, options, deadline_s, progress)
+        except JobFailed as e:
+            if progress is None or e.timed_out or "died" not in str(e) or getattr(e, "delivered", 0):
+                raise self._decode_failure(e, job[1], what) from None
+            log.warning("a task's decode worker was found dead before it started; trying once more")
+        except JobRejected as e:
+            raise self._decode_failure(e, job[1], what) from None
+        try:
+            return await self._stream_segments(pool, job, options, deadline_s, progress)
+        except (JobRejected, JobFailed) as e:
+            raise self._decode_failure(e, job[1], what) from None
+
+    async def _stream_segments(self, pool: DecodePool, job: tuple, options: Options, deadline_s, progress):
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         calls: list[asyncio.Task] = []
         windows = 0
-        try:
-            while (packed := await asyncio.to_thread(next, batches, None)) is not None:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise JobFailed(f"took longer than {deadline_s:g} s", timed_out=True)
-                batch = unpack(packed)
-                calls.append(asyncio.create_task(self._segments(batch, options)))
-                windows += len(batch.starts)
-                if progress is not None:
-                    progress(windows, batch.times()[-1][1])
-        except (JobRejected, JobFailed) as e:
-            for call in calls:
-                call.cancel()
-            raise self._decode_failure(e, job[1], what) from None
-        finally:
-            batches.close()
+        with pool.stream(*job) as batches:
+            try:
+                while (packed := await asyncio.to_thread(next, batches, None)) is not None:
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise JobFailed(f"took longer than {deadline_s:g} s", timed_out=True)
+                    batch = unpack(packed)
+                    calls.append(asyncio.create_task(self._segments(batch, options)))
+                    windows += len(batch.starts)
+                    if progress is not None:
+                        progress(windows, batch.times()[-1][1])
+            except (JobRejected, JobFailed) as e:
+                for call in calls:
+                    call.cancel()
+                e.delivered = windows
+                raise
         return [segment for part in await asyncio.gather(*calls) for segment in part]
 
     async def _segments(self, batch, options: Options) -> list[Segment]:

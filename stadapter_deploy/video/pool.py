@@ -27,7 +27,7 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -162,6 +162,7 @@ class _Slot:
             raise RuntimeError(f"a {self.pool.name} worker could not start: {message}")
 
     def kill(self) -> None:
+        """Kill the process and close the pipe: only this slot's own thread calls it."""
         if self.process is not None:
             self.process.kill()
             self.process.join(timeout=5)
@@ -170,11 +171,20 @@ class _Slot:
             self.conn.close()
             self.conn = None
 
+    def stop(self) -> None:
+        """From any thread: kill the process; this slot's thread sees it die and cleans up."""
+        process = self.process
+        if process is not None and process.exitcode is None:
+            process.kill()
+
     def serve(self) -> None:
         """The slot's thread: run jobs from the pool's queue until the pool closes."""
         while True:
             job = self.pool.jobs.get()
-            if job is None:
+            if job is None or self.pool.closed:
+                if job is not None:
+                    self.fail(job, JobFailed(f"the {self.pool.name} pool was closed"))
+                self.kill()
                 return
             if job.abandoned.is_set() or not job.future.set_running_or_notify_cancel():
                 continue
@@ -214,7 +224,7 @@ class _Slot:
     def send(self, args: tuple) -> None:
         try:
             self.conn.send(args)
-        except (OSError, AttributeError):  # a process that died while idle (AttributeError: killed by close())
+        except OSError:  # a process that died while idle
             raise JobFailed("its worker process died") from None
 
     def receive(self) -> tuple[str, Any]:
@@ -223,7 +233,7 @@ class _Slot:
             if not self.conn.poll(timeout):
                 raise JobFailed(f"took longer than {timeout:g} s", timed_out=True)
             return self.conn.recv()
-        except (EOFError, OSError, AttributeError):  # AttributeError: killed (conn closed) by cancel()
+        except (EOFError, OSError):
             raise JobFailed("its worker process died") from None
 
     @staticmethod
@@ -269,6 +279,42 @@ class _Slot:
                 time.sleep(2.0)
         self.pool.lost(self, RuntimeError(f"a {self.pool.name} worker could not be replaced"))
         return False
+
+
+class Stream:
+    """A streamed job's values, in order. `close()` from any thread stops the job (its busy process is
+    replaced) and ends a `next()` waiting in another thread."""
+
+    def __init__(self, job: _Job):
+        self.job = job
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self):
+        while True:
+            if self.job.abandoned.is_set():
+                raise StopIteration
+            try:
+                item = self.job.items.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                self.job.abandoned.set()
+                raise StopIteration
+            if isinstance(item, Exception):
+                self.job.abandoned.set()
+                raise item
+            return item
+
+    def close(self) -> None:
+        self.job.abandoned.set()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class DecodePool:
@@ -333,21 +379,11 @@ class DecodePool:
         self._put(job)
         return job.future
 
-    def stream(self, *args: Any) -> Iterator:
-        """The values of a job whose function is a generator, as the worker makes them. Closing the
-        iterator early stops the job (its process is replaced)."""
+    def stream(self, *args: Any) -> Stream:
+        """The values of a job whose function is a generator, as the worker makes them (see Stream)."""
         job = _Job(args, Future(), queue.Queue(maxsize=STREAM_AHEAD))
         self._put(job)
-        try:
-            while True:
-                item = job.items.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, Exception):
-                    raise item
-                yield item
-        finally:
-            job.abandoned.set()
+        return Stream(job)
 
     async def run(self, *args: Any) -> Any:
         """`submit` for an event loop. A cancelled caller (a client gone) stops its job."""
@@ -366,8 +402,7 @@ class DecodePool:
             job = slot.job
             if job is not None and job.future is future:
                 job.abandoned.set()
-                if slot.process is not None:
-                    slot.process.kill()
+                slot.stop()
 
     def _put(self, job: _Job) -> None:
         if self.closed:
@@ -377,15 +412,15 @@ class DecodePool:
         self.jobs.put(job)
 
     def close(self) -> None:
-        """Stop every worker; jobs still waiting fail."""
+        """Stop every worker; jobs still waiting fail. Each slot's thread closes its own pipe (so no other
+        thread closes a descriptor that one may still be reading); this waits a moment for them."""
         self.closed = True
         for _ in self._threads:
             self.jobs.put(None)
         for slot in list(self.slots):
             if slot.job is not None:
                 slot.job.abandoned.set()
-            slot.kill()
-        self.slots.clear()
+            slot.stop()
         while True:
             try:
                 job = self.jobs.get_nowait()
@@ -393,6 +428,9 @@ class DecodePool:
                 break
             if job is not None and not job.future.done():
                 _Slot.fail(job, JobFailed(f"the {self.name} pool was closed"))
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.slots.clear()
 
     def __enter__(self) -> DecodePool:
         return self
