@@ -13,10 +13,11 @@ weights per output channel. What stays float, and why:
 Weights keep 7 bits of range ([-64, 64], ONNX Runtime's reduce_range) by default. ONNX Runtime's x86
 int8 GEMMs multiply uint8 activations by int8 weights; without VNNI/AMX (AVX2, AVX-512 without VNNI)
 they add each pair of products in a saturating int16 (VPMADDUBSW): 2 x 255 x 127 overflows it, and
-the logits move (B/16 12x384 on AVX2: cosine 0.98, relative error 0.1). With 7-bit weights a pair
-is at most 2 x 255 x 64 = 32640 < 32767, so every x86 kernel sums exactly and the artifact gives the
-same numbers on every CPU kind; the export gate's figures then hold wherever the bundle runs.
-docs/benchmarks.md ("int8 on every x86 CPU") measures this against the other ways out.
+the logits move (B/16 12x384 on AVX2: max |logit diff| 0.125 of the largest logit). With 7-bit weights
+a pair is at most 2 x 255 x 64 = 32640 < 32767, so every x86 kernel sums exactly and the artifact gives
+the same figures on every CPU kind, at the speed of 8-bit weights on VNNI; the export gate's figures
+then hold wherever the bundle runs. docs/benchmarks.md ("int8 on every x86 CPU") measures this against
+the other ways out (U8U8, static QDQ, MatMuls kept in float).
 
 Two methods: "dynamic" (activations quantized on the fly per tensor, from their own min/max) and
 "static" (QDQ with ranges calibrated on decoded clips). benchmarks/bench_cpu_precision.py measures
