@@ -49,8 +49,9 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--int8",
         action="store_true",
-        help="also write model.int8.onnx (int8 weight MatMuls; LayerNorm, softmax and adapters in float) for "
-        "CPUs with VNNI/AMX, where `auto` then prefers it; gated on top-1 agreement with fp32 on decoded clips",
+        help="also write model.int8.onnx for x86 CPUs (weight MatMuls in int8 with 7-bit weights, which every x86 "
+        "int8 kernel sums exactly, VNNI or not; LayerNorm, softmax and adapters in float), which `auto` then "
+        "prefers there; gated on top-1 agreement with fp32 on decoded clips and logit cosine",
     )
     p.add_argument(
         "--trt",
