@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
-from test_weights import clip_backbone, to_hf, write_torchscript
+from weight_files import clip_backbone, to_hf, write_torchscript
 
 from stadapter_deploy.errors import ConfigError, WeightsError
 from stadapter_deploy.preprocessing import Preprocessing
