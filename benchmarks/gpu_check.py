@@ -121,7 +121,7 @@ def synchronize(device: str) -> None:
 
 def time_batch_ms(run, device: str, seconds: float) -> tuple[float, int]:
     """(median ms per call, calls timed): enough calls to fill about `seconds`, at least 5."""
-    from stadapter_deploy.export.bench import median_ms
+    from stadapter_deploy.timing import median_ms
 
     call = lambda: (run(), synchronize(device))
     call()
@@ -282,7 +282,7 @@ def run_step(args) -> int:
 
 def machine() -> dict:
     from stadapter_deploy.export.bench import machine_info
-    from stadapter_deploy.runtime.runner import cpu_flags
+    from stadapter_deploy.hardware import cpu_flags
 
     info = machine_info(torch.get_num_threads())
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")

@@ -130,10 +130,10 @@ def cpu_cores() -> int:
 
 
 def gpu_name() -> str | None:
-    """The first CUDA GPU's name as torch sees it; None without one."""
+    """The current CUDA GPU's name as torch sees it (the one an engine would run on); None without one."""
     import torch
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
 
 
 def describe() -> dict:

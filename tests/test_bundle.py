@@ -170,7 +170,7 @@ def test_bench_cli_prints_a_table_and_writes_a_plot(tiny_bundle, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "| backend | precision | batch |" in proc.stdout and "matmul" in proc.stdout
-    from stadapter_deploy.runtime.runner import cpu_has_bf16
+    from stadapter_deploy.hardware import cpu_has_bf16
 
     rows = json.loads(js.read_text())["rows"]
     runs = {("torch-cpu", "fp32"), ("onnxruntime-cpu", "fp32"), ("torch-cpu untrimmed", "fp32")}

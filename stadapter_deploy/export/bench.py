@@ -17,7 +17,7 @@ import torch
 
 from .. import hardware
 from ..model.config import ModelConfig
-from ..timing import median_ms, median_rate, time_ms  # noqa: F401  (median_ms: the benchmarks import it here)
+from ..timing import median_rate, time_ms
 
 
 def model_gflops(cfg: ModelConfig, num_frames: int) -> float:

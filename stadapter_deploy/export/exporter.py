@@ -254,7 +254,8 @@ def _int8_artifact(folder: Path, fields: dict, recipe: Int8Recipe) -> dict:
 def _trt_artifact(folder: Path, pre: Preprocessing, options: ExportOptions) -> dict:
     import tensorrt as trt
 
-    from .tensorrt_build import build_engine, gpu_name, plan_name
+    from ..hardware import gpu_name
+    from .tensorrt_build import build_engine, plan_name
 
     gpu = gpu_name()
     plan = folder / plan_name(gpu, trt.__version__)

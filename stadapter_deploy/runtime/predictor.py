@@ -179,6 +179,8 @@ def plan_precision(bundle: Bundle, name: str, device: str, precision: str | None
     held = sorted({a["precision"] for a in bundle.find(name)})
     if name == "onnxruntime" and precision not in held:  # one ONNX file per precision
         raise ValueError(f"the bundle holds no {precision} ONNX (it holds {', '.join(held)})")
+    if refusal := runner.precision_refusal(bundle, device, precision):  # e.g. int8 where its sums are not exact
+        raise ValueError(refusal)
     return precision, why
 
 
@@ -210,8 +212,10 @@ def load_predictor(
     "torch-cuda", "onnxruntime-tensorrt", ...). device: "cpu" or "cuda" (default: cuda when available for
     the backend), or "tensorrt" for ONNX Runtime's TensorRT execution provider.
     precision: "fp32", "fp16" (CUDA), "bf16" (torch on a CPU with BF16) or "int8" (onnxruntime, a bundle
-    exported with --int8); default: fp16 on CUDA where the bundle holds it, int8 on a CPU with VNNI/AMX
-    where the bundle holds it, else fp32 (`predictor.selection` says why). threads: CPU threads for the runner.
+    exported with --int8); default: fp16 on CUDA where the bundle holds it, int8 on an x86 CPU where the
+    bundle holds it and its sums are exact and fast there (7-bit weights anywhere, 8-bit on VNNI/AMX), else
+    fp32 (`predictor.selection` says why); a precision that cannot run here as its export gate measured it is
+    refused with one line. threads: CPU threads for the runner.
     plan: a `plan_predictor` result made earlier (backend, device and precision are then not read).
     """
     if not isinstance(bundle, Bundle):

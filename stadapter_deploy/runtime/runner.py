@@ -14,7 +14,6 @@ import numpy as np
 
 # The CPU probes live in stadapter_deploy.hardware; these names stay importable from here for the
 # callers written before it (tests/test_bundle.py, benchmarks/gpu_check.py).
-from ..hardware import cpu_flags, cpu_has_bf16, cpu_has_int8_dot  # noqa: F401
 from .bundle import Bundle
 
 

@@ -13,6 +13,7 @@ import shlex
 import numpy as np
 
 from ...errors import BundleError
+from ...hardware import gpu_name
 from ..bundle import LABELS_FILE, Bundle
 from ..runner import Runner
 
@@ -44,12 +45,6 @@ def tensorrt_missing() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible to torch"
     return None
-
-
-def gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name()  # the current device: the one the engine would run on
 
 
 def rebuild_command(bundle: Bundle) -> str:
