@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if not args.timeline:
+        from stadapter_deploy.video.pool import warm_up
+
+        warm_up()  # the decode workers' imports (torch, the video pipeline) run while this process does its own
     from stadapter_deploy.predict.run import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, PredictConfig, run_predict
 
     config = PredictConfig(

@@ -1,10 +1,20 @@
 """stadapter-deploy: ST-Adapter video action recognition from training to production.
 
-Heavy optional backends (onnxruntime, tensorrt) are imported lazily, only when asked for.
+Heavy optional backends (onnxruntime, tensorrt) are imported lazily, only when asked for, and so is
+torch: `build_model` and `ModelConfig` load on first use, so that a light module of the package (the
+decode pool, the errors) can be imported without it.
 """
 
 from .errors import BundleError, ConfigError, STAdapterError, VideoError, WeightsError
-from .model import ModelConfig, build_model
+
+
+def __getattr__(name: str):
+    if name in ("ModelConfig", "build_model"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 

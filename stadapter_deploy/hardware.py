@@ -129,6 +129,11 @@ def cpu_cores() -> int:
     return os.cpu_count() or 1
 
 
+def nvidia_gpu_present() -> bool:
+    """Whether this machine shows an NVIDIA GPU to its kernel (without importing torch): its device files."""
+    return os.path.exists("/proc/driver/nvidia/gpus") or os.path.exists("/dev/nvidia0")
+
+
 def gpu_name() -> str | None:
     """The current CUDA GPU's name as torch sees it (the one an engine would run on); None without one."""
     import torch

@@ -124,6 +124,8 @@ def tagged_processes(tag: str) -> list[int]:
     """PIDs of the processes, other than this one, whose environment holds this run's tag."""
     import os
 
+    import psutil
+
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -133,8 +135,15 @@ def tagged_processes(tag: str) -> list[int]:
             cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
         except OSError:
             continue
-        if f"{SESSION_TAG}={tag}".encode() in environ.split(b"\0") and b"resource_tracker" not in cmdline:
-            found.append(int(entry))  # spawn's resource tracker is this process's own, and ends with it
+        if f"{SESSION_TAG}={tag}".encode() not in environ.split(b"\0"):
+            continue
+        own_helper = b"resource_tracker" in cmdline or b"multiprocessing.forkserver" in cmdline
+        try:
+            if own_helper and psutil.Process(int(entry)).ppid() == os.getpid():
+                continue  # multiprocessing's resource tracker and fork server of this process: they end with it
+        except psutil.Error:
+            continue  # gone meanwhile
+        found.append(int(entry))
     return found
 
 

@@ -39,11 +39,16 @@ class Rank:
         return items[self.rank :: self.world_size]
 
 
-def join() -> Rank:
-    """This process's rank; under torchrun with more than one process, joins the gloo group."""
+def local_rank() -> Rank:
+    """This process's rank as torchrun's environment gives it, without joining anything."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Rank()
-    rank = Rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return Rank(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def join() -> Rank:
+    """This process's rank; under torchrun with more than one process, joins the gloo group."""
+    rank = local_rank()
     if rank.distributed:
         import torch.distributed as dist
 

@@ -11,16 +11,30 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from ..hardware import cpu_cores
+from ..hardware import cpu_cores, nvidia_gpu_present
+from ..model.config import ModelConfig
+from ..preprocessing import Preprocessing
 from ..progress import progress_bar
 from ..runtime.timeline import iter_timeline
 from ..video.source import is_stream
 from ..video.windows import WindowSpec
 from .batch import BatchOptions, classify_videos, decode_pool, error_message
 from .defaults import Choice, choose, describe
-from .distributed import Rank, barrier, join, leave, merge_parts, part_path, part_paths
+from .distributed import Rank, barrier, join, leave, local_rank, merge_parts, part_path, part_paths
 from .inputs import VideoInput, collect_inputs
 from .output import ResultWriter, check_out_path, read_results
+
+
+def peek_bundle(path: Path):
+    """(model config, preprocessing) from the manifest, read as plain JSON (no verification, nothing heavy)."""
+    import json
+
+    from ..model.config import ModelConfig
+    from ..preprocessing import Preprocessing
+
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    return ModelConfig.from_dict(manifest["config"]), Preprocessing.from_dict(manifest["preprocessing"])
+
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -64,17 +78,33 @@ def previous_records(out: Path | None, rank: Rank, timeline: bool) -> list[dict]
     return records
 
 
-def machine_defaults(config: PredictConfig, bundle, device: str, rank: Rank) -> tuple[BatchOptions, int | None]:
+def machine_defaults(
+    config: PredictConfig, model: ModelConfig, pre: Preprocessing, device: str, rank: Rank, quiet: bool = False
+) -> tuple[BatchOptions, int | None]:
     """The batch options and model threads: what the flags say, the rest chosen from the machine
     (predict/defaults.py), said once on stderr. Under torchrun each rank has its share of the cores."""
     cores = max(1, cpu_cores() // max(1, rank.local_world_size))
-    gflops = bundle.config.clip_gflops(bundle.preprocessing.num_frames)
-    chosen = choose(gflops, bundle.preprocessing.with_views(config.views), device, cores)
+    chosen = choose(model.clip_gflops(pre.num_frames), pre.with_views(config.views), device, cores)
     options = batch_options(config, chosen)
     threads = config.threads or chosen.threads
-    if not config.timeline and not (config.workers and config.batch_clips and config.threads):
+    if not quiet and not config.timeline and not (config.workers and config.batch_clips and config.threads):
         say(f"stadapter-predict: {describe(chosen)}; flags given: {flags_given(config) or 'none'}")
     return options, threads
+
+
+def early_pool(config: PredictConfig):
+    """(pool, its options) started from a glance at the manifest, before torch and onnxruntime load here,
+    where the model surely runs on the CPU (no NVIDIA GPU, or a CPU backend asked for); else None. The
+    run checks the guess once the bundle is loaded, and closes the pool if it was wrong or not needed."""
+    gpu_asked = any(d in f"{config.backend}-{config.device}" for d in ("cuda", "tensorrt"))
+    if config.timeline or gpu_asked or (nvidia_gpu_present() and config.device != "cpu"):
+        return None
+    try:
+        model, pre = peek_bundle(config.bundle)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # load_bundle says what is wrong, in words
+    options, _ = machine_defaults(config, model, pre, "cpu", local_rank(), quiet=True)
+    return decode_pool(pre, options), options
 
 
 def flags_given(config: PredictConfig) -> str:
@@ -90,6 +120,7 @@ def run_predict(config: PredictConfig) -> int:
     spec = WindowSpec(config.window_s, config.stride_s)
     if config.out is not None:
         check_out_path(config.out)
+    early = early_pool(config)  # decode workers start now, while this process loads everything else
     bundle = load_bundle(config.bundle)
     videos = collect_inputs(config.inputs, len(bundle.labels), streams=config.timeline)
     rank = join()
@@ -100,8 +131,13 @@ def run_predict(config: PredictConfig) -> int:
         done = {r["video"] for r in previous_records(config.out, rank, config.timeline)}
         mine = [v for v in rank.shard(videos) if v.video not in done or is_stream(v.video)]
         plan = plan_predictor(bundle, config.backend, config.device, config.precision)
-        options, threads = machine_defaults(config, bundle, plan.device, rank)
-        pool = decode_pool(bundle.preprocessing, options) if mine and not config.timeline else None
+        options, threads = machine_defaults(config, bundle.config, bundle.preprocessing, plan.device, rank)
+        if early is not None and (not mine or early[1] != options):
+            early[0].close()  # nothing to do, or the guess was wrong (it never is on a CPU-only machine)
+            early = None
+        if mine and not config.timeline:
+            pool = early[0] if early is not None else decode_pool(bundle.preprocessing, options)
+        early = None
         predictor = load_predictor(bundle, plan=plan, threads=threads)
         target = part_path(config.out, rank.rank) if rank.distributed else config.out
         started = time.perf_counter()
@@ -119,8 +155,9 @@ def run_predict(config: PredictConfig) -> int:
         failed = {r["video"] for r in records if "error" in r} & {v.video for v in considered}
         return EXIT_FAILED if failed else EXIT_OK
     finally:
-        if pool is not None:
-            pool.close()
+        for started in (pool, early[0] if early else None):
+            if started is not None:
+                started.close()
         leave()
 
 

@@ -56,11 +56,24 @@ class JobFailed(RuntimeError):
 # ----------------------------------------------------------------------------- the worker process
 
 
-def _watch_parent(parent_pid: int) -> None:
+def _watch_parent(owner_pid: int) -> None:
+    """End this process once the pool's owner is gone: its parent (the owner, or the fork server that dies
+    with the owner) changes when it is reparented, and the owner's pid stops answering."""
+    parent = os.getppid()
     while True:
         time.sleep(WATCHDOG_S)
-        if os.getppid() != parent_pid:  # reparented: the parent is gone
+        if os.getppid() != parent or not _alive(owner_pid):
             os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's (a reused pid would be: the owner is gone then, rarely)
+        return True
+    return True
 
 
 def _worker_main(conn: Connection, setup: Callable[..., Callable], setup_args: tuple, parent_pid: int) -> None:
@@ -98,6 +111,38 @@ def _worker_main(conn: Connection, setup: Callable[..., Callable], setup_args: t
 
 
 # ----------------------------------------------------------------------------- the parent side
+
+# What the fork server imports once, so that every worker forked from it starts in milliseconds instead
+# of importing torch itself: the decode jobs and what they need.
+PRELOAD = [
+    "torch",
+    "av",
+    "stadapter_deploy.video.jobs",
+    "stadapter_deploy.video.pipeline",
+    "stadapter_deploy.video.windows",
+    "stadapter_deploy.video.pool",
+]
+
+
+def worker_context():
+    """Workers come from a fork server: one clean, single-threaded process that imports the video pipeline
+    once and forks each worker from there (no fork of the threaded process that holds a model, and no
+    worker importing torch anew). Where the platform has no fork server, spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def warm_up() -> None:
+    """Start the fork server now, so that its imports run while this process loads its own (a command
+    calls this first thing; the pool then forks its workers at once)."""
+    context = worker_context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 _DONE = object()
@@ -139,7 +184,7 @@ class _Slot:
 
     def spawn(self) -> None:
         """Start the process and wait until it has built its job function (RuntimeError if it cannot)."""
-        context = multiprocessing.get_context("spawn")  # no fork of a threaded process holding a model
+        context = worker_context()
         parent, child = context.Pipe()
         process = context.Process(
             target=_worker_main,
@@ -415,19 +460,19 @@ class DecodePool:
         """Stop every worker; jobs still waiting fail. Each slot's thread closes its own pipe (so no other
         thread closes a descriptor that one may still be reading); this waits a moment for them."""
         self.closed = True
-        for _ in self._threads:
-            self.jobs.put(None)
-        for slot in list(self.slots):
-            if slot.job is not None:
-                slot.job.abandoned.set()
-            slot.stop()
-        while True:
+        while True:  # jobs still waiting fail
             try:
                 job = self.jobs.get_nowait()
             except queue.Empty:
                 break
             if job is not None and not job.future.done():
                 _Slot.fail(job, JobFailed(f"the {self.name} pool was closed"))
+        for _ in self._threads:  # then one stop sign per slot thread, each taken by the thread it stops
+            self.jobs.put(None)
+        for slot in list(self.slots):
+            if slot.job is not None:
+                slot.job.abandoned.set()
+            slot.stop()
         for thread in self._threads:
             thread.join(timeout=10)
         self.slots.clear()
