@@ -214,7 +214,7 @@ def bomb_run(url: str, video: bytes, bomb: bytes, requests: int) -> dict:
 def kill_run(url: str, process, video: bytes, kind: str, clients: int = 4, seconds: float = 40.0) -> dict:
     """`clients` clients for `seconds`; a few seconds in, kill -9 every worker of `kind` ("decode" or
     "model"). Reports the answers by status and how long after the kill the first 200 came back."""
-    marker = {"decode": "multiprocessing.spawn", "model": "--service-name stadapter_model"}[kind]
+    marker = {"decode": "multiprocessing.forkserver", "model": "--service-name stadapter_model"}[kind]
     statuses: dict[int, int] = {}
     ok_times: list[float] = []
     stop = threading.Event()
@@ -235,6 +235,8 @@ def kill_run(url: str, process, video: bytes, kind: str, clients: int = 4, secon
         t.start()
     time.sleep(seconds / 4)
     victims = [p for p in psutil.Process(process.pid).children(recursive=True) if marker in " ".join(p.cmdline())]
+    if kind == "decode":  # the workers are the fork server's children, not the server itself
+        victims = [child for server in victims for child in server.children()]
     killed_at = time.monotonic()
     for v in victims:
         v.kill()

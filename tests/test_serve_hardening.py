@@ -33,6 +33,12 @@ def workers(process, marker: str) -> list[psutil.Process]:
     return [p for p in psutil.Process(process.pid).children(recursive=True) if marker in " ".join(p.cmdline())]
 
 
+def decode_workers(process) -> list[psutil.Process]:
+    """The decode workers: the processes forked by a fork server (which carry its command line)."""
+    servers = workers(process, "multiprocessing.forkserver")
+    return [child for server in servers for child in server.children()]
+
+
 def wait_whole(url: str, clip: bytes, timeout_s: float = 120) -> None:
     """Until /readyz says 200 and a classify succeeds (workers respawned)."""
     deadline = time.monotonic() + timeout_s
@@ -58,7 +64,7 @@ def test_a_decode_bomb_is_refused_from_its_headers_and_good_requests_go_on(serve
 
 def test_a_killed_decode_worker_is_a_503_with_retry_after_and_is_logged(server, server_process, clip):
     url, _ = server
-    decoders = workers(server_process, "multiprocessing.spawn")
+    decoders = decode_workers(server_process)
     assert decoders, "no decode worker found"
     for p in decoders:
         p.send_signal(signal.SIGKILL)
