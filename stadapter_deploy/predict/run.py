@@ -114,13 +114,21 @@ def flags_given(config: PredictConfig) -> str:
 
 def run_predict(config: PredictConfig) -> int:
     """Run as the command line asks; returns the exit code."""
-    from ..runtime.bundle import load_bundle
-    from ..runtime.predictor import load_predictor, plan_predictor
-
     spec = WindowSpec(config.window_s, config.stride_s)
     if config.out is not None:
         check_out_path(config.out)
     early = early_pool(config)  # decode workers start now, while this process loads everything else
+    try:
+        return run_loaded(config, spec, early)
+    finally:
+        if early is not None:
+            early[0].close()  # closing a pool twice is harmless: the run may have closed it already
+
+
+def run_loaded(config: PredictConfig, spec: WindowSpec, early) -> int:
+    from ..runtime.bundle import load_bundle
+    from ..runtime.predictor import load_predictor, plan_predictor
+
     bundle = load_bundle(config.bundle)
     videos = collect_inputs(config.inputs, len(bundle.labels), streams=config.timeline)
     rank = join()
@@ -132,12 +140,9 @@ def run_predict(config: PredictConfig) -> int:
         mine = [v for v in rank.shard(videos) if v.video not in done or is_stream(v.video)]
         plan = plan_predictor(bundle, config.backend, config.device, config.precision)
         options, threads = machine_defaults(config, bundle.config, bundle.preprocessing, plan.device, rank)
-        if early is not None and (not mine or early[1] != options):
-            early[0].close()  # nothing to do, or the guess was wrong (it never is on a CPU-only machine)
-            early = None
         if mine and not config.timeline:
-            pool = early[0] if early is not None else decode_pool(bundle.preprocessing, options)
-        early = None
+            matches = early is not None and early[1] == options  # the guess is never wrong on a CPU-only machine
+            pool = early[0] if matches else decode_pool(bundle.preprocessing, options)
         predictor = load_predictor(bundle, plan=plan, threads=threads)
         target = part_path(config.out, rank.rank) if rank.distributed else config.out
         started = time.perf_counter()
@@ -155,9 +160,8 @@ def run_predict(config: PredictConfig) -> int:
         failed = {r["video"] for r in records if "error" in r} & {v.video for v in considered}
         return EXIT_FAILED if failed else EXIT_OK
     finally:
-        for started in (pool, early[0] if early else None):
-            if started is not None:
-                started.close()
+        if pool is not None:
+            pool.close()
         leave()
 
 
