@@ -378,9 +378,9 @@ def test_the_defaults_follow_the_model_and_the_machine(tiny_bundle, videos, caps
 
     pre = Preprocessing(num_frames=8)
     tiny = choose(get_preset("tiny").clip_gflops(8), pre, "cpu", cores=2)
-    assert (tiny.workers, tiny.threads, tiny.nice) == (2, 1, 0) and "decode-bound" in tiny.why
+    assert (tiny.workers, tiny.threads) == (2, 1) and "decode-bound" in tiny.why
     b16 = choose(get_preset("vit_b16_adapter12x384").clip_gflops(8), pre.with_views(3), "cpu", cores=2)
-    assert (b16.workers, b16.batch_clips, b16.threads, b16.nice) == (1, 3, 2, 10) and "model-bound" in b16.why
+    assert (b16.workers, b16.batch_clips, b16.threads) == (1, 3, 2) and "model-bound" in b16.why
     big = choose(303.0, pre, "cpu", cores=64)  # B/16 on a big CPU: the cores split between the two
     assert (big.workers, big.threads) == (3, 57) and big.workers + big.threads <= 64
     gpu = choose(303.0, pre, "cuda", cores=16, max_batch=32)

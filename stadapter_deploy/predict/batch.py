@@ -41,7 +41,6 @@ class BatchOptions:
     batch_clips: int | None = None  # clips per model call (default: the runner's max batch, else 8)
     ahead: int | None = None  # videos decoding or decoded but not yet run (default: 2 per worker + a batch)
     decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S
-    nice: int = 0  # CPU priority added to the decode workers (predict/defaults.py: model-bound on a CPU)
 
 
 def error_message(e: BaseException) -> str:
@@ -59,7 +58,7 @@ def decode_pool(preprocessing, options: BatchOptions) -> DecodePool:
     """The pool `classify_videos` needs, started now (each process imports torch: seconds), e.g. while
     the model loads: its processes start in the background and take jobs once ready."""
     pre = preprocessing.with_views(options.views)
-    setup = (pre.to_dict(), DEFAULT_BATCH_CLIPS, options.nice)
+    setup = (pre.to_dict(), DEFAULT_BATCH_CLIPS)
     pool = DecodePool(
         decode_worker, setup, options.workers or min(cpu_cores(), MAX_CPU_WORKERS), options.decode_timeout_s
     )

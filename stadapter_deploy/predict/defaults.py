@@ -8,8 +8,8 @@ Decoding gets that share of the cores, as whole decode workers, and the model th
 - decode-bound (the tiny model): a worker per core (at most MAX_CPU_WORKERS), the model on the
   threads it needs to keep up (one, for tiny), 8 clips a call;
 - model-bound, where decoding needs less than half a core (B/16 on a few cores): the model on every
-  core, one video a call, and one decode worker at a lower CPU priority that fills the model's gaps
-  and never takes a core from it;
+  core, one video a call, and one decode worker that decodes the next video meanwhile (at the same
+  priority: at nice 10 it fell behind the model's threads and made them wait, 8-10% slower here);
 - in between (B/16 on many cores): the split, e.g. 3 workers and 57 model threads on 64 cores.
 
 On a GPU the model runs apart from the cores: decode workers on every core (at most MAX_GPU_WORKERS)
@@ -37,7 +37,6 @@ class Choice:
     workers: int  # decode processes
     batch_clips: int  # clips per model call
     threads: int | None  # model CPU threads (None: the runner's own, e.g. on a GPU)
-    nice: int  # CPU priority added to the decode workers (0: none)
     why: str  # in words, for the one progress line
 
 
@@ -55,19 +54,19 @@ def choose(
         workers = min(cores, MAX_GPU_WORKERS)
         batch = max_batch or GPU_BATCH_CLIPS
         why = f"{device}: the model runs apart from the {cores} cores, which all decode"
-        return Choice(workers, batch, None, 0, why)
+        return Choice(workers, batch, None, why)
     model_core_s = gflops_per_clip * clips / CPU_GFLOPS_PER_CORE  # one video's model work, in core-seconds
     decoding = cores * DECODE_S_PER_VIDEO / (DECODE_S_PER_VIDEO + model_core_s)  # the cores decoding needs
     costs = f"~{model_core_s:.2g} core-s of model and ~{DECODE_S_PER_VIDEO:g} of decoding a video, {cores} cores"
     if decoding < 0.5:
-        why = f"model-bound: {costs}; the model gets every core, one low-priority decode worker fills its gaps"
-        return Choice(1, clips, cores, 10, why)
+        why = f"model-bound: {costs}; the model gets every core, one decode worker decodes the next video meanwhile"
+        return Choice(1, clips, cores, why)
     workers = max(1, min(round(decoding), cores, MAX_CPU_WORKERS))
     keep_up = math.ceil(workers * model_core_s / DECODE_S_PER_VIDEO)  # model threads that keep up with them
     threads = max(1, min(cores - workers, keep_up))
     batch = max(clips, min(max_batch or DEFAULT_BATCH_CLIPS, DEFAULT_BATCH_CLIPS))
     bound = "decode-bound" if workers == min(cores, MAX_CPU_WORKERS) else "split"
-    return Choice(workers, batch, threads, 0, f"{bound}: {costs}; decoding gets {decoding:.1f} of the cores")
+    return Choice(workers, batch, threads, f"{bound}: {costs}; decoding gets {decoding:.1f} of the cores")
 
 
 def describe(choice: Choice) -> str:

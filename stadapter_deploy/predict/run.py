@@ -207,7 +207,6 @@ def batch_options(config: PredictConfig, chosen: Choice) -> BatchOptions:
         config.workers or chosen.workers,
         config.batch_clips or chosen.batch_clips,
         decode_timeout_s=config.decode_timeout_s,
-        nice=chosen.nice if not config.workers else 0,
     )
 
 

@@ -14,11 +14,8 @@ from pathlib import Path
 MAX_TIMELINE_WINDOWS_ENV = "STADAPTER_MAX_TIMELINE_WINDOWS"
 
 
-def decode_worker(preprocessing: dict, batch_clips: int = 8, nice: int = 0):
-    """Runs once in each decode process: cap its memory, one torch thread (and `nice` lower CPU priority,
-    so a model-bound run's model keeps its cores), then answer decode jobs."""
-    import os
-
+def decode_worker(preprocessing: dict, batch_clips: int = 8):
+    """Runs once in each decode process: cap its memory, one torch thread, then answer decode jobs."""
     import torch
 
     from ..preprocessing import Preprocessing
@@ -26,8 +23,6 @@ def decode_worker(preprocessing: dict, batch_clips: int = 8, nice: int = 0):
 
     limit_process_memory()  # no file, whatever its tricks, can take the machine's memory
     torch.set_num_threads(1)
-    if nice:
-        os.nice(nice)
     pre = Preprocessing.from_dict(preprocessing)
 
     def decode(kind: str, video, views: int | None, *options):
