@@ -5,7 +5,8 @@
 
 An MPEG-TS stream of a testsrc2 video is sent at real time over HTTP by ffmpeg (-re -listen 1). Each
 line's lag_s is the distance from its window's end to the live edge when it was written; the table
-gives it at 10 s, 20 s and at the end of the stream, its median and maximum, and the windows skipped.
+gives it at 10 s, 20 s and 40 s of wall time, its median and maximum while the stream is live, and the
+windows skipped.
 Without --bundle a model about 0.5 s a clip on one thread is exported first (as tests/test_live.py).
 """
 
@@ -71,16 +72,17 @@ def run(bundle: Path, video: Path, policy: str, args) -> dict:
         before = [lag for t, lag in lags if t <= seconds]
         return before[-1] if before else float("nan")
 
+    live = [lag for t, lag in lags if t <= args.seconds]  # while the stream was still coming in
     return {
         "policy": policy,
         "lines": len(lines),
         "skipped": sum(r.get("skipped", 0) for _, r in lines),
         "lag_10s": lag_at(10),
         "lag_20s": lag_at(20),
-        "lag_end": lags[-1][1] if lags else float("nan"),
-        "lag_median": statistics.median(lag for _, lag in lags),
-        "lag_max": max(lag for _, lag in lags),
-        "model_ms": statistics.median(r["latency_ms"] for _, r in lines),
+        "lag_40s": lag_at(args.seconds),
+        "lag_median": statistics.median(live),
+        "lag_max": max(live),
+        "latency_ms": statistics.median(r["latency_ms"] for _, r in lines),
         "wall_s": time.monotonic() - start,
     }
 
@@ -102,12 +104,14 @@ def main() -> int:
     print(
         f"stream {args.seconds} s at 25 fps, window {args.window} s, stride {args.stride} s, {args.threads} threads\n"
     )
-    print("| policy | lines | skipped | lag at 10 s | at 20 s | at the end | median | max | model ms/window |")
+    print("lag_s of the last line written by each wall-clock time (from the command's start), and over the lines")
+    print(f"written while the stream was live (the first {args.seconds} s); latency_ms: window decoded to its line\n")
+    print(f"| policy | lines | skipped | lag at 10 s | at 20 s | at {args.seconds} s | median | max | latency ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['policy']} | {r['lines']} | {r['skipped']} | {r['lag_10s']:.1f} | {r['lag_20s']:.1f} | "
-            f"{r['lag_end']:.1f} | {r['lag_median']:.1f} | {r['lag_max']:.1f} | {r['model_ms']:.0f} |"
+            f"{r['lag_40s']:.1f} | {r['lag_median']:.1f} | {r['lag_max']:.1f} | {r['latency_ms']:.0f} |"
         )
     return 0
 
