@@ -76,11 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if not args.timeline:
-        from stadapter_deploy.video.pool import warm_up
-
-        warm_up()  # the decode workers' imports (torch, the video pipeline) run while this process does its own
-    from stadapter_deploy.predict.run import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, PredictConfig, run_predict
+    # Nothing heavy is imported until the decode pool has started: its workers' imports (torch, the video
+    # pipeline) then run beside this process's own.
+    from stadapter_deploy.predict.options import PredictConfig, early_pool
+    from stadapter_deploy.video.pool import warm_up
 
     config = PredictConfig(
         bundle=args.bundle,
@@ -100,8 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         live_policy=args.live_policy,
         progress=not args.no_progress,
     )
+    if not args.timeline:
+        warm_up()
+    early = early_pool(config)
+    from stadapter_deploy.predict.run import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, run_predict
+
     try:
-        return run_predict(config)
+        return run_predict(config, early)
     except (ValueError, OSError) as e:  # our error types subclass ValueError; OSError: paths, permissions
         print(f"stadapter-predict: error: {str(e).strip()}", file=sys.stderr)
         return EXIT_USAGE

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+DEFAULT_BATCH_CLIPS = 8  # clips per model call where the runner sets no maximum
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_TEMPORAL_VIEWS = 10

@@ -14,33 +14,16 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import STAdapterError
-from ..hardware import cpu_cores
+from ..preprocessing import DEFAULT_BATCH_CLIPS
 from ..runtime.results import check_top_k, classification
 from ..video.handover import unpack
-from ..video.jobs import decode_worker
 from ..video.pool import DecodePool, JobFailed
-from ..video.windows import DEFAULT_BATCH_CLIPS
-from .defaults import MAX_CPU_WORKERS
 from .inputs import VideoInput
-
-DEFAULT_DECODE_TIMEOUT_S = 300.0  # one video; a file that hangs the decoder becomes an error line
-
-
-@dataclass
-class BatchOptions:
-    top_k: int = 5
-    views: int | None = None  # clips per video; None keeps the recipe's
-    workers: int | None = None  # decode processes (default: the cores this process may use, at most 4;
-    # stadapter-predict chooses from the model and the machine: predict/defaults.py)
-    batch_clips: int | None = None  # clips per model call (default: the runner's max batch, else 8)
-    ahead: int | None = None  # videos decoding or decoded but not yet run (default: 2 per worker + a batch)
-    decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S
+from .options import BatchOptions, decode_pool, lookahead, submit
 
 
 def error_message(e: BaseException) -> str:
@@ -54,46 +37,36 @@ def error_message(e: BaseException) -> str:
     )
 
 
-def decode_pool(preprocessing, options: BatchOptions) -> DecodePool:
-    """The pool `classify_videos` needs, started now (each process imports torch: seconds), e.g. while
-    the model loads: its processes start in the background and take jobs once ready."""
-    pre = preprocessing.with_views(options.views)
-    setup = (pre.to_dict(), DEFAULT_BATCH_CLIPS)
-    pool = DecodePool(
-        decode_worker, setup, options.workers or min(cpu_cores(), MAX_CPU_WORKERS), options.decode_timeout_s
-    )
-    pool.start_in_background()
-    return pool
-
-
 def classify_videos(
-    predictor, videos: list[VideoInput], options: BatchOptions | None = None, pool: DecodePool | None = None
+    predictor,
+    videos: list[VideoInput],
+    options: BatchOptions | None = None,
+    pool: DecodePool | None = None,
+    prefetched: dict[str, Future] | None = None,
 ) -> Iterator[dict]:
     """One result record per video, in input order: {"video", **Classification.to_dict()} or
-    {"video", "error"}. `pool` (from `decode_pool`, closed here) saves the pool's start-up."""
+    {"video", "error"}. `pool` (from `decode_pool`, closed here) saves the pool's start-up; `prefetched`
+    holds decodes submitted to it already (video -> future)."""
     options = options or BatchOptions()
     check_top_k(options.top_k, len(predictor.labels))
     pre = predictor.preprocessing.with_views(options.views)
     batch_clips = options.batch_clips or predictor.max_batch or DEFAULT_BATCH_CLIPS
     pool = pool or decode_pool(predictor.preprocessing, options)
-    ahead = options.ahead or 2 * pool.workers + max(1, batch_clips // pre.views)
+    ahead = options.ahead or lookahead(pool.workers, batch_clips, pre.views)
+    prefetched = dict(prefetched or {})
     todo = deque(videos)
     flight: deque[tuple[VideoInput, Future, int]] = deque()  # (video, its decode, attempt)
     try:
         while todo or flight:
             while todo and len(flight) < ahead:
                 video = todo.popleft()
-                flight.append((video, submit(pool, video), 1))
+                flight.append((video, prefetched.pop(video.video, None) or submit(pool, video), 1))
             batch, errors = take_batch(flight, pool, batch_clips)
             yield from errors
             if batch:
                 yield from run_batch(predictor, batch, options.top_k)
     finally:
         pool.close()
-
-
-def submit(pool: DecodePool, video: VideoInput) -> Future:
-    return pool.submit("clips", Path(video.video), None)  # a Path: never taken for a stream URL
 
 
 def take_batch(flight: deque, pool: DecodePool, batch_clips: int) -> tuple[list, list[dict]]:

@@ -22,8 +22,7 @@ import math
 from dataclasses import dataclass
 
 from ..hardware import cpu_cores
-from ..preprocessing import Preprocessing
-from ..video.windows import DEFAULT_BATCH_CLIPS
+from ..preprocessing import DEFAULT_BATCH_CLIPS, Preprocessing
 
 CPU_GFLOPS_PER_CORE = 40.0  # fp32 GEMM-bound ViT throughput of one core, AVX2 to AVX-512 (a rough middle)
 DECODE_S_PER_VIDEO = 0.4  # one core, a 10 s 640x360 H.264 video, 8 frames converted (bench_video.py)

@@ -3,69 +3,25 @@
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..errors import ConfigError
-from ..hardware import cpu_cores, nvidia_gpu_present
-from ..model.config import ModelConfig
-from ..preprocessing import Preprocessing
 from ..progress import progress_bar
 from ..runtime.timeline import iter_timeline
 from ..video.source import is_stream
 from ..video.windows import WindowSpec
-from .batch import BatchOptions, classify_videos, decode_pool, error_message
-from .defaults import Choice, choose, describe
-from .distributed import Rank, barrier, join, leave, local_rank, merge_parts, part_path, part_paths
+from .batch import classify_videos, error_message
+from .distributed import Rank, barrier, join, leave, merge_parts, part_path, part_paths
 from .inputs import VideoInput, collect_inputs
+from .options import BatchOptions, Decoding, PredictConfig, decode_pool, early_pool, machine_defaults, say
 from .output import ResultWriter, check_out_path, read_results
-
-
-def peek_bundle(path: Path):
-    """(model config, preprocessing) from the manifest, read as plain JSON (no verification, nothing heavy)."""
-    import json
-
-    from ..model.config import ModelConfig
-    from ..preprocessing import Preprocessing
-
-    manifest = json.loads((Path(path) / "manifest.json").read_text())
-    return ModelConfig.from_dict(manifest["config"]), Preprocessing.from_dict(manifest["preprocessing"])
-
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-@dataclass
-class PredictConfig:
-    bundle: Path
-    inputs: list[str]
-    out: Path | None = None  # None: lines to stdout, no resume
-    top_k: int = 5
-    views: int | None = None
-    backend: str = "auto"
-    device: str | None = None
-    precision: str | None = None
-    threads: int | None = None  # model threads (default: the runner's; under torchrun, cores / local ranks)
-    workers: int | None = None  # decode processes
-    batch_clips: int | None = None
-    decode_timeout_s: float = 300.0  # per video, in the decode pool
-    timeline: bool = False
-    window_s: float | None = None
-    stride_s: float | None = None
-    live_policy: str = "drop"  # live streams: "drop" windows the model cannot reach in time, or run "all"
-    progress: bool = True
-
-
 class Interrupted(Exception):
     """Ctrl+C during a run over files: the lines written so far stay, and a rerun resumes."""
-
-
-def say(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
 
 
 def previous_records(out: Path | None, rank: Rank, timeline: bool) -> list[dict]:
@@ -78,61 +34,28 @@ def previous_records(out: Path | None, rank: Rank, timeline: bool) -> list[dict]
     return records
 
 
-def machine_defaults(
-    config: PredictConfig, model: ModelConfig, pre: Preprocessing, device: str, rank: Rank, quiet: bool = False
-) -> tuple[BatchOptions, int | None]:
-    """The batch options and model threads: what the flags say, the rest chosen from the machine
-    (predict/defaults.py), said once on stderr. Under torchrun each rank has its share of the cores."""
-    cores = max(1, cpu_cores() // max(1, rank.local_world_size))
-    chosen = choose(model.clip_gflops(pre.num_frames), pre.with_views(config.views), device, cores)
-    options = batch_options(config, chosen)
-    threads = config.threads or chosen.threads
-    if not quiet and not config.timeline and not (config.workers and config.batch_clips and config.threads):
-        say(f"stadapter-predict: {describe(chosen)}; flags given: {flags_given(config) or 'none'}")
-    return options, threads
-
-
-def early_pool(config: PredictConfig):
-    """(pool, its options) started from a glance at the manifest, before torch and onnxruntime load here,
-    where the model surely runs on the CPU (no NVIDIA GPU, or a CPU backend asked for); else None. The
-    run checks the guess once the bundle is loaded, and closes the pool if it was wrong or not needed."""
-    gpu_asked = any(d in f"{config.backend}-{config.device}" for d in ("cuda", "tensorrt"))
-    if config.timeline or gpu_asked or (nvidia_gpu_present() and config.device != "cpu"):
-        return None
+def run_predict(config: PredictConfig, early: Decoding | None = None) -> int:
+    """Run as the command line asks; returns the exit code. `early`: what `early_pool(config)` started
+    (the command line starts it before importing this module); None: started here."""
     try:
-        model, pre = peek_bundle(config.bundle)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # load_bundle says what is wrong, in words
-    options, _ = machine_defaults(config, model, pre, "cpu", local_rank(), quiet=True)
-    return decode_pool(pre, options), options
-
-
-def flags_given(config: PredictConfig) -> str:
-    given = {"--workers": config.workers, "--batch-size": config.batch_clips, "--threads": config.threads}
-    return ", ".join(f"{flag} {value}" for flag, value in given.items() if value)
-
-
-def run_predict(config: PredictConfig) -> int:
-    """Run as the command line asks; returns the exit code."""
-    spec = WindowSpec(config.window_s, config.stride_s)
-    if config.out is not None:
-        check_out_path(config.out)
-    early = early_pool(config)  # decode workers start now, while this process loads everything else
-    try:
+        spec = WindowSpec(config.window_s, config.stride_s)
+        if config.out is not None:
+            check_out_path(config.out)
+        early = early or early_pool(config)  # decode workers start now, while this process loads the rest
         return run_loaded(config, spec, early)
     finally:
         if early is not None:
-            early[0].close()  # closing a pool twice is harmless: the run may have closed it already
+            early.pool.close()  # closing a pool twice is harmless: the run may have closed it already
 
 
-def run_loaded(config: PredictConfig, spec: WindowSpec, early) -> int:
+def run_loaded(config: PredictConfig, spec: WindowSpec, early: Decoding | None) -> int:
     from ..runtime.bundle import load_bundle
     from ..runtime.predictor import load_predictor, plan_predictor
 
     bundle = load_bundle(config.bundle)
     videos = collect_inputs(config.inputs, len(bundle.labels), streams=config.timeline)
     rank = join()
-    pool = None
+    decoding = None
     try:
         if rank.distributed and config.out is None:
             raise ConfigError("under torchrun, --out is needed: each rank writes a part file beside it")
@@ -141,13 +64,13 @@ def run_loaded(config: PredictConfig, spec: WindowSpec, early) -> int:
         plan = plan_predictor(bundle, config.backend, config.device, config.precision)
         options, threads = machine_defaults(config, bundle.config, bundle.preprocessing, plan.device, rank)
         if mine and not config.timeline:
-            matches = early is not None and early[1] == options  # the guess is never wrong on a CPU-only machine
-            pool = early[0] if matches else decode_pool(bundle.preprocessing, options)
+            matches = early is not None and early.options == options  # never wrong on a CPU-only machine
+            decoding = early if matches else Decoding(decode_pool(bundle.preprocessing, options), options, {})
         predictor = load_predictor(bundle, plan=plan, threads=threads)
         target = part_path(config.out, rank.rank) if rank.distributed else config.out
         started = time.perf_counter()
         with ResultWriter(target) as writer:
-            new = predict_videos(predictor, mine, config, spec, options, writer, rank, pool)
+            new = predict_videos(predictor, mine, config, spec, options, writer, rank, decoding)
         seconds = time.perf_counter() - started
         barrier()
         if rank.is_main and config.out is not None:
@@ -160,8 +83,8 @@ def run_loaded(config: PredictConfig, spec: WindowSpec, early) -> int:
         failed = {r["video"] for r in records if "error" in r} & {v.video for v in considered}
         return EXIT_FAILED if failed else EXIT_OK
     finally:
-        if pool is not None:
-            pool.close()
+        if decoding is not None:
+            decoding.pool.close()
         leave()
 
 
@@ -173,7 +96,7 @@ def predict_videos(
     options: BatchOptions,
     writer,
     rank: Rank,
-    pool,
+    decoding: Decoding | None,
 ) -> list[dict]:
     desc = f"rank {rank.rank}" if rank.distributed else "predict"
     bar = progress_bar(len(videos), desc, enabled=config.progress, unit="video")
@@ -182,7 +105,7 @@ def predict_videos(
         results = (
             timeline_records(predictor, videos, config, spec)
             if config.timeline
-            else classify_records(predictor, videos, options, pool)
+            else classify_records(predictor, videos, options, decoding)
         )
         for lines in results:
             writer.write(lines)
@@ -198,20 +121,10 @@ def predict_videos(
     return records
 
 
-def batch_options(config: PredictConfig, chosen: Choice) -> BatchOptions:
-    if not config.decode_timeout_s > 0:
-        raise ConfigError(f"--decode-timeout must be a positive number of seconds, got {config.decode_timeout_s}")
-    return BatchOptions(
-        config.top_k,
-        config.views,
-        config.workers or chosen.workers,
-        config.batch_clips or chosen.batch_clips,
-        decode_timeout_s=config.decode_timeout_s,
-    )
-
-
-def classify_records(predictor, videos: list[VideoInput], options: BatchOptions, pool):
-    for record in classify_videos(predictor, videos, options, pool):
+def classify_records(predictor, videos: list[VideoInput], options: BatchOptions, decoding: Decoding | None):
+    if not videos:  # e.g. a rank whose shard is all done: no pool was started
+        return
+    for record in classify_videos(predictor, videos, options, decoding.pool, decoding.prefetched):
         yield [record]
 
 

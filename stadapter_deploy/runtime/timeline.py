@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..preprocessing import DEFAULT_BATCH_CLIPS
 from ..video.source import is_stream
 from ..video.windows import (
-    DEFAULT_BATCH_CLIPS,
     LiveWindows,
     WindowBatch,
     WindowSpec,

@@ -27,7 +27,7 @@ import av
 import torch
 
 from ..errors import ConfigError, VideoError
-from ..preprocessing import Preprocessing
+from ..preprocessing import DEFAULT_BATCH_CLIPS, Preprocessing
 from .limits import DecodeLimits
 from .pipeline import prepare_eval_views
 from .sampling import eval_indices
@@ -35,7 +35,6 @@ from .source import VideoSource, open_video, rgb_frame
 from .transforms import eval_transform
 
 UNIFORM_WINDOW_S = 2.0  # one short action: an SSv2 clip lasts 2 to 6 s; a synthetic clip 2 s
-DEFAULT_BATCH_CLIPS = 8  # clips per model call where the runner sets no maximum
 LIVE_POLICIES = ("drop", "all")
 
 
