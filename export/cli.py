@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from stadapter_deploy.model.config import MLP_ACTIVATIONS
+
 EXIT_ERROR = 1
 EXIT_TRT_MISSING = 2
 
@@ -30,6 +32,13 @@ def export_parser() -> argparse.ArgumentParser:
     )
     src.add_argument("--adapter", type=Path, help="a reference ST-Adapter checkpoint-N.pth (unchanged); needs --clip")
     src.add_argument("--preset", help="architecture preset for --clip/--adapter (default: inferred from the weights)")
+    src.add_argument(
+        "--clip-activation",
+        choices=MLP_ACTIVATIONS,
+        help="the --clip backbone's MLP activation where no config beside the file (Hugging Face config.json, "
+        "open_clip_config.json) says it: quick_gelu (default: OpenAI's, open_clip's -quickgelu) or gelu "
+        "(open_clip's LAION ViTs without -quickgelu)",
+    )
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     p.add_argument(
@@ -106,6 +115,7 @@ def run_export(argv: list[str]) -> int:
         clip=args.clip,
         adapter=args.adapter,
         preset=args.preset,
+        clip_activation=args.clip_activation,
         dataset=args.dataset,
         labels_file=args.labels,
         name=args.name,

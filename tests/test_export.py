@@ -115,9 +115,12 @@ def test_trt_without_tensorrt_writes_onnx_and_exits_2(checkpoint, tmp_path):
     assert [a["backend"] for a in load_bundle(out).artifacts] == ["torch", "onnxruntime"]
 
 
-def test_clip_and_reference_adapter_checkpoint(tmp_path):
+@pytest.mark.parametrize("activation, told_by", [("quick_gelu", None), ("gelu", "config"), ("gelu", "flag")])
+def test_clip_and_reference_adapter_checkpoint(tmp_path, activation, told_by):
+    """OpenAI-style weights (QuickGELU), and an open_clip plain-GELU ViT told by its open_clip_config.json
+    or, a bare state dict, by --clip-activation."""
     torch.manual_seed(3)
-    model = build_model("tiny").eval()
+    model = build_model("tiny", mlp_activation=activation).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".adapter_pre_" in name:
@@ -126,14 +129,18 @@ def test_clip_and_reference_adapter_checkpoint(tmp_path):
         f"visual.{k}": v.half() for k, v in model.state_dict().items() if ".adapter_pre_" not in k and "fc." != k[:3]
     }
     clip["visual.proj"] = torch.zeros(64, 32)
-    torch.save(clip, tmp_path / "clip.pt")
+    clip_path = tmp_path / ("clip.pt" if activation == "quick_gelu" else "open_clip_pytorch_model.bin")
+    torch.save(clip, clip_path)
+    if told_by == "config":
+        vision_cfg = {"image_size": 32, "layers": 3, "width": 64, "head_width": 32, "patch_size": 8}
+        (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"vision_cfg": vision_cfg}}))
     reference = {"model": trainable_state_dict(model), "optimizer": {}, "next_epoch": 5}
     torch.save(reference, tmp_path / "checkpoint-4.pth")
     out = tmp_path / "bundle"
     code = main(
         [
             "--clip",
-            str(tmp_path / "clip.pt"),
+            str(clip_path),
             "--adapter",
             str(tmp_path / "checkpoint-4.pth"),
             "--preset",
@@ -145,11 +152,13 @@ def test_clip_and_reference_adapter_checkpoint(tmp_path):
             "--quiet",
             "--check-videos",
             "1",
+            *(["--clip-activation", "gelu"] if told_by == "flag" else []),
         ]
     )
     assert code == 0
     bundle = load_bundle(out)
     assert bundle.labels[0] == "moving left" and bundle.manifest["source"]["adapter"].endswith("checkpoint-4.pth")
+    assert bundle.config.mlp_activation == activation
     clips = torch.randn(2, 3, 8, 32, 32)
     model.load_state_dict(
         {

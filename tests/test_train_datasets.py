@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 from weight_files import clip_backbone, to_hf, write_torchscript
 
@@ -162,3 +163,21 @@ def test_a_preset_the_clip_file_does_not_fit_keeps_the_clear_error(tmp_path, syn
     assert not (tmp_path / "run" / "log.jsonl").exists()
     with pytest.raises(ConfigError, match="adapter_layers must be in"):  # more adapter blocks than the file has
         run(build_config("k400", tmp_path / "run2", toml, adapter_layers=3, **common))
+
+
+def test_clip_activation_tells_a_bare_open_clip_file_its_mlp_is_plain_gelu(tmp_path, synthetic_data, capsys):
+    from train.cli import main
+
+    _, backbone = clip_backbone(patch=16, size=64)
+    clip_file = tmp_path / "open_clip_pytorch_model.bin"  # a LAION ViT's state dict, without its config
+    torch.save({f"visual.{k}": v for k, v in backbone.items()}, clip_file)
+    toml = two_tables(tmp_path, synthetic_data)
+    argv = ["k400", "--dataset", "motion_lr", "--data-config", str(toml), "--clip", str(clip_file), "--epochs", "1"]
+    argv += ["--total-batch", "4", "--num-workers", "0", "--device", "cpu", "--adapter-width", "8"]
+    assert main([*argv, "--save-dir", str(tmp_path / "run"), "--clip-activation", "gelu"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "(inferred from open_clip_pytorch_model.bin; 64px input, gelu MLP, 2 adapter layers pre-MLP x 8" in first
+    assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())["config"]["mlp_activation"] == "gelu"
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--save-dir", str(tmp_path / "run2"), "--clip-activation", "swish"])
+    assert exit_.value.code == 2 and "invalid choice: 'swish'" in capsys.readouterr().err

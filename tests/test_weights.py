@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pytest
 import torch
@@ -272,9 +273,74 @@ def test_heads_come_from_a_hugging_face_config_json(tmp_path):
             loaded = build_model(clip=path).eval()
             assert loaded.cfg.heads == 4
             torch.testing.assert_close(loaded.features(clip), expected, atol=1e-5, rtol=0)
-    (folder / "config.json").write_text(json.dumps(vision | {"hidden_act": "gelu"}))  # LAION-style GELU towers
-    with pytest.raises(WeightsError, match="hidden_act is 'gelu'.*QuickGELU"):
+    (folder / "config.json").write_text(json.dumps(vision | {"hidden_act": "gelu_new"}))  # tanh-approximate GELU
+    with pytest.raises(WeightsError, match="hidden_act is 'gelu_new'.*quick_gelu or gelu only"):
         build_model(clip=folder)
+
+
+def plain_gelu_backbone(width: int = 64, heads: int = 2):
+    """A CLIP vision tower with exact GELU MLPs, as open_clip's LAION ViTs are: (its model, its backbone)."""
+    quick, backbone = clip_backbone(16, 64, width=width, heads=heads)
+    gelu = build_model(quick.cfg.replace(mlp_activation="gelu")).eval()
+    gelu.load_state_dict(quick.state_dict())
+    return gelu, backbone
+
+
+def test_the_mlp_computes_exact_gelu_or_quickgelu_as_configured():
+    gelu, _ = plain_gelu_backbone()
+    x = torch.randn(5, 64)
+    mlp = gelu.transformer.resblocks[0].mlp
+    hidden = mlp.c_fc(x)
+    with torch.no_grad():
+        exact = mlp.c_proj(0.5 * hidden * (1 + torch.erf(hidden / math.sqrt(2))))
+        torch.testing.assert_close(mlp(x), exact, atol=1e-6, rtol=1e-6)
+        quick = build_model(gelu.cfg.replace(mlp_activation="quick_gelu")).transformer.resblocks[0].mlp
+        quick.load_state_dict(mlp.state_dict())
+        torch.testing.assert_close(quick(x), mlp.c_proj(hidden * torch.sigmoid(1.702 * hidden)), atol=1e-6, rtol=1e-6)
+        assert (quick(x) - mlp(x)).abs().max() > 1e-3  # the two differ enough to matter
+    with pytest.raises(ValueError, match="mlp_activation must be one of"):
+        ModelConfig(mlp_activation="relu")
+
+
+def test_a_plain_gelu_backbone_is_computed_with_gelu_where_a_config_beside_it_says_so(tmp_path):
+    """Hugging Face hidden_act "gelu" and open_clip's open_clip_config.json (quick_gelu absent: plain GELU)
+    give exact GELU and their heads; the bare state dict cannot tell, so mlp_activation= says it."""
+    gelu_model, backbone = plain_gelu_backbone()
+    clip = torch.randn(1, 3, 2, 64, 64)
+    with torch.no_grad():
+        expected = gelu_model.features(clip)
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    save_file(to_hf(backbone, vision_only=True), str(hf / "model.safetensors"))
+    hf_config = {"model_type": "clip_vision_model", "num_attention_heads": 2, "hidden_act": "gelu"}
+    (hf / "config.json").write_text(json.dumps(hf_config))
+    open_clip = tmp_path / "open_clip"
+    open_clip.mkdir()
+    torch.save({f"visual.{k}": v for k, v in backbone.items()}, open_clip / "open_clip_pytorch_model.bin")
+    vision_cfg = {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16}
+    open_clip_config = {"model_cfg": {"embed_dim": 16, "vision_cfg": vision_cfg}}  # no quick_gelu: plain GELU
+    (open_clip / "open_clip_config.json").write_text(json.dumps(open_clip_config))
+    for path in (hf, open_clip / "open_clip_pytorch_model.bin"):
+        loaded = build_model(clip=path).eval()
+        assert (loaded.cfg.mlp_activation, loaded.cfg.heads) == ("gelu", 2), path
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.features(clip), expected, atol=1e-5, rtol=0, msg=str(path))
+        preset = gelu_model.cfg.replace(mlp_activation="quick_gelu")
+        assert build_model(preset, clip=path).cfg.mlp_activation == "gelu"  # with a preset too
+
+    bare = tmp_path / "bare.pt"
+    torch.save(backbone, bare)
+    assumed = build_model(clip=bare, heads=2).eval()  # no config: CLIP's QuickGELU, wrong for this file
+    told = build_model(clip=bare, heads=2, mlp_activation="gelu").eval()
+    assert (assumed.cfg.mlp_activation, told.cfg.mlp_activation) == ("quick_gelu", "gelu")
+    with torch.no_grad():
+        assert not torch.allclose(assumed.features(clip), expected, atol=1e-3)
+        torch.testing.assert_close(told.features(clip), expected, atol=1e-5, rtol=0)
+
+    (open_clip / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": {"quick_gelu": True, "vision_cfg": vision_cfg}})  # a -quickgelu model's config
+    )
+    assert build_model(clip=open_clip / "open_clip_pytorch_model.bin").cfg.mlp_activation == "quick_gelu"
 
 
 def test_wide_open_clip_vits_have_16_heads_and_odd_embeddings_are_refused():

@@ -82,6 +82,7 @@ def load_source(
     clip: str | Path | None = None,
     adapter: str | Path | None = None,
     preset: str | None = None,
+    clip_activation: str | None = None,
     dataset: str | None = None,
     labels_file: str | Path | None = None,
     name: str | None = None,
@@ -100,7 +101,8 @@ def load_source(
         extra = {k: ckpt.meta[k] for k in ("recipe", "preprocessing", "class_names") if k in ckpt.meta}
         origin = {"checkpoint": str(Path(checkpoint).absolute())}
     else:
-        model = build_model(preset, clip=clip, adapter=adapter)
+        told = {"mlp_activation": clip_activation} if clip_activation else {}
+        model = build_model(preset, clip=clip, adapter=adapter, **told)
         origin = {"clip": str(Path(clip).absolute()), "adapter": str(Path(adapter).absolute())}
     cfg = model.cfg
     recipe = extra.get("recipe") or {}

@@ -28,10 +28,13 @@ def build_model(
     build_model(clip="ViT-L-14-336px.pt", adapter_layout="vit_b16_adapter24x384")  # SSv2's adapters, every block
     build_model(checkpoint="runs/k400/final")                        # our own format
     build_model("tiny", clip=...)                                     # preset + backbone weights
+    build_model(clip="open_clip_pytorch_model.bin", mlp_activation="gelu")  # a plain-GELU open_clip ViT
 
     Without a preset the architecture is inferred from the weights: the backbone from `clip`, the
     adapters from `adapter`, else fresh ones in every block placed as `adapter_layout` places them
-    (its placement, width, kernel and dropout; default: pre-MLP, width 384, the K400 recipe's).
+    (its placement, width, kernel and dropout; default: pre-MLP, width 384, the K400 recipe's). The MLP
+    activation comes from a config beside `clip` (Hugging Face config.json, open_clip_config.json),
+    else CLIP's QuickGELU; the weights cannot tell, so `mlp_activation=` overrides both.
     Loading is strict: a missing, unexpected or mis-shaped key raises WeightsError naming the keys
     and the presets that would fit.
     """
@@ -46,8 +49,11 @@ def build_model(
 
     backbone = W.load_clip_state_dict(clip) if clip is not None else None
     adapters = W.load_adapter_checkpoint(adapter) if adapter is not None else None
-    shape = W.infer_backbone_config(backbone, heads=W.hf_config_heads(clip)) if backbone is not None else None
+    hints = W.backbone_hints(clip) if clip is not None else W.BackboneHints()
+    shape = W.infer_backbone_config(backbone, heads=hints.heads) if backbone is not None else None
     cfg = resolve_config(preset, shape, adapters, overrides, adapter_layout)
+    if hints.mlp_activation and "mlp_activation" not in overrides:  # a fact of the weights, preset or not
+        cfg = cfg.replace(mlp_activation=hints.mlp_activation)
     model = STAdapterViT(cfg)
     if backbone is not None:
         backbone = {k: v for k, v in backbone.items() if k not in W.UNUSED_CLIP_KEYS}

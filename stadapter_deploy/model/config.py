@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+MLP_ACTIVATIONS = ("quick_gelu", "gelu")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -14,6 +16,9 @@ class ModelConfig:
     heads: int = 12
     patch_size: int = 16
     image_size: int = 224
+    # the MLP's activation: CLIP's QuickGELU (OpenAI's ViTs and open_clip's -quickgelu ones) or exact GELU
+    # (most of open_clip's LAION-trained ViTs, Hugging Face configs with hidden_act "gelu")
+    mlp_activation: str = "quick_gelu"
     # ST-Adapter: placed in the last `adapter_layers` blocks
     adapter_width: int = 384
     adapter_layers: int = 12
@@ -29,6 +34,8 @@ class ModelConfig:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.mlp_activation not in MLP_ACTIVATIONS:
+            raise ValueError(f"mlp_activation must be one of {MLP_ACTIVATIONS}, got {self.mlp_activation!r}")
         if not 0 <= self.adapter_layers <= self.layers:
             raise ValueError(f"adapter_layers must be in [0, {self.layers}], got {self.adapter_layers}")
         if self.adapter_kernel_t % 2 != 1:

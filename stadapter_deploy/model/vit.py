@@ -123,7 +123,7 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = LayerNorm(d)
         self.mlp = nn.Sequential()
         self.mlp.add_module("c_fc", nn.Linear(d, 4 * d))
-        self.mlp.add_module("gelu", QuickGELU())
+        self.mlp.add_module("gelu", QuickGELU() if cfg.mlp_activation == "quick_gelu" else nn.GELU())
         self.mlp.add_module("c_proj", nn.Linear(4 * d, d))
         make = lambda: STAdapter(d, cfg.adapter_width, cfg.adapter_kernel_t)
         self.adapter_pre_attn = make() if pre_attn_adapter else None

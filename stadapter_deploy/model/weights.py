@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import WeightsError
-from .config import ModelConfig
+from .config import MLP_ACTIVATIONS, ModelConfig
 
 StateDict = dict[str, torch.Tensor]
 
@@ -187,29 +187,61 @@ def infer_backbone_config(sd: StateDict, heads: int | None = None) -> dict:
 HF_CLIP_TYPES = ("clip", "clip_vision_model")
 
 
-def hf_config_heads(path: str | Path) -> int | None:
-    """The head count from the Hugging Face config.json of a model folder or beside a weight file
-    (None without one). A config whose activation is not CLIP's QuickGELU is refused: this model
-    computes QuickGELU only, so those weights would give wrong features without an error."""
+class BackboneHints(NamedTuple):
+    """What a config file beside the weights says that the tensor shapes cannot: None where it says nothing."""
+
+    heads: int | None = None
+    mlp_activation: str | None = None
+
+
+def backbone_hints(path: str | Path) -> BackboneHints:
+    """Heads and MLP activation from the config beside a weight file or in a model folder: a Hugging Face
+    config.json (CLIP types only: our own checkpoint has a config.json too), else open_clip's
+    open_clip_config.json. Without either, BackboneHints() and the caller assumes CLIP's QuickGELU."""
     path = Path(path)
-    config_path = (path if path.is_dir() else path.parent) / "config.json"
-    if not config_path.is_file():
+    folder = path if path.is_dir() else path.parent
+    hf = _read_json(folder / "config.json")
+    if hf is not None and hf.get("model_type") in HF_CLIP_TYPES:
+        return _hf_hints(hf, folder / "config.json")
+    open_clip = _read_json(folder / "open_clip_config.json")
+    if open_clip is not None:
+        return _open_clip_hints(open_clip)
+    return BackboneHints()
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
         return None
     try:
-        config = json.loads(config_path.read_text())
+        value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if not isinstance(config, dict) or config.get("model_type") not in HF_CLIP_TYPES:
-        return None  # not a Hugging Face CLIP config (e.g. our own checkpoint's config.json)
+    return value if isinstance(value, dict) else None
+
+
+def _hf_hints(config: dict, config_path: Path) -> BackboneHints:
     vision = config.get("vision_config") or config  # CLIPModel nests it; CLIPVisionModel does not
     activation = vision.get("hidden_act", "quick_gelu")
-    if activation != "quick_gelu":
+    if activation not in MLP_ACTIVATIONS:  # Hugging Face's names are ours; its "gelu" is the exact, erf one
         raise WeightsError(
-            f"{config_path}: hidden_act is {activation!r}; this model computes CLIP's QuickGELU only, so these "
-            "weights would give wrong features (use a QuickGELU CLIP: OpenAI's, or open_clip's -quickgelu ones)"
+            f"{config_path}: hidden_act is {activation!r}; this model computes {' or '.join(MLP_ACTIVATIONS)} "
+            "only, so these weights would give wrong features"
         )
     heads = vision.get("num_attention_heads")
-    return heads if isinstance(heads, int) and heads > 0 else None
+    return BackboneHints(heads if isinstance(heads, int) and heads > 0 else None, activation)
+
+
+def _open_clip_hints(config: dict) -> BackboneHints:
+    """open_clip's model_cfg: QuickGELU only where `quick_gelu` is true (its default is plain GELU); heads
+    are width / head_width (head_width 64 unless given)."""
+    model_cfg = config.get("model_cfg", config)
+    vision = model_cfg.get("vision_cfg") if isinstance(model_cfg, dict) else None
+    if not isinstance(vision, dict):
+        return BackboneHints()
+    width, head_width = vision.get("width"), vision.get("head_width", 64)
+    ints = isinstance(width, int) and isinstance(head_width, int) and head_width > 0 and width % head_width == 0
+    activation = "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"
+    return BackboneHints(width // head_width if ints else None, activation)
 
 
 # ----------------------------------------------------------------------------- adapter checkpoints

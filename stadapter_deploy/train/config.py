@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..model.config import MLP_ACTIVATIONS
 from ..preprocessing import Preprocessing
 from ..recipes import RECIPES, Recipe, get_recipe
 from ..video.augment import AUGMENTS
@@ -131,6 +132,13 @@ class TrainConfig:
         "follow the file. Required for k400/ssv2 (see --random-backbone)",
         group="model",
     )
+    clip_activation: str | None = option(
+        help="the backbone's MLP activation where no config beside the --clip file says it (a Hugging Face "
+        "config.json or open_clip_config.json does): quick_gelu (default: OpenAI's, open_clip's -quickgelu) or "
+        "gelu (open_clip's LAION ViTs without -quickgelu); the weights alone cannot tell",
+        group="model",
+        choices=MLP_ACTIVATIONS,
+    )
     adapter_width: int | None = option(help="adapter width (default: the recipe's; 384 for k400, ssv2)", group="model")
     adapter_layers: int | None = option(help="adapters in the last N blocks only (default: every block)", group="model")
     pretrain: Path | None = option(
@@ -218,6 +226,8 @@ class TrainConfig:
     def model_overrides(self) -> dict:
         """What the flags set on the model: classes and adapters, over the preset or the inferred backbone."""
         out = {"num_classes": self.recipe.num_classes}
+        if self.clip_activation is not None:
+            out["mlp_activation"] = self.clip_activation
         if self.adapter_width is not None:
             out["adapter_width"] = self.adapter_width
         if self.adapter_layers is not None:

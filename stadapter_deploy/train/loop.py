@@ -343,7 +343,8 @@ class Trainer:
         adapters = f"{m.adapter_layers} adapter layers {placement} x {m.adapter_width}"
         adapters = adapters if m.adapter_layers else "no adapters"
         trainable = sum(v.numel() for v in trainable_state_dict(self.model).values())  # adapters + head, as saved
-        return f"{name} ({origin}; {m.image_size}px input, {adapters}, {trainable:,} trainable parameters)"
+        mlp = "" if m.mlp_activation == "quick_gelu" else f", {m.mlp_activation} MLP"
+        return f"{name} ({origin}; {m.image_size}px input{mlp}, {adapters}, {trainable:,} trainable parameters)"
 
     def print_plan(self) -> None:
         cfg, r = self.cfg, self.recipe
