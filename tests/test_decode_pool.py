@@ -36,6 +36,8 @@ def make_job():
             os._exit(3)
         if action == "stream":
             return numbers(int(seconds), *more)
+        if action == "parent":
+            return os.getppid()
         raise RuntimeError("unexpected")
 
     return job
@@ -67,6 +69,23 @@ def test_timeout_kills_and_replaces_the_worker_and_others_go_on():
         wait_alive(pool, 2)  # the killed processes came back: two jobs at once still both run
         pids = {pool.submit("sleep", 0.2).result(), pool.submit("sleep", 0.2).result()} | {first}
         assert all(isinstance(p, int) for p in pids)
+
+
+def test_without_a_fork_server_workers_are_spawned_and_work_the_same(monkeypatch):
+    import multiprocessing
+
+    with DecodePool(make_job, (), workers=1, timeout_s=1.0) as pool:  # the fork server's children
+        pool.start()
+        assert pool.submit("parent").result(timeout=60) != os.getpid()
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["fork", "spawn"])  # as on macOS-like
+    with DecodePool(make_job, (), workers=1, timeout_s=1.0) as pool:
+        pool.start()
+        assert pool.submit("parent").result(timeout=60) == os.getpid()  # spawned by this process itself
+        assert list(pool.stream("stream", 3)) == [0, 1, 2]
+        with pytest.raises(JobFailed) as failed:
+            pool.submit("sleep", 30.0).result(timeout=30)
+        assert failed.value.timed_out
+        assert pool.submit("parent").result(timeout=60) == os.getpid()  # replaced, spawned again
 
 
 def test_the_event_loop_side_and_a_cancelled_caller():
