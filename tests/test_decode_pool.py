@@ -5,6 +5,7 @@ and which side a failure is blamed on."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -72,12 +73,10 @@ def test_timeout_kills_and_replaces_the_worker_and_others_go_on():
 
 
 def test_without_a_fork_server_workers_are_spawned_and_work_the_same(monkeypatch):
-    import multiprocessing
-
     with DecodePool(make_job, (), workers=1, timeout_s=1.0) as pool:  # the fork server's children
         pool.start()
         assert pool.submit("parent").result(timeout=60) != os.getpid()
-    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["fork", "spawn"])  # as on macOS-like
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # as on Windows
     with DecodePool(make_job, (), workers=1, timeout_s=1.0) as pool:
         pool.start()
         assert pool.submit("parent").result(timeout=60) == os.getpid()  # spawned by this process itself
