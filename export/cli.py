@@ -35,9 +35,9 @@ def export_parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--clip-activation",
         choices=MLP_ACTIVATIONS,
-        help="the --clip backbone's MLP activation where no config beside the file (Hugging Face config.json, "
-        "open_clip_config.json) says it: quick_gelu (default: OpenAI's, open_clip's -quickgelu) or gelu "
-        "(open_clip's LAION ViTs without -quickgelu)",
+        help="the --clip backbone's MLP activation, needed where no config beside the file (Hugging Face "
+        "config.json, open_clip_config.json) says it, and over one that does: quick_gelu (default: OpenAI's, "
+        "open_clip's -quickgelu) or gelu (open_clip's LAION ViTs without -quickgelu)",
     )
     p.add_argument("--out", type=Path, required=True, help="bundle directory to create (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")

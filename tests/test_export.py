@@ -152,11 +152,14 @@ def test_clip_and_reference_adapter_checkpoint(tmp_path, activation, told_by):
             "--quiet",
             "--check-videos",
             "1",
-            *(["--clip-activation", "gelu"] if told_by == "flag" else []),
+            *(["--clip-activation", "gelu", "--fp16"] if told_by == "flag" else []),
+            *(["--int8"] if told_by == "config" else []),  # each GELU bundle through a reduced precision's gate
         ]
     )
     assert code == 0
     bundle = load_bundle(out)
+    precisions = {"flag": "fp16", "config": "int8"}
+    assert told_by is None or bundle.find("onnxruntime", precisions[told_by])
     assert bundle.labels[0] == "moving left" and bundle.manifest["source"]["adapter"].endswith("checkpoint-4.pth")
     assert bundle.config.mlp_activation == activation
     clips = torch.randn(2, 3, 8, 32, 32)
@@ -168,7 +171,7 @@ def test_clip_and_reference_adapter_checkpoint(tmp_path, activation, told_by):
     )
     with torch.no_grad():
         expected = model(clips).numpy()
-    got = load_predictor(out, backend="onnxruntime").predict(clips)
+    got = load_predictor(out, backend="onnxruntime", precision="fp32").predict(clips)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 

@@ -133,9 +133,10 @@ class TrainConfig:
         group="model",
     )
     clip_activation: str | None = option(
-        help="the backbone's MLP activation where no config beside the --clip file says it (a Hugging Face "
-        "config.json or open_clip_config.json does): quick_gelu (default: OpenAI's, open_clip's -quickgelu) or "
-        "gelu (open_clip's LAION ViTs without -quickgelu); the weights alone cannot tell",
+        help="the backbone's MLP activation, needed where no config beside the --clip file says it (a Hugging "
+        "Face config.json or open_clip_config.json does) and taken over one that does: quick_gelu (default: "
+        "OpenAI's, open_clip's -quickgelu) or gelu (open_clip's LAION ViTs without -quickgelu); the weights alone "
+        "cannot tell",
         group="model",
         choices=MLP_ACTIVATIONS,
     )
