@@ -170,8 +170,10 @@ def test_bad_weight_files_fail_clearly(tmp_path, source, kind):
         bad.write_text("this is not a checkpoint\n")
     elif kind == "empty":
         bad.write_bytes(b"")
-    with pytest.raises(WeightsError, match=str(bad.name) if kind != "missing" else "not found"):
+    with pytest.raises(WeightsError, match=str(bad.name) if kind != "missing" else "not found") as caught:
         build_model(clip=bad if kind != "missing" else tmp_path / "nope.pt")
+    message = str(caught.value)
+    assert "\n" not in message and "weights_only" not in message and "torch.load" not in message, message
 
 
 def test_pickled_code_is_refused(tmp_path):
@@ -184,6 +186,92 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"model": {"fc.weight": torch.zeros(2, 2)}, "payload": Evil()}, tmp_path / "evil.pth")
     with pytest.raises(WeightsError, match="cannot read .*evil.pth"):
         load_adapter_checkpoint(tmp_path / "evil.pth")
+
+
+TORCHSCRIPT_ATTACK = """
+import sys, torch
+from torch import nn
+
+class Loader(nn.Module):  # a module whose __setstate__ (run by torch.jit.load) copies one file into another
+    def __init__(self, victim: str, secret: str):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(4))
+        self.victim, self.secret = victim, secret
+        self.loot = torch.zeros(4, dtype=torch.uint8)
+
+    def forward(self, x):
+        return x * self.weight
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.weight, self.victim, self.secret, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, str, str, bool]):
+        self.weight = state[0]
+        self.victim = state[1]
+        self.secret = state[2]
+        self.training = state[3]
+        stolen = torch.from_file(self.secret, shared=False, size=4, dtype=torch.uint8)
+        self.loot = torch.from_file(self.victim, shared=True, size=4, dtype=torch.uint8).copy_(stolen)
+
+torch.jit.save(torch.jit.script(Loader(sys.argv[1], sys.argv[2])), sys.argv[3])
+"""
+
+
+def run_python(script, *args) -> None:
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, str(script), *map(str, args)], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", ["ViT-B-16.pt", "pytorch_model.bin", "checkpoint.pth"])
+def test_a_torchscript_file_whose_code_writes_files_is_refused_without_running(tmp_path, name):
+    victim, secret = tmp_path / "victim.txt", tmp_path / "secret.txt"
+    victim.write_text("ORIGINAL")
+    secret.write_text("SECRETS!")
+    attack, make, load = tmp_path / name, tmp_path / "make_attack.py", tmp_path / "jit_load.py"
+    make.write_text(TORCHSCRIPT_ATTACK)  # TorchScript compiles from a source file
+    load.write_text("import sys, torch\ntorch.jit.load(sys.argv[1])\n")
+    run_python(make, victim, secret, attack)
+    # The file is a real attack: torch.jit.load runs its code, which overwrites the victim.
+    run_python(load, attack)
+    assert victim.read_text() == "SECRINAL"
+    victim.write_text("ORIGINAL")
+    for load in (lambda: build_model(clip=attack), lambda: load_adapter_checkpoint(attack)):
+        with pytest.raises(WeightsError) as caught:
+            load()
+        assert "\n" not in str(caught.value) and name in str(caught.value)
+    assert victim.read_text() == "ORIGINAL"
+
+
+def test_torchscript_weights_are_read_as_data_equal_to_what_torch_jit_load_gives(tmp_path):
+    from stadapter_deploy.model.torchscript import read_torchscript_tensors
+
+    _, backbone = clip_backbone(16, 32, width=64, layers=2)
+    path = write_torchscript(tmp_path / "ViT-B-16.pt", backbone)
+    mine = read_torchscript_tensors(path)
+    reference = dict(torch.jit.load(str(path), map_location="cpu").state_dict())  # the oracle, on our own file
+    assert sorted(mine) == sorted(reference)
+    for key, tensor in reference.items():
+        assert mine[key].dtype == tensor.dtype and torch.equal(mine[key], tensor), key
+
+
+def test_no_torch_jit_load_on_a_users_file():
+    """Weight files are read as data: nothing in the library or the apps calls torch.jit.load."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    calls = []
+    for package in ("stadapter_deploy", "train", "export", "serve", "demo", "predict", "benchmarks"):
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                called = ast.unparse(node.func) if isinstance(node, ast.Call) else ""
+                if called.endswith(("jit.load", "_load_for_lite_interpreter")):
+                    calls.append(f"{path.relative_to(root)}: {ast.unparse(node.func)}")
+    assert calls == []
 
 
 def test_not_a_clip_state_dict(tmp_path):

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +23,7 @@ import torch
 
 from ..errors import WeightsError
 from .config import MLP_ACTIVATIONS, ModelConfig
+from .torchscript import TorchScriptError, is_torchscript, read_torchscript_tensors
 
 StateDict = dict[str, torch.Tensor]
 
@@ -42,14 +45,6 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
-
-
 def _is_safetensors(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(9)
@@ -57,16 +52,28 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def load_pickle(path: str | Path) -> dict:
-    """torch.load with weights_only=True: a checkpoint from a stranger cannot run code."""
+    """torch.load with weights_only=True: a checkpoint from a stranger cannot run code. Whatever is wrong
+    with the file, the error is one line of ours (never torch's advice to load it unsafely)."""
     path = _existing(path)
+    if is_torchscript(path):
+        raise WeightsError(f"{path} is a TorchScript archive, not a checkpoint; pass it as the CLIP backbone (--clip)")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's warnings about a file's pickle protocol
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated zips, random bytes
-        raise WeightsError(f"cannot read {path} as a PyTorch checkpoint: {type(e).__name__}: {e}") from e
+    except Exception as e:  # pickle errors, truncated zips, random bytes, objects that need code
+        raise WeightsError(f"cannot read {path} as a PyTorch checkpoint: {_pickle_reason(e)}") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
+
+
+def _pickle_reason(e: Exception) -> str:
+    """Why torch.load refused a file, in one line of our words."""
+    found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(e))
+    if found:
+        return f"it holds Python objects ({found.group(1)}) beyond tensors and containers; a weight file needs none"
+    return "it is not a PyTorch checkpoint file, or it is damaged or truncated"
 
 
 def load_safetensors(path: str | Path) -> StateDict:
@@ -93,7 +100,7 @@ def load_clip_state_dict(path: str | Path) -> StateDict:
         sd = {k: v for shard in shards for k, v in load_safetensors(shard).items()}
         sd = convert_clip_state_dict(sd, source=str(path))
         return {k: v.float() for k, v in sd.items()}
-    if _is_torchscript(path):
+    if is_torchscript(path):
         sd = _load_torchscript(path)
     elif _is_safetensors(path):
         sd = load_safetensors(path)
@@ -104,13 +111,12 @@ def load_clip_state_dict(path: str | Path) -> StateDict:
 
 
 def _load_torchscript(path: Path) -> StateDict:
-    # torch.jit.load deserializes code objects written by whoever made the file; only load
-    # release files from a source you trust (see README, "Security").
+    """The tensors of OpenAI's TorchScript release files, read as data: the archive's code never runs."""
     try:
-        archive = torch.jit.load(str(path), map_location="cpu")
-    except Exception as e:
-        raise WeightsError(f"cannot read {path} as a TorchScript CLIP archive: {e}") from e
-    return dict(archive.state_dict())
+        return read_torchscript_tensors(path)
+    except (TorchScriptError, pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as e:
+        reason = str(e) if isinstance(e, TorchScriptError) else f"it is damaged ({type(e).__name__})"
+        raise WeightsError(f"cannot read {path} as CLIP weights: {reason}") from None
 
 
 def convert_clip_state_dict(sd: dict, source: str = "state dict") -> StateDict:
