@@ -129,6 +129,19 @@ def cpu_cores() -> int:
     return os.cpu_count() or 1
 
 
+def memory_bytes() -> int:
+    """This machine's memory (or the cgroup's limit, where one is lower), in bytes."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(limit_file).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
 def nvidia_gpu_present() -> bool:
     """Whether this machine shows an NVIDIA GPU to its kernel (without importing torch): its device files."""
     return os.path.exists("/proc/driver/nvidia/gpus") or os.path.exists("/dev/nvidia0")

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,22 +145,40 @@ def test_limits_refuse_a_huge_frame_before_decoding(bomb, monkeypatch):
         prepare_eval_views(bomb.read_bytes(), Preprocessing(num_frames=2, size=32))
 
 
-def test_limits_come_from_the_environment(corpus, monkeypatch):
+def test_limits_are_settings_read_once_and_passed_down(corpus):
+    from stadapter_deploy.errors import ConfigError
+    from stadapter_deploy.settings import read_settings
+
     path = corpus["h264_bframes_opengop.mp4"]
-    monkeypatch.setenv("STADAPTER_MAX_FRAMES", "10")
-    with pytest.raises(VideoTooLargeError, match="more than 10 frames.*STADAPTER_MAX_FRAMES"):
-        decode_frames(path, [0])
-    monkeypatch.setenv("STADAPTER_MAX_FRAMES", "100")
-    monkeypatch.setenv("STADAPTER_MAX_DURATION_S", "1")
-    with pytest.raises(VideoTooLargeError, match="STADAPTER_MAX_DURATION_S"):
-        decode_frames(path, [0])
-    monkeypatch.setenv("STADAPTER_MAX_DURATION_S", "10")
-    monkeypatch.setenv("STADAPTER_MAX_PIXELS", str(160 * 120))
-    assert decode_frames(path, [0]).shape == (1, 120, 160, 3)  # at the limit is fine
-    monkeypatch.setenv("STADAPTER_MAX_PIXELS", "lots")
-    with pytest.raises(VideoError, match="STADAPTER_MAX_PIXELS"):
-        decode_frames(path, [0])
+    limits = read_settings(DecodeLimits, {"STADAPTER_MAX_FRAMES": "10"})
+    with pytest.raises(VideoTooLargeError, match="more than 10 frames.*STADAPTER_MAX_FRAMES") as caught:
+        decode_frames(path, [0], limits=limits)
+    assert caught.value.code == "video_too_large" and caught.value.limit == 10
+    limits = read_settings(DecodeLimits, {"STADAPTER_MAX_FRAMES": "100", "STADAPTER_MAX_DURATION_S": "1"})
+    with pytest.raises(VideoTooLargeError, match="STADAPTER_MAX_DURATION_S") as caught:
+        decode_frames(path, [0], limits=limits)
+    assert caught.value.code == "video_too_long"
+    limits = read_settings(DecodeLimits, {"STADAPTER_MAX_PIXELS": str(160 * 120)})
+    assert decode_frames(path, [0], limits=limits).shape == (1, 120, 160, 3)  # at the limit is fine
+    with pytest.raises(ConfigError, match="STADAPTER_MAX_PIXELS"):
+        read_settings(DecodeLimits, {"STADAPTER_MAX_PIXELS": "lots"})
     assert issubclass(VideoTooLargeError, VideoError)
+
+
+def test_the_video_package_reads_no_environment_variable():
+    """Settings are read once, by the app, through stadapter_deploy/settings.py; the video package takes
+    them as arguments."""
+    import ast
+
+    import stadapter_deploy.video as video
+
+    readers = []
+    for path in Path(video.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = ast.unparse(node) if isinstance(node, ast.Attribute | ast.Name) else ""
+            if name in ("os.environ", "os.getenv", "environ", "getenv"):
+                readers.append(f"{path.name}:{node.lineno}")
+    assert readers == []
 
 
 def test_memory_cap_stops_a_decode_that_would_grow(bomb):
@@ -170,7 +189,7 @@ def test_memory_cap_stops_a_decode_that_would_grow(bomb):
         off = DecodeLimits(max_pixels=10**9)
         info = scan({str(bomb)!r}, off)
         used = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
-        limit_process_memory(used + 150 * 2**20)
+        limit_process_memory(DecodeLimits(memory_mb=(used >> 20) + 150))
         try:
             decode_with_probe({str(bomb)!r}, info, [0, 1], "pyav", off)
         except (MemoryError, ValueError) as e:

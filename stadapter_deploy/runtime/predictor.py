@@ -30,10 +30,13 @@ AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "
 class Predictor:
     """A bundle's model behind a runner: `predict(clips)`, `preprocess(video)`, `classify(video)`."""
 
-    def __init__(self, bundle: Bundle, runner: Runner, selection: str = ""):
+    def __init__(self, bundle: Bundle, runner: Runner, selection: str = "", limits=None):
+        from ..video.limits import DecodeLimits
+
         self.bundle = bundle
         self.runner = runner
         self.selection = selection  # how load_predictor picked the runner, e.g. for a startup log
+        self.limits: DecodeLimits = limits or DecodeLimits()  # what a video may cost to decode
         self.labels: list[str] = bundle.labels
         self.preprocessing: Preprocessing = bundle.preprocessing
         self.model_name: str = bundle.model_name
@@ -85,7 +88,7 @@ class Predictor:
         """Decode, sample and transform `video` (path or bytes) with the bundle's preprocessing -> EvalViews."""
         from ..video import prepare_eval_views
 
-        return prepare_eval_views(video, self.preprocessing.with_views(views))
+        return prepare_eval_views(video, self.preprocessing.with_views(views), limits=self.limits)
 
     def top_k(self, logits: np.ndarray, top_k: int = 5) -> list[dict]:
         return top_k_labels(self.labels, logits, top_k)
@@ -205,6 +208,7 @@ def load_predictor(
     verify: bool = True,
     threads: int | None = None,
     plan: Plan | None = None,
+    limits=None,
 ) -> Predictor:
     """Load a bundle and return a Predictor.
 
@@ -217,10 +221,11 @@ def load_predictor(
     fp32 (`predictor.selection` says why); a precision that cannot run here as its export gate measured it is
     refused with one line. threads: CPU threads for the runner.
     plan: a `plan_predictor` result made earlier (backend, device and precision are then not read).
+    limits: the decode limits (video.limits.DecodeLimits) for the videos it reads; default: the package's.
     """
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle, verify=verify)
     plan = plan or plan_predictor(bundle, backend, device, precision)
     log.info(plan.selection)
     runner = RUNNERS[plan.runner](bundle, device=plan.device, precision=plan.precision, threads=threads)
-    return Predictor(bundle, runner, plan.selection)
+    return Predictor(bundle, runner, plan.selection, limits)

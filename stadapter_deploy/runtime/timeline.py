@@ -31,7 +31,7 @@ class Segment:
     labels: list[dict]  # [{"label", "index", "score"}], best first
     frames: list[int]  # the frame indices the window sampled
     latency_ms: float | None = None  # live streams: model time, from decoding the window's last frame to here
-    lag_s: float | None = None  # live streams: from the window's end to the live edge, as the line is made
+    lag_s: float | None = None  # live streams: wall-clock seconds since the window's last frame arrived
     skipped: int | None = None  # live streams: windows dropped since the previous line (policy "drop")
 
     def to_dict(self) -> dict:
@@ -68,10 +68,10 @@ def iter_timeline(
     check_top_k(top_k, len(predictor.labels))
     pre = timeline_preprocessing(predictor.preprocessing, views)
     if is_stream(video):
-        yield from live_timeline(predictor, LiveWindows(video, pre, spec, live_policy), top_k)
+        yield from live_timeline(predictor, LiveWindows(video, pre, spec, live_policy, predictor.limits), top_k)
         return
     max_clips = predictor.max_batch or DEFAULT_BATCH_CLIPS
-    for batch in iter_window_batches(video, pre, spec, batch_windows, max_clips):
+    for batch in iter_window_batches(video, pre, spec, batch_windows, max_clips, predictor.limits):
         logits = predictor.predict(batch.clips.flatten(0, 1))  # [B * V, C]
         yield from window_segments(batch, logits, predictor.labels, top_k)
 

@@ -72,7 +72,7 @@ class _Unproven(Exception):
 
 def scan(video: VideoSource, limits: DecodeLimits | None = None) -> Probe:
     """Headers and packets only, no decoding: size, codec, packet count, timestamps and keyframes."""
-    limits = limits or DecodeLimits.from_env()
+    limits = limits or DecodeLimits()
     with open_video(video, limits) as opened:
         container, stream = opened.container, opened.stream
         pts, key_pts, count = [], [], 0
@@ -247,7 +247,7 @@ def decode_with_probe(
     if bad:
         raise VideoError(f"frame index {bad[0]} is outside the video's {info.num_frames} frames: {source_name(video)}")
     wanted = sorted(set(int(i) for i in indices))
-    got = _decode_wanted(video, info, wanted, decoder, limits or DecodeLimits.from_env())
+    got = _decode_wanted(video, info, wanted, decoder, limits or DecodeLimits())
     missing = [i for i in wanted if i not in got]
     if missing:
         raise ShortVideoError(
@@ -257,9 +257,12 @@ def decode_with_probe(
     return np.stack([got[i] for i in indices])
 
 
-def decode_frames(video: VideoSource, indices, decoder: str | None = None) -> np.ndarray:
+def decode_frames(
+    video: VideoSource, indices, decoder: str | None = None, limits: DecodeLimits | None = None
+) -> np.ndarray:
     """uint8 RGB frames [K, H, W, 3] of `video` (a path or bytes) at `indices`, rotated for display."""
-    return decode_with_probe(video, scan(video), [int(i) for i in indices], decoder)
+    limits = limits or DecodeLimits()
+    return decode_with_probe(video, scan(video, limits), [int(i) for i in indices], decoder, limits)
 
 
 def decode_sampled(video: VideoSource, pick, decoder: str | None = None, limits: DecodeLimits | None = None):
@@ -270,7 +273,7 @@ def decode_sampled(video: VideoSource, pick, decoder: str | None = None, limits:
     pass fetches the rest only where N differs more (hidden or damaged frames).
     """
     decoder = resolve_decoder(decoder)
-    limits = limits or DecodeLimits.from_env()
+    limits = limits or DecodeLimits()
     info = scan(video, limits)
     if _should_seek(info, pick(info.num_frames)):
         try:
@@ -294,12 +297,12 @@ def decode_sampled(video: VideoSource, pick, decoder: str | None = None, limits:
 
 def count_decodable_frames(video: VideoSource, limits: DecodeLimits | None = None) -> int:
     """Decode every frame (without converting it) and count the ones that decode."""
-    return _decode_sequential(video, set(), None, limits or DecodeLimits.from_env())[1]
+    return _decode_sequential(video, set(), None, limits or DecodeLimits())[1]
 
 
 def probe(video: VideoSource, limits: DecodeLimits | None = None) -> Probe:
     """scan() plus N counted by decoding (a proven tail count in long videos), size and rotation as shown."""
-    limits = limits or DecodeLimits.from_env()
+    limits = limits or DecodeLimits()
     info = scan(video, limits)
     _, count, first = _decode_sequential(video, set(), None if info.num_frames < SEEK_MIN_FRAMES else 0, limits)
     if count == 0:

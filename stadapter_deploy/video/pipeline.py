@@ -9,6 +9,7 @@ import torch
 
 from ..preprocessing import Preprocessing
 from .decode import VideoSource, decode_sampled
+from .limits import DecodeLimits
 from .sampling import eval_indices
 from .transforms import eval_transform
 
@@ -21,13 +22,13 @@ class EvalViews:
     timings_ms: dict[str, float] = field(default_factory=dict)  # "decode", "preprocess"
 
 
-def decode_clip_frames(video: VideoSource, pick, decoder: str | None = None):
+def decode_clip_frames(video: VideoSource, pick, decoder: str | None = None, limits: DecodeLimits | None = None):
     """Choose indices with `pick(N)`, N the frames that decode, and decode them: (frames, indices, probe).
 
     Sampling always sees the frames that really decode (a truncated or damaged file has fewer than
     its packets promise); see `decode_sampled`.
     """
-    return decode_sampled(video, pick, decoder)
+    return decode_sampled(video, pick, decoder, limits)
 
 
 def eval_picker(pre: Preprocessing):
@@ -48,13 +49,18 @@ def eval_views_from_frames(frames, pre: Preprocessing) -> torch.Tensor:
 
 
 def prepare_eval_views(
-    video: VideoSource, pre: Preprocessing | None = None, decoder: str | None = None, **fields
+    video: VideoSource,
+    pre: Preprocessing | None = None,
+    decoder: str | None = None,
+    limits: DecodeLimits | None = None,
+    **fields,
 ) -> EvalViews:
     """Model input for evaluation as `pre` (or Preprocessing(**fields)) says: V = spatial x temporal
-    views, each spatial crop's temporal views together (the reference order)."""
+    views, each spatial crop's temporal views together (the reference order), within `limits` (the
+    package's default decode limits unless given)."""
     pre = (pre or Preprocessing()).replace(**fields) if fields else (pre or Preprocessing())
     start = time.perf_counter()
-    frames, flat, info = decode_clip_frames(video, eval_picker(pre), decoder)  # [V_t * T, H, W, 3]
+    frames, flat, info = decode_clip_frames(video, eval_picker(pre), decoder, limits)  # [V_t * T, H, W, 3]
     decoded = time.perf_counter()
     clips = eval_views_from_frames(frames, pre)
     done = time.perf_counter()

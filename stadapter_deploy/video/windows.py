@@ -174,7 +174,7 @@ def iter_window_batches(
             batch_windows = 1 if source.live else max(1, max_clips // pre.views)
         assembler = WindowAssembler(win, pre)
         ready: list[tuple[int, float]] = []
-        limits = limits or DecodeLimits.from_env()
+        limits = limits or DecodeLimits()
         for frame in source.frames(limits):
             if not source.live:  # a file's length, as it decodes (headers may not tell it)
                 limits.check_duration(assembler.count / win.fps)
@@ -191,15 +191,15 @@ def iter_window_batches(
     if assembler.next_start == 0:  # shorter than one window
         if live:
             raise VideoError(f"the stream {source.name} ended after {count} frames, before one window of {win.window}")
-        yield short_video_window(video, pre, win)
+        yield short_video_window(video, pre, win, limits)
 
 
-def short_video_window(video: VideoSource, pre: Preprocessing, win: Windows) -> WindowBatch:
+def short_video_window(video: VideoSource, pre: Preprocessing, win: Windows, limits: DecodeLimits) -> WindowBatch:
     """A file shorter than one window: one window over all of it, the clip the eval path makes of it.
 
     A second decode, of a video under one window long; the first pass held none of its frames, since
     until the end no frame is known to be sampled."""
-    views = prepare_eval_views(video, pre)
+    views = prepare_eval_views(video, pre, limits=limits)
     count = views.num_video_frames
     return WindowBatch(views.clips[None], [0], views.frame_indices, [time.perf_counter()], win, False, count)
 
@@ -211,34 +211,40 @@ class LiveWindows:
     reach in time are skipped (counted), never queued, so what it reports stays live however slow the
     model is. policy "all": every window in order (a recording replayed as a stream), however late.
 
-    Iterate for one-window WindowBatches; `lag_s(batch)` is, at the moment it is asked, the seconds
-    from the window's end to the live edge (the end of the newest frame received).
+    Iterate for one-window WindowBatches; `lag_s(batch)` is, at the moment it is asked, the wall-clock
+    seconds since the window's last frame arrived.
     """
 
-    def __init__(self, video: str, pre: Preprocessing, spec: WindowSpec | None = None, policy: str = "drop"):
+    def __init__(
+        self,
+        video: str,
+        pre: Preprocessing,
+        spec: WindowSpec | None = None,
+        policy: str = "drop",
+        limits: DecodeLimits | None = None,
+    ):
         if policy not in LIVE_POLICIES:
             raise ConfigError(f"the live policy must be one of {', '.join(LIVE_POLICIES)}, got {policy!r}")
-        self.source = open_video(video, live_ok=True)  # an unreachable stream fails here, in the caller
+        self.limits = limits or DecodeLimits()
+        self.source = open_video(video, self.limits, live_ok=True)  # an unreachable stream fails here, in the caller
         self.win = windows_for(pre, self.source.fps, spec)
         self.policy = policy
         self.assembler = WindowAssembler(self.win, pre)
         self.changed = threading.Condition()
         self.ready: deque[tuple[int, torch.Tensor, float]] = deque()  # (start, clip [V, 3, T, S, S], arrived)
         self.skipped = 0  # windows dropped since the consumer last took one
-        self.edge = 0  # frames received: the live edge is frame edge - 1
         self.ended, self.error, self.stopping = False, None, False
         self.thread = threading.Thread(target=self._decode, daemon=True, name="stadapter-live-decode")
         self.thread.start()
 
     def _decode(self) -> None:
         try:
-            for frame in self.source.frames():
+            for frame in self.source.frames(self.limits):
                 starts = self.assembler.add(frame)
                 windows = [(start, self.assembler.clip(start), time.perf_counter()) for start in starts]
                 if windows:
                     self.assembler.forget_before(self.assembler.next_start)
                 with self.changed:
-                    self.edge = self.assembler.count
                     if windows and self.policy == "drop":
                         self.skipped += len(self.ready) + len(windows) - 1
                         self.ready.clear()
@@ -281,9 +287,11 @@ class LiveWindows:
             skipped, self.skipped = self.skipped, 0
         return skipped
 
-    def lag_s(self, batch: WindowBatch) -> float:
-        end = batch.starts[-1] + self.win.window
-        return round(max(0, self.edge - end) / self.win.fps, 3)
+    @staticmethod
+    def lag_s(batch: WindowBatch) -> float:
+        """Wall-clock seconds since the batch's last window got its last frame: true while the stream runs
+        and after it ends alike (a window labelled late says so)."""
+        return round(max(0.0, time.perf_counter() - batch.arrived[-1]), 3)
 
     def close(self) -> None:
         self.stopping = True
