@@ -5,8 +5,12 @@ the list checker) opens through `open_video`, so every route refuses the same fi
 words: an empty or missing file, something that is not a video, a still image, no video stream, a
 codec no decoder knows, and headers over the decode limits.
 
-A live source is a stream URL FFmpeg opens (rtsp://, http(s)://, udp://, ...) or a camera device such
-as /dev/video0. It has no end, so it is opened with connection timeouts and no frame-count limit.
+A file (or its bytes) is opened only with the demuxers of real video containers (VIDEO_DEMUXERS) and
+the file protocol: a file named .m3u8 is not read as a playlist, and nothing a file says makes the
+decoder open another file or a connection. A live source is a stream URL FFmpeg opens (rtsp://,
+http(s)://, udp://, ...) or a camera device such as /dev/video0, and only a caller that asks for one
+(`live_ok`: stadapter-predict's stream argument) opens it. It has no end, so it is opened with
+connection timeouts and no frame-count limit.
 """
 
 from __future__ import annotations
@@ -20,9 +24,33 @@ import av
 import numpy as np
 
 from ..errors import VideoError
-from .limits import DecodeLimits, VideoTooLargeError
+from .limits import DecodeLimits
 
 VideoSource = str | os.PathLike | bytes
+# The demuxers a video file is opened with: real video containers and raw video streams. No playlist
+# (hls, dash), concat list, image sequence, device, network or subtitle demuxer can be picked by a file's
+# name or content, so a file never makes the decoder read another file or open a connection.
+VIDEO_DEMUXERS = (
+    "mov,mp4,m4a,3gp,3g2,mj2",
+    "matroska,webm",
+    "avi",
+    "mpeg",
+    "mpegts",
+    "mpegvideo",
+    "h264",
+    "hevc",
+    "m4v",
+    "ivf",
+    "obu",
+    "flv",
+    "asf",
+    "ogg",
+    "nut",
+    "gif",
+    "yuv4mpegpipe",
+)
+FILE_OPTIONS = {"format_whitelist": ",".join(VIDEO_DEMUXERS), "protocol_whitelist": "file"}
+IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*", b"qoif")  # PNG, JPEG, BMP, TIFF, QOI
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt", "rtp")
 DEFAULT_FPS = 25.0  # where a stream declares no frame rate (FFmpeg's own guess)
 OPEN_TIMEOUT_S = 10.0  # a live source that does not answer in this time is unreachable
@@ -58,7 +86,7 @@ class OpenVideo:
 
     def frames(self, limits: DecodeLimits | None = None) -> Iterator[av.VideoFrame]:
         """Decoded frames in output order from the current position (see `decoded_frames`)."""
-        return decoded_frames(self.container, self.stream, limits or DecodeLimits.from_env(), not self.live)
+        return decoded_frames(self.container, self.stream, limits or DecodeLimits(), not self.live)
 
     def close(self) -> None:
         self.container.close()
@@ -80,7 +108,7 @@ def open_video(video: VideoSource, limits: DecodeLimits | None = None, live_ok: 
     try:
         stream = _video_stream(container, video)
         if not live:
-            _check_headers(container, stream, limits or DecodeLimits.from_env())
+            _check_headers(container, stream, limits or DecodeLimits())
     except BaseException:
         container.close()
         raise
@@ -100,10 +128,21 @@ def _open_file(video: VideoSource) -> av.container.InputContainer:
             raise VideoError(f"the video file is empty (0 bytes): {path}")
         source = path
     try:
-        return av.open(source, mode="r", metadata_errors="ignore")
+        return av.open(source, mode="r", metadata_errors="ignore", container_options=FILE_OPTIONS)
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
         reason = getattr(e, "strerror", None) or str(e)
+        if isinstance(e, av.error.ArgumentError):  # a format outside VIDEO_DEMUXERS (a playlist, say)
+            reason = "its format is not a video container"
+        if _head(video).startswith(IMAGE_MAGIC) or _head(video)[8:12] == b"WEBP":
+            raise VideoError(f"this is a still image, not a video: {source_name(video)}") from None
         raise VideoError(f"not a readable video file ({reason}): {source_name(video)}") from None
+
+
+def _head(video: VideoSource) -> bytes:
+    if isinstance(video, bytes | bytearray):
+        return bytes(video[:16])
+    with open(video, "rb") as f:
+        return f.read(16)
 
 
 def _open_live(url: str) -> av.container.InputContainer:
@@ -118,8 +157,6 @@ def _open_live(url: str) -> av.container.InputContainer:
 
 def _video_stream(container: av.container.InputContainer, video: VideoSource) -> av.video.stream.VideoStream:
     name = source_name(video)
-    if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # png_pipe, jpeg_pipe...
-        raise VideoError(f"this is a still image ({container.format.name}), not a video: {name}")
     if not container.streams.video:
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         raise VideoError(f"no video stream in {name} (it holds: {', '.join(kinds)})")
@@ -151,7 +188,7 @@ def decoded_frames(container, stream, limits: DecodeLimits, count_frames: bool =
 
     Like ffmpeg, a packet that fails to decode is skipped and decoding goes on; a demuxing error
     (a truncated file, a dropped connection, a read timeout) ends the video quietly; running out of
-    memory raises VideoTooLargeError.
+    memory raises VideoTooLargeError (limits.out_of_memory).
     """
     count = 0
     try:
@@ -169,7 +206,7 @@ def decoded_frames(container, stream, limits: DecodeLimits, count_frames: bool =
                 limits.check_size(frame.width, frame.height)
                 yield frame
     except av.error.MemoryError:
-        raise VideoTooLargeError("decoding ran out of memory (the process's memory limit)") from None
+        raise limits.out_of_memory() from None
     except av.FFmpegError:
         return
 
