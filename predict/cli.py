@@ -79,7 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     # Nothing heavy is imported until the decode pool has started: its workers' imports (torch, the video
     # pipeline) then run beside this process's own.
     from stadapter_deploy.predict.options import PredictConfig, early_pool
+    from stadapter_deploy.settings import read_settings
+    from stadapter_deploy.video.limits import DecodeLimits
     from stadapter_deploy.video.pool import warm_up
+
+    try:
+        limits = read_settings(DecodeLimits)
+    except ValueError as e:
+        print(f"stadapter-predict: error: {e}", file=sys.stderr)
+        return 2
 
     config = PredictConfig(
         bundle=args.bundle,
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         stride_s=args.stride,
         live_policy=args.live_policy,
         progress=not args.no_progress,
+        limits=limits,
     )
     if not args.timeline:
         warm_up()

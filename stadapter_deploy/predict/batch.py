@@ -4,8 +4,8 @@ Worker processes (stadapter_deploy/video/pool.py, running the "clips" job of vid
 `prepare_eval_views` that `classify` runs) decode a few videos ahead; the main process takes the
 decoded videos in input order, joins those that are ready into one model call of up to `batch_clips`
 clips, and yields one result per video, built by the runtime's `classification`. A video that fails
-to decode, or decodes past the per-video timeout, gets an error result and the rest go on; a decode
-that crashes its process is tried once more on the replacement.
+to decode, or decodes past the per-video timeout, gets an error result with its code and the rest go on
+(the pool itself runs a decode that crashed its process once more on the replacement).
 """
 
 from __future__ import annotations
@@ -21,20 +21,26 @@ from ..errors import STAdapterError
 from ..preprocessing import DEFAULT_BATCH_CLIPS
 from ..runtime.results import check_top_k, classification
 from ..video.handover import unpack
-from ..video.pool import DecodePool, JobFailed
+from ..video.pool import DecodeFailure, DecodePool, DecodeTimedOut
 from .inputs import VideoInput
 from .options import BatchOptions, decode_pool, lookahead, submit
 
 
 def error_message(e: BaseException) -> str:
     message = str(e).strip().replace("\n", " ")
-    if isinstance(e, JobFailed) and e.timed_out:
+    if isinstance(e, DecodeTimedOut):
         return f"decoding {message} (--decode-timeout)"
     return (
         message
-        if isinstance(e, STAdapterError | OSError | ValueError | JobFailed)
+        if isinstance(e, STAdapterError | OSError | ValueError | DecodeFailure)
         else f"{type(e).__name__}: {message}"
     )
+
+
+def error_record(video: str, e: BaseException) -> dict:
+    """The line of a video that gave no result: its error in words and a stable code (the service's codes)."""
+    code = e.code if isinstance(e, STAdapterError | DecodeFailure) else "internal_error"
+    return {"video": video, "error": error_message(e), "code": code}
 
 
 def classify_videos(
@@ -55,12 +61,12 @@ def classify_videos(
     ahead = options.ahead or lookahead(pool.workers, batch_clips, pre.views)
     prefetched = dict(prefetched or {})
     todo = deque(videos)
-    flight: deque[tuple[VideoInput, Future, int]] = deque()  # (video, its decode, attempt)
+    flight: deque[tuple[VideoInput, Future]] = deque()  # (video, its decode)
     try:
         while todo or flight:
             while todo and len(flight) < ahead:
                 video = todo.popleft()
-                flight.append((video, prefetched.pop(video.video, None) or submit(pool, video), 1))
+                flight.append((video, prefetched.pop(video.video, None) or submit(pool, video)))
             batch, errors = take_batch(flight, pool, batch_clips)
             yield from errors
             if batch:
@@ -73,17 +79,11 @@ def take_batch(flight: deque, pool: DecodePool, batch_clips: int) -> tuple[list,
     """The next decoded video (waiting for it), then those after it already decoded, up to batch_clips."""
     batch, errors, clips = [], [], 0
     while flight and clips < batch_clips and (not batch or flight[0][1].done()):
-        video, future, attempt = flight.popleft()
+        video, future = flight.popleft()
         try:
             views = unpack(future.result())
-        except JobFailed as e:
-            if "died" in str(e) and attempt == 1:  # a crash in native code: once more, on the new process
-                flight.appendleft((video, submit(pool, video), 2))
-                continue
-            errors.append({"video": video.video, "error": error_message(e) + (" (twice)" if attempt > 1 else "")})
-            continue
         except Exception as e:
-            errors.append({"video": video.video, "error": error_message(e)})
+            errors.append(error_record(video.video, e))
             continue
         batch.append((video, views))
         clips += len(views.clips)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import sys
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..hardware import cpu_cores, nvidia_gpu_present
 from ..model.config import ModelConfig
 from ..preprocessing import DEFAULT_BATCH_CLIPS, Preprocessing
-from ..video.jobs import decode_worker
+from ..video.jobs import ClipsJob, DecodeSetup, decode_worker
+from ..video.limits import DecodeLimits
 from ..video.pool import DecodePool
 from .defaults import MAX_CPU_WORKERS, Choice, choose, describe
 from .distributed import Rank, local_rank
@@ -42,6 +43,7 @@ class PredictConfig:
     stride_s: float | None = None
     live_policy: str = "drop"  # live streams: "drop" windows the model cannot reach in time, or run "all"
     progress: bool = True
+    limits: DecodeLimits = field(default_factory=DecodeLimits)  # the app reads them from its settings
 
 
 DEFAULT_DECODE_TIMEOUT_S = 300.0  # one video; a file that hangs the decoder becomes an error line
@@ -56,6 +58,7 @@ class BatchOptions:
     batch_clips: int | None = None  # clips per model call (default: the runner's max batch, else 8)
     ahead: int | None = None  # videos decoding or decoded but not yet run (default: 2 per worker + a batch)
     decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
 
 
 def say(message: str) -> None:
@@ -133,7 +136,7 @@ def lookahead(workers: int, batch_clips: int, views: int) -> int:
 
 
 def submit(pool: DecodePool, video: VideoInput) -> Future:
-    return pool.submit("clips", Path(video.video), None)  # a Path: never taken for a stream URL
+    return pool.submit(ClipsJob(Path(video.video)))  # a Path: never taken for a stream URL
 
 
 def flags_given(config: PredictConfig) -> str:
@@ -150,6 +153,7 @@ def batch_options(config: PredictConfig, chosen: Choice) -> BatchOptions:
         config.workers or chosen.workers,
         config.batch_clips or chosen.batch_clips,
         decode_timeout_s=config.decode_timeout_s,
+        limits=config.limits,
     )
 
 
@@ -157,7 +161,7 @@ def decode_pool(preprocessing, options: BatchOptions) -> DecodePool:
     """The pool `classify_videos` needs, started now (each process imports torch: seconds), e.g. while
     the model loads: its processes start in the background and take jobs once ready."""
     pre = preprocessing.with_views(options.views)
-    setup = (pre.to_dict(), DEFAULT_BATCH_CLIPS)
+    setup = (DecodeSetup(pre, options.limits, DEFAULT_BATCH_CLIPS),)
     pool = DecodePool(
         decode_worker, setup, options.workers or min(cpu_cores(), MAX_CPU_WORKERS), options.decode_timeout_s
     )

@@ -11,7 +11,7 @@ from ..progress import progress_bar
 from ..runtime.timeline import iter_timeline
 from ..video.source import is_stream
 from ..video.windows import WindowSpec
-from .batch import classify_videos, error_message
+from .batch import classify_videos, error_record
 from .distributed import Rank, barrier, join, leave, merge_parts, part_path, part_paths
 from .inputs import VideoInput, collect_inputs
 from .options import BatchOptions, Decoding, PredictConfig, decode_pool, early_pool, machine_defaults, say
@@ -66,7 +66,7 @@ def run_loaded(config: PredictConfig, spec: WindowSpec, early: Decoding | None) 
         if mine and not config.timeline:
             matches = early is not None and early.options == options  # never wrong on a CPU-only machine
             decoding = early if matches else Decoding(decode_pool(bundle.preprocessing, options), options, {})
-        predictor = load_predictor(bundle, plan=plan, threads=threads)
+        predictor = load_predictor(bundle, plan=plan, threads=threads, limits=config.limits)
         target = part_path(config.out, rank.rank) if rank.distributed else config.out
         started = time.perf_counter()
         with ResultWriter(target) as writer:
@@ -141,7 +141,7 @@ def timeline_records(predictor, videos: list[VideoInput], config: PredictConfig,
                 continue
             segments = [s.to_dict() for s in iter_timeline(predictor, Path(name), *args)]
         except Exception as e:
-            yield [{"video": name, "error": error_message(e)}]
+            yield [error_record(name, e)]
             continue
         n = len(segments)
         yield [{"video": name, **s, "window": i, "windows": n} for i, s in enumerate(segments)]

@@ -14,21 +14,39 @@ from __future__ import annotations
 import argparse
 import sys
 from concurrent.futures import as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VideoError
 from ..progress import progress_bar
+from ..settings import read_settings
 from .decode import count_decodable_frames
+from .limits import DecodeLimits
 from .listfile import parse_list_line
-from .pool import DecodePool, JobFailed
+from .pool import DecodeFailure, DecodePool
 
 CHECK_TIMEOUT_S = 600.0  # one video's full decode
 
 
-def check_video(path: str) -> str | None:
+@dataclass(frozen=True)
+class CheckJob:
+    number: int  # the line's number in the list (from 1)
+    line: str
+    root: Path
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class Checked:
+    number: int
+    path: str
+    reason: str | None  # None: kept
+
+
+def check_video(path: str, limits: DecodeLimits | None = None) -> str | None:
     """None if at least one frame of the video decodes, else the reason in words."""
     try:
-        if count_decodable_frames(path) == 0:
+        if count_decodable_frames(path, limits) == 0:
             return "no frame decodes (every packet is damaged or holds no picture)"
     except VideoError as e:
         return str(e)
@@ -37,24 +55,26 @@ def check_video(path: str) -> str | None:
     return None
 
 
-def check_worker():
-    """What each checking process runs: `_check_line` per job."""
-    return _check_line
+def check_worker(limits: DecodeLimits):
+    """What each checking process runs: `check_entry` per CheckJob, within the decode limits."""
+    from .limits import limit_process_memory
+
+    limit_process_memory(limits)
+    return lambda job: check_entry(job, limits)
 
 
-def _check_line(number: int, line: str, root: Path, num_classes: int) -> tuple[int, str, str | None]:
+def check_entry(job: CheckJob, limits: DecodeLimits) -> Checked:
     try:
-        parsed = parse_list_line(line)
+        path, label = parse_list_line(job.line)
     except ValueError:
-        return number, line, "malformed line (expected '<video path> <label>')"
-    path, label = parsed
+        return Checked(job.number, job.line, "malformed line (expected '<video path> <label>')")
     try:
-        label_ok = 0 <= int(label) < num_classes
+        label_ok = 0 <= int(label) < job.num_classes
     except ValueError:
         label_ok = False
     if not label_ok:
-        return number, path, f"label {label!r} is not an integer in [0, {num_classes})"
-    return number, path, check_video(str(root / path))
+        return Checked(job.number, path, f"label {label!r} is not an integer in [0, {job.num_classes})")
+    return Checked(job.number, path, check_video(str(job.root / path), limits))
 
 
 def check_list(
@@ -65,29 +85,31 @@ def check_list(
     report: Path | None = None,
     workers: int = 4,
     progress: bool = True,
+    limits: DecodeLimits | None = None,
 ) -> tuple[int, int, Path]:
     """Write the kept lines to `out` and the dropped ones to `report`; returns (kept, dropped, report)."""
     lines = list_file.read_text().splitlines()
-    jobs = [(n, line, root, num_classes) for n, line in enumerate(lines, 1) if _is_entry(line)]
+    jobs = [CheckJob(n, line, root, num_classes) for n, line in enumerate(lines, 1) if _is_entry(line)]
     report = report or out.with_name(out.name + ".dropped.tsv")
-    results = {}
-    with DecodePool(check_worker, (), max(1, workers), CHECK_TIMEOUT_S, name="stadapter-check") as pool:
+    results: dict[int, Checked] = {}
+    setup = (limits or DecodeLimits(),)
+    with DecodePool(check_worker, setup, max(1, workers), CHECK_TIMEOUT_S, name="stadapter-check") as pool:
         pool.start()
-        futures = {pool.submit(*job): job for job in jobs}
+        futures = {pool.submit(job): job for job in jobs}
         bar = progress_bar(len(jobs), "checking videos", enabled=progress, unit="video")
         for future in as_completed(futures):
-            number, line = futures[future][:2]
+            job = futures[future]
             try:
-                number, path, reason = future.result()
-            except JobFailed as e:  # the decoder hung or crashed on this file
-                path, reason = parse_list_line(line)[0], f"its decode {e}"  # the line parsed: it got to decoding
-            results[number] = (path, reason)
+                checked = future.result()
+            except DecodeFailure as e:  # the decoder hung or crashed on this file (the line parsed: it got there)
+                checked = Checked(job.number, parse_list_line(job.line)[0], f"its decode {e}")
+            results[checked.number] = checked
             bar.update()
         bar.close()
-    kept = [lines[n - 1].strip() + "\n" for n, (_, reason) in sorted(results.items()) if reason is None]
-    dropped = [(n, path, reason) for n, (path, reason) in sorted(results.items()) if reason is not None]
+    kept = [lines[n - 1].strip() + "\n" for n, c in sorted(results.items()) if c.reason is None]
+    dropped = [c for _, c in sorted(results.items()) if c.reason is not None]
     out.write_text("".join(kept))
-    rows = ["line\tpath\treason\n"] + [f"{n}\t{p}\t{r.replace(chr(9), ' ')}\n" for n, p, r in dropped]
+    rows = ["line\tpath\treason\n"] + [f"{c.number}\t{c.path}\t{c.reason.replace(chr(9), ' ')}\n" for c in dropped]
     report.write_text("".join(rows))
     return len(kept), len(dropped), report
 
@@ -122,8 +144,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_classes < 1:
         print("error: --num-classes must be at least 1", file=sys.stderr)
         return 2
+    report = args.report or args.out.with_name(args.out.name + ".dropped.tsv")
+    for path in (args.out, report):  # before hours of decoding, not after
+        if not path.parent.is_dir():
+            print(f"error: cannot write {path}: the folder {path.parent} does not exist", file=sys.stderr)
+            return 2
+    try:
+        limits = read_settings(DecodeLimits)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     kept, dropped, report = check_list(
-        args.list_file, args.root, args.num_classes, args.out, args.report, args.workers, not args.quiet
+        args.list_file, args.root, args.num_classes, args.out, report, args.workers, not args.quiet, limits
     )
     print(f"{kept} of {kept + dropped} entries kept -> {args.out}; {dropped} dropped -> {report}")
     return 0

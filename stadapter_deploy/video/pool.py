@@ -5,10 +5,14 @@ Decoding is CPU work in native code, so it runs in processes: in parallel, never
 loop or the model, and a decode that hangs or crashes takes only its own process down. That process
 is killed and replaced by the thread that watches it; the other jobs go on.
 
-A job returns one value (`submit`, a Future) or, where the job function returns a generator, a stream
-of values (`stream`), sent one at a time so that a long video's windows never pile up in memory: the
-worker blocks until the consumer has taken the previous one. Each value must arrive within
-`timeout_s` of the last.
+The pool is the one door to the workers. A job is a typed value (video/jobs.py: ClipsJob, WindowsJob);
+it returns one value (`submit`, a Future) or, where the job function returns a generator, a stream of
+values (`stream`), sent one at a time so that a long video's windows never pile up in memory: the
+worker blocks until the consumer has taken the previous one. Each value must arrive within `timeout_s`
+of the last. What fails comes back typed: the input refused (VideoRefused, with the error's code), the
+decode timed out, the worker crashed, a bug in the job (WorkerBug: only a VideoError is the input's
+fault), the pool unavailable. A job whose process dies before it delivered anything runs once more on
+the replacement; that policy lives here and nowhere else.
 
 No worker outlives its parent, SIGKILL included: each holds only its own end of its pipe (so a write
 to a dead parent fails at once), and a watchdog thread ends it when its parent process is gone,
@@ -33,6 +37,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from ..errors import VideoError
+
 log = logging.getLogger("stadapter.pool")
 
 READY_TIMEOUT_S = 120.0  # a worker imports torch and the video pipeline before it is ready
@@ -41,16 +47,85 @@ STREAM_AHEAD = 2  # values of a stream taken from its worker before the consumer
 RESPAWN_ATTEMPTS = 5
 
 
-class JobRejected(ValueError):
-    """The job's input was bad: the job function raised a ValueError (e.g. VideoError)."""
+# ----------------------------------------------------------------------------- what comes back
 
 
-class JobFailed(RuntimeError):
-    """The job could not finish: it ran past its deadline, crashed its process, or raised."""
+class DecodeFailure(Exception):
+    """A job that gave no value (or stopped mid-stream). The subclasses say why, each with a stable `code`
+    (the service's error codes); nobody reads the words."""
 
-    def __init__(self, message: str, timed_out: bool = False):
+    code = "internal_error"
+
+
+class VideoRefused(DecodeFailure):
+    """The job's input is at fault: the job raised a VideoError (`code` is its code, `limit` the limit it
+    went past, where one did)."""
+
+    def __init__(self, message: str, code: str, limit: float | None = None):
         super().__init__(message)
-        self.timed_out = timed_out
+        self.code, self.limit = code, limit
+
+
+class DecodeTimedOut(DecodeFailure):
+    """The job gave nothing for `timeout_s`; its process was killed and replaced."""
+
+    code = "decode_timeout"
+
+    def __init__(self, timeout_s: float):
+        super().__init__(f"took longer than {timeout_s:g} s")
+        self.timeout_s = timeout_s
+
+
+class WorkerCrashed(DecodeFailure):
+    """The job's process died (twice, where nothing had been delivered: the door tries once more on the
+    replacement). `delivered`: the stream's values handed over before it died."""
+
+    code = "worker_crashed"
+
+    def __init__(self, delivered: int, attempts: int):
+        super().__init__(f"its decode process died{' twice' if attempts > 1 else ''}")
+        self.delivered, self.attempts = delivered, attempts
+
+
+class WorkerBug(DecodeFailure):
+    """The job raised something other than a refusal: a fault of this code, logged with its traceback."""
+
+
+class PoolUnavailable(DecodeFailure):
+    """The pool is closed, or none of its processes could start."""
+
+    code = "busy"
+
+
+# What a worker sends back over its pipe: typed values, never tuples or words to match on.
+
+
+@dataclass(frozen=True)
+class _Ready:
+    pass
+
+
+@dataclass(frozen=True)
+class _Item:
+    value: Any
+
+
+@dataclass(frozen=True)
+class _Done:
+    value: Any
+
+
+@dataclass(frozen=True)
+class _Refused:
+    message: str
+    code: str
+    limit: float | None
+
+
+@dataclass(frozen=True)
+class _Broken:
+    summary: str  # "TypeName: message"
+    traceback: str
 
 
 # ----------------------------------------------------------------------------- the worker process
@@ -62,11 +137,11 @@ def _watch_parent(owner_pid: int) -> None:
     parent = os.getppid()
     while True:
         time.sleep(WATCHDOG_S)
-        if os.getppid() != parent or not _alive(owner_pid):
+        if os.getppid() != parent or not process_alive(owner_pid):
             os._exit(1)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -81,29 +156,29 @@ def _worker_main(conn: Connection, setup: Callable[..., Callable], setup_args: t
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle
     try:
-        job = setup(*setup_args)
+        handle = setup(*setup_args)
     except Exception as e:  # reported to the parent, which refuses to start
-        conn.send(("setup-failed", f"{type(e).__name__}: {e}"))
+        conn.send(_Broken(f"{type(e).__name__}: {e}", traceback.format_exc()))
         return
-    conn.send(("ready", None))
+    conn.send(_Ready())
     while True:
         try:
-            args = conn.recv()
+            job = conn.recv()
         except (EOFError, OSError):
             return
         try:
-            result = job(*args)
+            result = handle(job)
             if isinstance(result, types.GeneratorType):
                 for item in result:
-                    conn.send(("item", item))
+                    conn.send(_Item(item))
                 result = None
-            reply = ("ok", result)
-        except ValueError as e:
-            reply = ("rejected", str(e))
+            reply = _Done(result)
+        except VideoError as e:  # the input's fault, and only that
+            reply = _Refused(str(e), e.code, getattr(e, "limit", None))
         except (BrokenPipeError, ConnectionResetError):
             return  # the parent is gone
         except Exception as e:
-            reply = ("failed", f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+            reply = _Broken(f"{type(e).__name__}: {e}", traceback.format_exc())
         try:
             conn.send(reply)
         except OSError:
@@ -150,10 +225,16 @@ _DONE = object()
 
 @dataclass(eq=False)
 class _Job:
-    args: tuple
+    payload: Any  # what the worker's job function is called with: a job dataclass
     future: Future  # the value (submit) or None once a stream ends
-    items: queue.Queue | None = None  # a stream's values, then _DONE or an exception
+    items: queue.Queue | None = None  # a stream's values, then _DONE or a DecodeFailure
     abandoned: threading.Event = field(default_factory=threading.Event)
+    delivered: int = 0  # stream values handed to the consumer
+    attempts: int = 0
+
+
+class _Died(Exception):
+    """The worker process died, or closed its pipe, during a job."""
 
 
 class _Slot:
@@ -199,12 +280,12 @@ class _Slot:
             self.kill()
             raise RuntimeError(f"a {self.pool.name} worker did not start within {READY_TIMEOUT_S:g} s")
         try:
-            kind, message = parent.recv()
+            reply = parent.recv()
         except (EOFError, OSError):
-            kind, message = "died", "it exited while starting"
-        if kind != "ready":
+            reply = _Broken("it exited while starting", "")
+        if not isinstance(reply, _Ready):
             self.kill()
-            raise RuntimeError(f"a {self.pool.name} worker could not start: {message}")
+            raise RuntimeError(f"a {self.pool.name} worker could not start: {reply.summary}")
 
     def kill(self) -> None:
         """Kill the process and close the pipe: only this slot's own thread calls it."""
@@ -228,7 +309,7 @@ class _Slot:
             job = self.pool.jobs.get()
             if job is None or self.pool.closed:
                 if job is not None:
-                    self.fail(job, JobFailed(f"the {self.pool.name} pool was closed"))
+                    self.fail(job, PoolUnavailable(f"the {self.pool.name} pool was closed"))
                 self.kill()
                 return
             if job.abandoned.is_set() or not job.future.set_running_or_notify_cancel():
@@ -238,48 +319,64 @@ class _Slot:
                 healthy = self.run(job)
             except Exception as e:  # a fault of this code, not of the job: the job fails, the slot goes on
                 log.exception("%s slot failed on a job", self.pool.name)
-                self.fail(job, JobFailed(f"{type(e).__name__}: {e}"))
+                self.fail(job, WorkerBug(f"{type(e).__name__}: {e}"))
                 healthy = False
             self.job = None
             if not healthy and not self.replace():
                 return
 
     def run(self, job: _Job) -> bool:
-        """Send one job and deliver its outcome; False when the process had to be killed."""
+        """Run one job and deliver its outcome; False when the process had to be killed. The one retry
+        policy: a process that dies before the job delivered anything (a crash in native code, or a worker
+        found dead when the job arrived) is replaced and the job runs once more there."""
+        job.attempts += 1
         try:
-            self.send(job.args)
-            while True:
-                kind, value = self.receive()
-                if kind != "item":
-                    break
-                if not self.offer(job, value):
-                    return False  # the consumer left mid-stream: the worker is still busy with it
-        except JobFailed as e:
+            reply = self.exchange(job)
+        except _Died:
+            if job.delivered or job.attempts > 1 or job.abandoned.is_set():
+                self.fail(job, WorkerCrashed(job.delivered, job.attempts))
+                return False
+            log.warning("a %s worker died during a job; running the job once more on its replacement", self.pool.name)
+            if not self.replace():
+                self.fail(job, WorkerCrashed(job.delivered, job.attempts))
+                return True  # replace() has already dealt with the slot
+            return self.run(job)
+        except DecodeTimedOut as e:
             self.fail(job, e)
             return False
-        if kind == "ok":
-            self.finish(job, value)
-        elif kind == "rejected":
-            self.fail(job, JobRejected(value))
+        if reply is None:
+            return False  # the consumer left mid-stream: the worker is still busy with it
+        if isinstance(reply, _Done):
+            self.finish(job, reply.value)
+        elif isinstance(reply, _Refused):
+            self.fail(job, VideoRefused(reply.message, reply.code, reply.limit))
         else:
-            log.error("decode job failed: %s", value)
-            self.fail(job, JobFailed(value.splitlines()[0]))
+            log.error("%s job %r failed: %s", self.pool.name, job.payload, reply.traceback or reply.summary)
+            self.fail(job, WorkerBug(reply.summary))
         return True
 
-    def send(self, args: tuple) -> None:
+    def exchange(self, job: _Job):
+        """Send the job; hand its stream values on; the final reply, or None if the consumer left."""
         try:
-            self.conn.send(args)
+            self.conn.send(job.payload)
         except OSError:  # a process that died while idle
-            raise JobFailed("its worker process died") from None
+            raise _Died() from None
+        while True:
+            reply = self.receive()
+            if not isinstance(reply, _Item):
+                return reply
+            if not self.offer(job, reply.value):
+                return None
+            job.delivered += 1
 
-    def receive(self) -> tuple[str, Any]:
+    def receive(self):
         timeout = self.pool.timeout_s
         try:
             if not self.conn.poll(timeout):
-                raise JobFailed(f"took longer than {timeout:g} s", timed_out=True)
+                raise DecodeTimedOut(timeout)
             return self.conn.recv()
         except (EOFError, OSError):
-            raise JobFailed("its worker process died") from None
+            raise _Died() from None
 
     @staticmethod
     def offer(job: _Job, item) -> bool:
@@ -301,7 +398,7 @@ class _Slot:
             job.future.set_result(value)
 
     @classmethod
-    def fail(cls, job: _Job, error: Exception) -> None:
+    def fail(cls, job: _Job, error: DecodeFailure) -> None:
         if job.items is not None:
             cls.offer(job, error)
         if not job.future.done():
@@ -363,7 +460,9 @@ class Stream:
 
 
 class DecodePool:
-    """`workers` processes that each run `setup(*setup_args)` once, then `job(*args)` per job."""
+    """`workers` processes that each run `handle = setup(*setup_args)` once, then `handle(job)` per job: the
+    one door to them. A job is a typed value (e.g. video/jobs.py's ClipsJob); what comes back is its value,
+    or one of the DecodeFailure types above, never words to match on."""
 
     def __init__(
         self,
@@ -416,23 +515,23 @@ class DecodePool:
             except queue.Empty:
                 return
             if job is not None:
-                _Slot.fail(job, JobFailed(f"no {self.name} worker is running ({reason})"))
+                _Slot.fail(job, PoolUnavailable(f"no {self.name} worker is running ({reason})"))
 
-    def submit(self, *args: Any) -> Future:
-        """Run `job(*args)` on the next free worker: a Future of its value, or of JobRejected / JobFailed."""
-        job = _Job(args, Future())
+    def submit(self, payload: Any) -> Future:
+        """Run `payload` on the next free worker: a Future of its value, or of a DecodeFailure."""
+        job = _Job(payload, Future())
         self._put(job)
         return job.future
 
-    def stream(self, *args: Any) -> Stream:
+    def stream(self, payload: Any) -> Stream:
         """The values of a job whose function is a generator, as the worker makes them (see Stream)."""
-        job = _Job(args, Future(), queue.Queue(maxsize=STREAM_AHEAD))
+        job = _Job(payload, Future(), queue.Queue(maxsize=STREAM_AHEAD))
         self._put(job)
         return Stream(job)
 
-    async def run(self, *args: Any) -> Any:
+    async def run(self, payload: Any) -> Any:
         """`submit` for an event loop. A cancelled caller (a client gone) stops its job."""
-        future = self.submit(*args)
+        future = self.submit(payload)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -451,9 +550,9 @@ class DecodePool:
 
     def _put(self, job: _Job) -> None:
         if self.closed:
-            raise RuntimeError(f"the {self.name} pool is closed")
+            raise PoolUnavailable(f"the {self.name} pool is closed")
         if not self.slots:
-            raise JobFailed(f"no {self.name} worker is running")
+            raise PoolUnavailable(f"no {self.name} worker is running")
         self.jobs.put(job)
 
     def close(self) -> None:
@@ -466,7 +565,7 @@ class DecodePool:
             except queue.Empty:
                 break
             if job is not None and not job.future.done():
-                _Slot.fail(job, JobFailed(f"the {self.name} pool was closed"))
+                _Slot.fail(job, PoolUnavailable(f"the {self.name} pool was closed"))
         for _ in self._threads:  # then one stop sign per slot thread, each taken by the thread it stops
             self.jobs.put(None)
         for slot in list(self.slots):
