@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
+
+from stadapter_deploy.settings import nested, read_settings, setting
+from stadapter_deploy.video.limits import DecodeLimits
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -63,15 +67,21 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
-def page_login(args: argparse.Namespace):
+@dataclass(frozen=True)
+class DemoSettings:
+    auth: str | None = setting(None, "STADAPTER_DEMO_AUTH", "`user:password` visitors log in with", secret=True)
+    api_token: str | None = setting(None, "STADAPTER_API_TOKEN", "the service's API token", secret=True)
+    decode: DecodeLimits = nested(DecodeLimits)
+
+
+def page_login(args: argparse.Namespace, settings: DemoSettings):
     """Gradio's `auth=` for the page: --auth, else $STADAPTER_DEMO_AUTH, else the API token; None: open."""
     from .classifiers import token_login, user_login
 
-    pair = args.auth or os.environ.get("STADAPTER_DEMO_AUTH", "").strip()
+    pair = args.auth or settings.auth
     if pair:
         return [user_login(pair)]
-    token = os.environ.get("STADAPTER_API_TOKEN", "").strip()
-    return token_login(token) if token else None
+    return token_login(settings.api_token) if settings.api_token else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,13 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     from .app import LocalClassifier, ServiceClassifier, build_demo, example_videos
 
     try:
-        auth = page_login(args)
+        settings = read_settings(DemoSettings)
+        auth = page_login(args, settings)
         if args.service:
-            token = args.token or os.environ.get("STADAPTER_API_TOKEN", "").strip() or None
-            classifier = ServiceClassifier(args.service, token=token)
+            classifier = ServiceClassifier(args.service, token=args.token or settings.api_token)
             subtitle = f"Model `{classifier.model_name}`, classified by the service at {args.service}"
         else:
-            classifier = LocalClassifier(args.bundle, backend=args.backend, views=args.views)
+            classifier = LocalClassifier(args.bundle, backend=args.backend, views=args.views, limits=settings.decode)
             predictor = classifier.predictor  # load now: a bad bundle fails here, with its reason
             predictor.view_layout(args.views)  # and so does a --views this model cannot use
             for example in example_videos()[:1]:

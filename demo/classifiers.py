@@ -90,10 +90,10 @@ def indices_per_view(frame_indices: list[list[int]], num_views: int) -> list[lis
 class LocalClassifier(Classifier):
     """Classifies in this process with a Predictor, loaded from a bundle on first use if given a path."""
 
-    def __init__(self, predictor_or_bundle: Any, backend: str = "auto", views: int | None = None):
+    def __init__(self, predictor_or_bundle: Any, backend: str = "auto", views: int | None = None, limits=None):
         self._predictor = None if isinstance(predictor_or_bundle, str | Path) else predictor_or_bundle
         self._bundle = predictor_or_bundle if self._predictor is None else None
-        self._backend = backend
+        self._backend, self._limits = backend, limits  # limits: the decode limits, from the app's settings
         self.views = views
 
     @property
@@ -101,7 +101,7 @@ class LocalClassifier(Classifier):
         if self._predictor is None:
             from stadapter_deploy import load_predictor
 
-            self._predictor = load_predictor(self._bundle, backend=self._backend)
+            self._predictor = load_predictor(self._bundle, backend=self._backend, limits=self._limits)
         return self._predictor
 
     @property
@@ -152,7 +152,7 @@ class InProcessClassifier(Classifier):
         try:
             segments = await self.service.timeline_video(Path(video), window_s=window_s)
         except RequestError as e:
-            if e.status != 422 or "/timeline_task" not in str(e):
+            if e.code != "video_too_long_use_task":
                 raise
             told = (lambda w, s: progress(f"{w} windows, {s:.0f} s in")) if progress else None
             segments = await self.service.timeline_video(Path(video), window_s=window_s, long=True, progress=told)
@@ -221,7 +221,7 @@ class ServiceClassifier(Classifier):
         try:
             return (await self._post("/classify_timeline", Path(video), data))["segments"]
         except RequestError as e:
-            if e.status != 422 or "/timeline_task" not in str(e):
+            if e.code != "video_too_long_use_task":
                 raise
         return (await self.timeline_task(Path(video), data, progress))["segments"]
 
@@ -247,7 +247,7 @@ class ServiceClassifier(Classifier):
                     files = {"video": (path.name, f.read(), "application/octet-stream")}
                 response = await client.post(f"{self.url}{endpoint}", files=files, data=data)
             except httpx.HTTPError as e:
-                raise RequestError(503, f"{self.url} did not answer ({e}).") from e
+                raise RequestError(503, f"{self.url} did not answer ({e}).", "service_unreachable") from e
         return answer(response, self.url)
 
     async def _get(self, endpoint: str, task_id: str, missing_ok: bool = False) -> dict:
@@ -257,28 +257,31 @@ class ServiceClassifier(Classifier):
             try:
                 response = await client.get(f"{self.url}{endpoint}", params={"task_id": task_id})
             except httpx.HTTPError as e:
-                raise RequestError(503, f"{self.url} did not answer ({e}).") from e
+                raise RequestError(503, f"{self.url} did not answer ({e}).", "service_unreachable") from e
         if missing_ok and response.status_code == 404:
             return {}
         return answer(response, self.url)
 
 
 def answer(response, url: str) -> dict:
-    """A service's JSON answer, or its refusal as a RequestError with the same status."""
+    """A service's JSON answer, or its refusal as a RequestError with the same status and code."""
     if response.status_code >= 400:
         prefix = "" if response.status_code < 500 else f"{url} failed: "
-        raise RequestError(response.status_code, prefix + error_text(response))
+        text, code = error_of(response)
+        raise RequestError(response.status_code, prefix + text, code)
     return response.json()
 
 
-def error_text(response) -> str:
+def error_of(response) -> tuple[str, str]:
+    """(words, code) of an error answer: the service's JSON, or what another server sent."""
     try:
         body = response.json()
     except ValueError:
-        return response.text.strip() or f"HTTP {response.status_code}"
+        return response.text.strip() or f"HTTP {response.status_code}", "error"
     if isinstance(body, dict):
-        return str(body.get("error") or body.get("detail") or body.get("message") or body)
-    return str(body)
+        words = body.get("error") or body.get("detail") or body.get("message") or body
+        return str(words), str(body.get("code", "error"))
+    return str(body), "error"
 
 
 def token_login(token: str):

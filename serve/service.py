@@ -10,8 +10,9 @@ Two services in one server:
 - `STAdapterModel` (internal, reached through `bentoml.depends`): one batchable `predict`; BentoML's
   adaptive batching concatenates the clips of concurrent requests along dim 0 into one model call.
 
-Long videos go through the task `/timeline_task` (submit, status, get): their windows are decoded by a
-pool of their own, so a running task never takes a decode worker from /classify.
+Long videos go through the task `/timeline_task` (submit, then status, progress, get, cancel; serve/tasks.py):
+their windows are decoded by a pool of their own, so a running task never takes a decode worker from
+/classify. Everything the server writes lives in its private folder (serve/state.py).
 
 Configuration: environment variables, see serve/settings.py and the README.
 """
@@ -32,33 +33,36 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serve.errors import error, model_failure
-from serve.guard import RequestGuard, upload_routes
-from serve.pinning import pin_bundle
+from serve.errors import decode_failure, error, model_failure
+from serve.guard import RequestGuard
 from serve.settings import READY_FRESH_S, READY_PROBE_S, Settings, load_settings
+from serve.state import server_state
+from serve.tasks import CANCEL_POLL_S, LIVE, Task, TaskStore
 from stadapter_deploy.errors import ConfigError, RequestError, STAdapterError
 from stadapter_deploy.runtime import Bundle
 from stadapter_deploy.runtime.predictor import Plan, plan_backend, plan_precision
 from stadapter_deploy.runtime.results import Classification, check_top_k, classification
 from stadapter_deploy.runtime.timeline import Segment, window_segments
 from stadapter_deploy.video.handover import unpack
-from stadapter_deploy.video.jobs import decode_worker
-from stadapter_deploy.video.pool import DecodePool, JobFailed, JobRejected
+from stadapter_deploy.video.jobs import ClipsJob, DecodeSetup, WindowsJob, decode_worker
+from stadapter_deploy.video.pool import DecodeFailure, DecodePool, VideoRefused
 from stadapter_deploy.video.windows import WindowSpec
 
 log = logging.getLogger("stadapter.serve")
 DEFAULT_TOP_K = 5
 
 
-def _startup() -> tuple[Settings, Bundle, Plan]:
-    """Settings, the bundle and the backend, checked on import: a bad setup stops `bentoml serve` with one line.
+def _startup() -> tuple[Settings, Path, Bundle, Plan]:
+    """Settings, the server's folder, the bundle and the backend, checked on import: a bad setup stops
+    `bentoml serve` with one line.
 
-    The first import (in `bentoml serve` itself) verifies the bundle and pins it: every worker, and every
-    worker restarted later, serves that pinned copy, so a bundle rewritten in place never mixes in.
+    The first import (in `bentoml serve` itself) verifies the named bundle and pins it in the server's
+    private folder: every worker, and every worker restarted later, serves that pinned copy, so a bundle
+    rewritten in place never mixes in.
     """
     try:
         settings = load_settings()
-        bundle = pin_bundle(settings.bundle)
+        state, bundle = server_state(settings.bundle)
         try:
             name, device, selection = plan_backend(bundle, settings.backend)
         except ValueError as e:
@@ -67,12 +71,13 @@ def _startup() -> tuple[Settings, Bundle, Plan]:
             precision, why = plan_precision(bundle, name, device, settings.precision)
         except ValueError as e:
             raise ConfigError(f"STADAPTER_PRECISION={settings.precision!r}: {e}") from None
-        return settings, bundle, Plan(name, device, precision, selection + (f"; {precision}: {why}" if why else ""))
+        plan = Plan(name, device, precision, selection + (f"; {precision}: {why}" if why else ""))
+        return settings, state, bundle, plan
     except (STAdapterError, ValueError, OSError) as e:
         raise SystemExit(f"stadapter serve: cannot start: {e}") from None
 
 
-SETTINGS, BUNDLE, PLAN = _startup()
+SETTINGS, STATE, BUNDLE, PLAN = _startup()
 
 BATCH_CLIPS = bentoml.metrics.Histogram(
     name="stadapter_model_batch_clips",
@@ -140,7 +145,7 @@ def check_options(top_k=None, views=None, window_s=None, stride_s=None) -> Optio
         BUNDLE.preprocessing.with_views(views)
         spec = WindowSpec(window_s, stride_s)
     except ValueError as e:
-        raise RequestError(400, str(e)) from None
+        raise RequestError(400, str(e), "bad_option") from None
     return Options(top_k, views, spec)
 
 
@@ -148,12 +153,47 @@ async def metadata(_: Request) -> JSONResponse:
     return JSONResponse(await bentoml.get_current_service().metadata())
 
 
-async def task_progress(request: Request) -> JSONResponse:
-    """GET /timeline_task/progress?task_id=: how far a running task is (windows done, seconds of video)."""
-    progress = bentoml.get_current_service().task_progress.get(request.query_params.get("task_id", ""))
-    if progress is None:
-        return JSONResponse({"error": "no running task of that id in this API worker"}, status_code=404)
-    return JSONResponse(progress)
+def task_route(answer):
+    """A task route's handler: `answer(store, task_id)` -> (status, JSON body); RequestError becomes its answer."""
+
+    async def handler(request: Request) -> JSONResponse:
+        try:
+            status, body = await answer(bentoml.get_current_service().tasks, request.query_params.get("task_id", ""))
+        except RequestError as e:
+            return error(e)
+        return JSONResponse(body, status_code=status)
+
+    return handler
+
+
+async def task_status(store: TaskStore, task_id: str):
+    """GET /timeline_task/status?task_id=: pending, in_progress, completed, failed or canceled."""
+    return 200, store.read(task_id).status_json()
+
+
+async def task_progress(store: TaskStore, task_id: str):
+    """GET /timeline_task/progress?task_id=: how far the task is (windows done, seconds of video)."""
+    return 200, store.read(task_id).progress_json()
+
+
+async def task_result(store: TaskStore, task_id: str):
+    """GET /timeline_task/get?task_id=: the answer /classify_timeline gives, once the task ended."""
+    task = store.read(task_id)
+    if task.status in LIVE:
+        raise RequestError(409, f"the task is {task.status.replace('_', ' ')}: poll its status", "task_not_done")
+    return task.http_status, task.result
+
+
+async def task_cancel(store: TaskStore, task_id: str):
+    """PUT /timeline_task/cancel?task_id=: stops a pending or running task (its decode process is replaced)
+    and answers its status once it stopped (within a couple of seconds)."""
+    task = store.read(task_id)
+    if task.status in LIVE:
+        store.request_cancel(task_id)
+        deadline = time.monotonic() + 8 * CANCEL_POLL_S
+        while (task := store.read(task_id)).status in LIVE and time.monotonic() < deadline:
+            await asyncio.sleep(CANCEL_POLL_S / 2)
+    return 200, task.status_json()
 
 
 def mount_ui(service_class):
@@ -170,10 +210,21 @@ def mount_ui(service_class):
     page = build_demo(InProcessClassifier(BUNDLE), subtitle=f"Served by BentoML: {BUNDLE.model_name}")
     if SETTINGS.api_token:
         page.auth, page.auth_message = token_login(SETTINGS.api_token), "The service's API token is the password."
-    return bentoml.gradio.mount_gradio_app(page, path="/ui")(service_class)
+    mounted = bentoml.gradio.mount_gradio_app(page, path="/ui")(service_class)
+    # BentoML's mount skips launch(): Gradio then neither checks that a file the page's API names was
+    # uploaded (so a client could name any server path) nor limits uploads. Both as launch() sets them.
+    page.has_launched = True
+    page.max_file_size = SETTINGS.max_upload_bytes
+    return mounted
 
 
-ROUTES = [Route("/metadata", metadata, methods=["GET"]), Route("/timeline_task/progress", task_progress)]
+ROUTES = [
+    Route("/metadata", metadata, methods=["GET"]),
+    Route("/timeline_task/status", task_route(task_status), methods=["GET"]),
+    Route("/timeline_task/progress", task_route(task_progress), methods=["GET"]),
+    Route("/timeline_task/get", task_route(task_result), methods=["GET"]),
+    Route("/timeline_task/cancel", task_route(task_cancel), methods=["PUT"]),
+]
 
 
 @mount_ui
@@ -186,17 +237,20 @@ ROUTES = [Route("/metadata", metadata, methods=["GET"]), Route("/timeline_task/p
 @bentoml.asgi_app(Starlette(routes=ROUTES), path="/")
 class STAdapter:
     """Classifies uploaded videos: POST /classify, /classify_batch, /classify_timeline, the task
-    /timeline_task, GET /metadata."""
+    /timeline_task/submit, GET /metadata."""
 
     model = bentoml.depends(STAdapterModel)
 
     def __init__(self) -> None:
         self.bundle = BUNDLE  # preprocessing and labels; the model runs in STAdapterModel
-        setup = (BUNDLE.preprocessing.to_dict(), SETTINGS.max_batch_size)
+        pre = BUNDLE.preprocessing
+        setup = (DecodeSetup(pre, SETTINGS.decode, SETTINGS.max_batch_size),)
         timeout = SETTINGS.decode_timeout_s
-        self.pool = DecodePool(decode_worker, setup, SETTINGS.decode_workers, timeout)
+        workers = SETTINGS.decode_processes(pre.num_frames * pre.temporal_views, pre.size)
+        self.pool = DecodePool(decode_worker, setup, workers, timeout)
         self.task_pool = DecodePool(decode_worker, setup, SETTINGS.task_workers, timeout, name="stadapter-task")
-        self.task_progress: dict[str, dict] = {}  # task id -> how far it is, while it runs
+        self.tasks = TaskStore(STATE / "tasks", SETTINGS.max_tasks, SETTINGS.task_ttl_s)
+        self.running: dict[str, asyncio.Task] = {}  # this worker's tasks, by id
         self._info: dict | None = None
         self._model_ok_at = -1e9  # when a model call last succeeded (time.monotonic)
 
@@ -206,6 +260,8 @@ class STAdapter:
 
     @bentoml.on_shutdown
     def stop_decoders(self) -> None:
+        for running in self.running.values():
+            running.cancel()
         self.pool.close()
         self.task_pool.close()
 
@@ -256,7 +312,9 @@ class STAdapter:
             good = [d for d in decoded if not isinstance(d, RequestError)]
             classified = iter(await self._classified(good, options, start) if good else [])
             results = [
-                {"error": str(d), "status": d.status} if isinstance(d, RequestError) else next(classified).to_dict()
+                {"error": str(d), "code": d.code, "status": d.status}
+                if isinstance(d, RequestError)
+                else next(classified).to_dict()
                 for d in decoded
             ]
             return {"results": results}
@@ -291,12 +349,12 @@ class STAdapter:
         of video; `progress(windows, seconds)` is told after each batch."""
         options = check_options(top_k, views, window_s, stride_s)
         if long:
-            job = ("windows", video, options.views, options.spec, None, SETTINGS.max_task_seconds)
-            return await self._timeline(self.task_pool, job, options, "the video", progress=progress)
-        job = ("windows", video, options.views, options.spec, SETTINGS.max_timeline_windows, None)
-        return await self._timeline(self.pool, job, options, "the video", deadline_s=SETTINGS.decode_timeout_s)
+            job = WindowsJob(video, options.views, options.spec, max_seconds=SETTINGS.max_task_seconds)
+            return await self._stream_segments(self.task_pool, job, options, None, progress)
+        job = WindowsJob(video, options.views, options.spec, max_windows=SETTINGS.max_timeline_windows)
+        return await self._stream_segments(self.pool, job, options, SETTINGS.decode_timeout_s)
 
-    @bentoml.task(route="/timeline_task")
+    @bentoml.api(route="/timeline_task/submit")
     async def timeline_task(
         self,
         video: Path,
@@ -305,85 +363,112 @@ class STAdapter:
         window_s: float | None = None,
         stride_s: float | None = None,
     ) -> dict:
-        """/classify_timeline for videos of any length up to STADAPTER_MAX_TASK_SECONDS, as a task:
-        POST /timeline_task/submit, then GET /timeline_task/status?task_id= and /timeline_task/get?task_id=
-        (and /timeline_task/progress?task_id= while it runs). The result is the JSON /classify_timeline answers."""
-        task_id = getattr(STAdapter.context.request.state, "task_id", None) or "?"
-        self.task_progress[task_id] = {"task_id": task_id, "windows": 0, "seconds": 0.0}
-
-        def progress(windows: int, seconds: float) -> None:
-            self.task_progress[task_id].update(windows=windows, seconds=seconds)
-
+        """/classify_timeline for videos of any length up to STADAPTER_MAX_TASK_SECONDS, as a task: answers
+        {"task_id", "status"} at once; then GET /timeline_task/status, /progress and /get?task_id=, and
+        PUT /timeline_task/cancel?task_id=. The result is the JSON /classify_timeline answers."""
         try:
-            segments = await self.timeline_video(video, top_k, views, window_s, stride_s, long=True, progress=progress)
-            return {"segments": [s.to_dict() for s in segments]}
+            check_options(top_k, views, window_s, stride_s)
+            task = self.tasks.create(video)
         except RequestError as e:
             return error(e)
+        run = self.run_task(task, dict(top_k=top_k, views=views, window_s=window_s, stride_s=stride_s))
+        self.running[task.task_id] = asyncio.create_task(run)
+        return task.status_json()
+
+    async def run_task(self, task: Task, options: dict) -> None:
+        """Run a task to its end in this worker, watching for a cancel; its record says how it ended."""
+        store, last_saved = self.tasks, 0.0
+
+        def progress(windows: int, seconds: float) -> None:
+            nonlocal last_saved
+            task.windows, task.seconds = windows, seconds
+            if time.monotonic() - last_saved > CANCEL_POLL_S:
+                store.save(task)
+                last_saved = time.monotonic()
+
+        async def watch(work: asyncio.Task) -> None:
+            while not work.done():
+                if store.cancel_requested(task.task_id):
+                    work.cancel()
+                    return
+                await asyncio.sleep(CANCEL_POLL_S)
+
+        task.status, task.executed_at = "in_progress", time.time()
+        store.save(task)
+        work = asyncio.create_task(
+            self.timeline_video(store.upload(task.task_id), **options, long=True, progress=progress)
+        )
+        watcher = asyncio.create_task(watch(work))
+        try:
+            segments = await work
+            store.end(task, "completed", 200, {"segments": [s.to_dict() for s in segments]})
+        except asyncio.CancelledError:
+            store.end(task, "canceled", 409, {"error": "the task was canceled", "code": "task_canceled"})
+        except RequestError as e:
+            store.end(task, "failed", e.status, {"error": str(e), "code": e.code})
+        except Exception:
+            log.exception("task %s failed", task.task_id)
+            result = {"error": "the task failed: a fault of this deployment", "code": "internal_error"}
+            store.end(task, "failed", 500, result)
         finally:
-            self.task_progress.pop(task_id, None)
+            watcher.cancel()
+            self.running.pop(task.task_id, None)
 
     # -------------------------------------------------------------- steps
 
     async def _decode(self, video: Path, options: Options, what: str):
         """The video's EvalViews from a decode worker; RequestError saying whose fault a failure is."""
         try:
-            return unpack(await self.pool.run("clips", video, options.views))
-        except (JobRejected, JobFailed) as e:
+            return unpack(await self.pool.run(ClipsJob(video, options.views)))
+        except DecodeFailure as e:
             raise self._decode_failure(e, video, what) from None
 
-    async def _timeline(
-        self, pool: DecodePool, job: tuple, options: Options, what: str, deadline_s=None, progress=None
-    ) -> list[Segment]:
-        """Window batches streamed from a decode worker, each sent to the model as it arrives. A task
-        (`progress` given) whose worker turns out to have died before sending anything is tried once more
-        on its replacement: that death was not the task's."""
-        try:
-            return await self._stream_segments(pool, job, options, deadline_s, progress)
-        except JobFailed as e:
-            if progress is None or e.timed_out or "died" not in str(e) or getattr(e, "delivered", 0):
-                raise self._decode_failure(e, job[1], what) from None
-            log.warning("a task's decode worker was found dead before it started; trying once more")
-        except JobRejected as e:
-            raise self._decode_failure(e, job[1], what) from None
-        try:
-            return await self._stream_segments(pool, job, options, deadline_s, progress)
-        except (JobRejected, JobFailed) as e:
-            raise self._decode_failure(e, job[1], what) from None
-
-    async def _stream_segments(self, pool: DecodePool, job: tuple, options: Options, deadline_s, progress):
+    async def _stream_segments(self, pool: DecodePool, job: WindowsJob, options: Options, deadline_s, progress=None):
+        """Window batches streamed from a decode worker, each sent to the model as it arrives."""
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         calls: list[asyncio.Task] = []
         windows = 0
-        with pool.stream(*job) as batches:
-            try:
+        try:
+            with pool.stream(job) as batches:
                 while (packed := await asyncio.to_thread(next, batches, None)) is not None:
                     if deadline is not None and time.monotonic() > deadline:
-                        raise JobFailed(f"took longer than {deadline_s:g} s", timed_out=True)
+                        message = f"decoding the video took longer than {deadline_s:g} s, the server's limit"
+                        raise RequestError(422, message + "; send it to /timeline_task/submit", "decode_timeout")
                     batch = unpack(packed)
                     calls.append(asyncio.create_task(self._segments(batch, options)))
                     windows += len(batch.starts)
                     if progress is not None:
                         progress(windows, batch.times()[-1][1])
-            except (JobRejected, JobFailed) as e:
-                for call in calls:
-                    call.cancel()
-                e.delivered = windows
-                raise
+        except BaseException as e:
+            for call in calls:
+                call.cancel()
+            if isinstance(e, DecodeFailure):
+                raise self._decode_failure(e, job.video, "the video") from None
+            raise
         return [segment for part in await asyncio.gather(*calls) for segment in part]
 
     async def _segments(self, batch, options: Options) -> list[Segment]:
         logits = await self._predict(batch.clips.flatten(0, 1).numpy())  # [B * V, C]
         return window_segments(batch, logits, self.bundle.labels, options.top_k)
 
-    def _decode_failure(self, e: Exception, video: Path, what: str) -> RequestError:
-        if isinstance(e, JobRejected):  # VideoError and friends: the file is at fault
-            return RequestError(422, f"cannot use {what}: {str(e).replace(str(video), 'the upload')}")
-        upload = f"{what} ({video.name}, {video.stat().st_size if video.exists() else '?'} bytes)"
-        if e.timed_out:
-            log.warning("decode timed out on %s: %s; its worker was replaced", upload, e)
-            return RequestError(422, f"decoding {what} {e}, the server's limit; send a shorter or smaller video")
-        log.error("decode worker failed on %s: %s; it was replaced", upload, e)
-        return RequestError(503, f"the server failed while decoding {what} (not the file's fault); try again")
+    def _decode_failure(self, e: DecodeFailure, video: Path, what: str) -> RequestError:
+        """The service's words for a decode failure: its limits named by its own settings and routes."""
+        if isinstance(e, VideoRefused) and e.code == "too_many_windows":
+            return RequestError(
+                422,
+                f"the timeline has more than {e.limit:g} windows, the server's limit for one request (set "
+                "STADAPTER_MAX_TIMELINE_WINDOWS); send a shorter video or a longer stride, or submit it as a "
+                "task (POST /timeline_task/submit)",
+                "video_too_long_use_task",
+            )
+        if isinstance(e, VideoRefused) and e.code == "video_too_long" and e.limit == SETTINGS.max_task_seconds:
+            return RequestError(
+                422,
+                f"cannot use {what}: it lasts more than {e.limit:g} s, the longest a task takes (set "
+                "STADAPTER_MAX_TASK_SECONDS)",
+                "video_too_long",
+            )
+        return decode_failure(e, what, str(video))
 
     async def _classified(self, decoded: list, options: Options, start: float) -> list[Classification]:
         clips = np.concatenate([views.clips.numpy() for views in decoded])  # [sum of V, 3, T, S, S]
@@ -447,6 +532,7 @@ class STAdapter:
                 "max_latency_ms": SETTINGS.max_latency_ms,
                 "max_timeline_windows": SETTINGS.max_timeline_windows,
                 "max_task_seconds": SETTINGS.max_task_seconds,
+                "max_tasks": SETTINGS.max_tasks,
             },
             "auth": bool(SETTINGS.api_token),
         }
@@ -454,7 +540,8 @@ class STAdapter:
 
 STAdapter.add_asgi_middleware(
     RequestGuard,
-    routes=upload_routes(STAdapter, SETTINGS.max_videos),
+    service=STAdapter,
+    max_videos=SETTINGS.max_videos,
     max_bytes=SETTINGS.max_upload_bytes,
     body_timeout_s=SETTINGS.body_timeout_s,
     token=SETTINGS.api_token,

@@ -1,17 +1,23 @@
-"""The service's configuration: environment variables, read once, checked, with defaults that work.
+"""The service's configuration: environment variables, read once (stadapter_deploy/settings.py), checked,
+with defaults that work.
 
-Each setting is one field of `Settings`: its default, its variable, its lowest value and its meaning
-are stated there and nowhere else (the README's table is `settings_table()`, checked by a test).
+Each setting is one field of `Settings`: its default, its variable, its lowest value and its meaning are
+stated there and nowhere else; the decode limits are the library's own settings type, held here (the
+README's table is `settings_table()`, checked by a test).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from stadapter_deploy.errors import ConfigError
+from stadapter_deploy.hardware import memory_bytes
+from stadapter_deploy.settings import nested, read_settings, setting
+from stadapter_deploy.settings import settings_table as table_of
+from stadapter_deploy.video.limits import DecodeLimits
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_PROBE_S = 0.8  # /readyz asks the model for at most this long
@@ -19,15 +25,18 @@ READY_FRESH_S = 1.0  # a batch this recent proves the model is up without asking
 # Where a bundle is looked for when STADAPTER_BUNDLE is unset: the one a built bento carries, then
 # the one ./quickstart.sh writes.
 DEFAULT_BUNDLES = (ROOT / "bundle", ROOT / "runs" / "quickstart" / "bundle")
-
-
-def setting(default, env: str, meaning: str, low: float | None = None, secret: bool = False):
-    return field(default=default, repr=not secret, metadata={"env": env, "meaning": meaning, "low": low})
+DEFAULT_DECODE_WORKERS = 2
+MEMORY_SHARE = 0.5  # decode workers x their bound fit in this share of the machine's memory
 
 
 @dataclass(frozen=True)
 class Settings:
-    bundle: Path = setting(None, "STADAPTER_BUNDLE", "the model bundle directory (stadapter-export --out ...)")
+    bundle: Path = setting(
+        None,
+        "STADAPTER_BUNDLE",
+        "the model bundle directory (stadapter-export --out ...)",
+        shown="`bundle/`, else `runs/quickstart/bundle`",
+    )
     backend: str = setting(
         "auto",
         "STADAPTER_BACKEND",
@@ -42,20 +51,21 @@ class Settings:
     api_token: str | None = setting(
         None,
         "STADAPTER_API_TOKEN",
-        "set: every route but `/readyz`, `/livez` and `/metrics` needs `Authorization: Bearer <token>` "
-        "(else a JSON 401); `/ui` asks for it as its login password",
+        "set: every route but `/readyz`, `/livez`, `/healthz` and `/metrics` needs `Authorization: Bearer "
+        "<token>` (else a JSON 401); `/ui` asks for it as its login password",
         secret=True,
     )
     max_upload_mb: float = setting(
         200.0,
         "STADAPTER_MAX_UPLOAD_MB",
-        "larger request bodies are refused with 413 (a declared `Content-Length` over it before a byte is read)",
+        "larger request bodies, on every route (the page's uploads included), are refused with 413 (a declared "
+        "`Content-Length` over it before a byte is read)",
         0.001,
     )
     body_timeout_s: float = setting(
         60.0,
         "STADAPTER_BODY_TIMEOUT_S",
-        "an upload not fully received by then gets 408, so a slow client cannot hold a worker",
+        "a request body not fully received by then gets 408, on every route, so a slow client cannot hold a worker",
         0.01,
     )
     decode_timeout_s: float = setting(
@@ -64,7 +74,14 @@ class Settings:
         "a request's decode that runs longer is stopped (its process is killed and replaced) and answered 422",
         0.01,
     )
-    decode_workers: int = setting(2, "STADAPTER_DECODE_WORKERS", "decode processes per API worker, for the requests", 1)
+    decode_workers: int | None = setting(
+        None,
+        "STADAPTER_DECODE_WORKERS",
+        f"decode processes per API worker, for the requests; unset: {DEFAULT_DECODE_WORKERS}, fewer where that "
+        "many decodes at the largest frames allowed would not fit in half the machine's memory",
+        1,
+        shown="(auto)",
+    )
     api_workers: int = setting(1, "STADAPTER_API_WORKERS", "API worker processes (uploads, checks, decode pools)", 1)
     max_batch_size: int = setting(16, "STADAPTER_MAX_BATCH_SIZE", "most clips in one model call", 1)
     max_latency_ms: int = setting(
@@ -84,6 +101,19 @@ class Settings:
         3 * 3600.0,
         "STADAPTER_MAX_TASK_SECONDS",
         "longest video a `/timeline_task` takes, in seconds (decoding is bounded in memory at any length)",
+        1,
+    )
+    max_tasks: int = setting(
+        8,
+        "STADAPTER_MAX_TASKS",
+        "most `/timeline_task` tasks pending or running at once, over all API workers; past it a submit gets 429 "
+        "with `Retry-After`",
+        1,
+    )
+    task_ttl_s: float = setting(
+        3600.0,
+        "STADAPTER_TASK_TTL_S",
+        "how long a finished task's result is kept (its upload is deleted as soon as it ends)",
         1,
     )
     task_workers: int = setting(
@@ -107,34 +137,21 @@ class Settings:
         "`1`: mount the Gradio demo at `/ui`; it calls this service in-process (needs gradio and `demo/`, "
         "so not in a bento)",
     )
+    decode: DecodeLimits = nested(DecodeLimits)
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
-
-def _kind(f: dataclasses.Field) -> type:
-    return {"Path": Path, "str": str, "str | None": str, "float": float, "int": int, "bool": bool}[str(f.type)]
-
-
-def _parse(f: dataclasses.Field, raw: str):
-    name, kind, low = f.metadata["env"], _kind(f), f.metadata["low"]
-    if kind is bool:
-        if raw.lower() not in ("0", "1", "true", "false", "yes", "no"):
-            raise ConfigError(f"{name}={raw!r} must be 1 or 0")
-        return raw.lower() in ("1", "true", "yes")
-    if kind in (str, Path):
-        return raw
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a {'whole ' if kind is int else ''}number") from None
-    if low is not None and value < low:
-        raise ConfigError(f"{name}={raw!r} must be at least {low}")
-    return value
+    def decode_processes(self, frames_held: int, size: int) -> int:
+        """STADAPTER_DECODE_WORKERS, else the default where that many bounded decodes fit in half the memory."""
+        if self.decode_workers:
+            return self.decode_workers
+        bound = self.decode.decode_bound_bytes(frames_held, size)
+        return max(1, min(DEFAULT_DECODE_WORKERS, int(memory_bytes() * MEMORY_SHARE // bound)))
 
 
-def find_bundle(raw: str | None) -> Path:
+def find_bundle(raw: str | os.PathLike | None = None) -> Path:
     """STADAPTER_BUNDLE, else the first default bundle that exists; ConfigError saying what to do if none."""
     if raw:
         return Path(raw).expanduser().resolve()
@@ -149,27 +166,10 @@ def find_bundle(raw: str | None) -> Path:
 
 def load_settings(environ=os.environ) -> Settings:
     """Read and check every variable; ConfigError (one line) on the first bad one. Unset or empty: the default."""
-    values = {}
-    for f in dataclasses.fields(Settings):
-        raw = environ.get(f.metadata["env"], "").strip()
-        if raw:
-            values[f.name] = _parse(f, raw)
-    return Settings(**{**values, "bundle": find_bundle(values.get("bundle"))})
+    settings = read_settings(Settings, environ)
+    return dataclasses.replace(settings, bundle=find_bundle(settings.bundle))
 
 
 def settings_table() -> str:
     """The README's table of variables, from the fields themselves."""
-    rows = ["| variable | default | what |", "|---|---|---|"]
-    for f in dataclasses.fields(Settings):
-        rows.append(f"| `{f.metadata['env']}` | {_shown(f)} | {f.metadata['meaning']} |")
-    return "\n".join(rows)
-
-
-def _shown(f: dataclasses.Field) -> str:
-    if f.name == "bundle":
-        return "`bundle/`, else `runs/quickstart/bundle`"
-    if f.default is None:
-        return "(unset)"
-    if isinstance(f.default, bool):
-        return f"`{int(f.default)}`"
-    return f"`{f.default:g}`" if isinstance(f.default, float) else f"`{f.default}`"
+    return table_of(Settings)
