@@ -251,3 +251,38 @@ def test_artifact_paths_stay_inside_the_bundle(tiny_bundle, tmp_path):
     rewrite_manifest(copy, lambda m: m["labels"].update(file=str(tmp_path / "labels.txt")))  # absolute
     with pytest.raises(BundleError, match="outside the bundle"):
         load_bundle(copy, verify=False)
+
+
+def test_onnx_external_data_the_manifest_does_not_list_is_refused(tiny_bundle, tmp_path):
+    """ONNX Runtime loads whatever data file a graph names beside it: only files the manifest lists (and so
+    checksums) may be named."""
+    import onnx
+
+    from stadapter_deploy.runtime.bundle import artifact_entry
+
+    copy = copy_bundle(tiny_bundle, tmp_path / "b")
+    model = onnx.load(str(copy / "model.onnx"))
+    onnx.save(model, str(copy / "model.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    assert (copy / "weights.bin").stat().st_size > 10_000
+
+    def relist(extra_files):
+        def change(m):
+            i = next(i for i, a in enumerate(m["artifacts"]) if a["file"] == "model.onnx")
+            old = m["artifacts"][i]
+            m["artifacts"][i] = artifact_entry(
+                copy, "model.onnx", backend=old["backend"], precision=old["precision"], extra_files=extra_files
+            )
+
+        return change
+
+    rewrite_manifest(copy, relist([]))  # the graph's own checksum is right; its data file is not listed
+    with pytest.raises(BundleError, match=r"loads weights from \['weights.bin'\], which the manifest does not list"):
+        load_predictor(copy, backend="onnxruntime")
+    rewrite_manifest(copy, relist(["weights.bin"]))
+    predictor = load_predictor(copy, backend="onnxruntime")
+    clips = np.random.default_rng(0).standard_normal((1, *predictor.input_shape)).astype(np.float32)
+    expected = load_predictor(tiny_bundle, backend="onnxruntime").predict(clips)
+    np.testing.assert_allclose(predictor.predict(clips), expected, rtol=1e-5, atol=1e-6)
+    (copy / "weights.bin").write_bytes((copy / "weights.bin").read_bytes()[::-1])  # listed: now checksummed
+    with pytest.raises(BundleError, match="weights.bin"):
+        load_predictor(copy, backend="onnxruntime")

@@ -159,19 +159,27 @@ def check_fits(bundle: Bundle) -> None:
     if pre.size != cfg.image_size:
         problems.append(f"preprocessing size {pre.size} but the model takes {cfg.image_size}x{cfg.image_size}")
     for artifact in bundle.find("onnxruntime"):
-        problems += onnx_mismatches(bundle.file(artifact), pre.clip_shape, cfg.num_classes)
+        listed = {f["file"] for f in artifact.get("extra_files", [])}
+        problems += onnx_mismatches(bundle.file(artifact), pre.clip_shape, cfg.num_classes, listed)
     if problems:
         raise BundleError(f"{where}: the bundle does not fit its model: " + "; ".join(problems))
 
 
-def onnx_mismatches(path: Path, clip_shape: tuple[int, ...], num_classes: int) -> list[str]:
-    """Compare an ONNX graph's declared input [N, 3, T, S, S] and output [N, C] with what the manifest says."""
+def onnx_mismatches(
+    path: Path, clip_shape: tuple[int, ...], num_classes: int, listed: set[str] = frozenset()
+) -> list[str]:
+    """Compare an ONNX graph's declared input [N, 3, T, S, S] and output [N, C] with what the manifest says,
+    and its external data files with the artifact's `extra_files` (each checksummed): ONNX Runtime would
+    load any file a graph names beside it, so one the manifest does not list is refused."""
     import onnx
 
     try:
         graph = onnx.load(str(path), load_external_data=False).graph
     except Exception as e:  # protobuf raises its own errors on a corrupt file
         return [f"{path.name} is not a readable ONNX model ({type(e).__name__})"]
+    unlisted = sorted(external_data_files(graph) - set(listed))
+    if unlisted:
+        return [f"{path.name} loads weights from {unlisted}, which the manifest does not list (so no checksum)"]
     dims = lambda value: [d.dim_value or None for d in value.type.tensor_type.shape.dim]  # None: symbolic
     got_in, got_out = dims(graph.input[0])[1:], dims(graph.output[0])[1:]
     out = []
@@ -183,6 +191,24 @@ def onnx_mismatches(path: Path, clip_shape: tuple[int, ...], num_classes: int) -
             f"{path.name} outputs {got_out[0] if got_out else '?'} classes, the labels and config say {num_classes}"
         )
     return out
+
+
+def external_data_files(graph) -> set[str]:
+    """The files an ONNX graph's tensors keep their data in (initializers, node attributes, subgraphs)."""
+    import onnx
+
+    found = set()
+    tensors = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            tensors += [attr.t] if attr.HasField("t") else []
+            tensors += list(attr.tensors)
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                found |= external_data_files(sub)
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            found |= {entry.value for entry in tensor.external_data if entry.key == "location"}
+    return found
 
 
 def check_manifest(manifest: dict, where: Path) -> None:
