@@ -9,9 +9,10 @@ manifest still has that digest, and verifies every file's checksum again. `stada
 writes new files and renames folders, so the links keep the old version alive; a file edited in place
 fails the checksums and the worker refuses to start.
 
-The folder also holds the tasks (`tasks/`: results and uploads) and every temporary file of the workers
-(`tmp/`, their TMPDIR: uploads, Gradio's cache). It is removed when the server stops, after a failed
-start, and, for a server that was killed, by the next start on this machine.
+The folder also holds the tasks (`tasks/`: results and uploads) and the mounted page's cache (`gradio/`,
+its uploads). It is removed when the server stops, after a failed start, and, for a server that was
+killed, by the next start on this machine. The server's other temporary files (a request's upload while it
+is answered) stay in TMPDIR, readable by the server's user only (umask 077) and deleted on every path.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ OWNER_FILE = "owner.pid"
 def server_state(bundle: Path) -> tuple[Path, Bundle]:
     """(this server's private folder, the pinned bundle, verified): made here on the first import of a
     server, inherited by its workers after that."""
+    os.umask(0o077)  # whatever this server writes (tasks, uploads, Gradio's cache) is readable by its user only
     inherited = os.environ.get(STATE_ENV)
     if inherited:
         state = check_private(Path(inherited))
@@ -49,15 +51,15 @@ def server_state(bundle: Path) -> tuple[Path, Bundle]:
         link_tree(bundle, state / "bundle")
         digest = manifest_digest(state / "bundle")
         verified = load_pinned(state / "bundle", digest, bundle)
-        for folder in ("tasks", "tmp"):
+        for folder in ("tasks", "gradio"):
             (state / folder).mkdir(mode=0o700)
     except BaseException:
         shutil.rmtree(state, ignore_errors=True)
         raise
     atexit.register(shutil.rmtree, state, True)
-    # The workers started from here on inherit the folder, and make their temporary files in it. (This
-    # process keeps its own: BentoML makes its sockets there, and their paths have a length limit.)
-    os.environ.update({STATE_ENV: str(state), DIGEST_ENV: digest, "TMPDIR": str(state / "tmp")})
+    # The workers started from here on inherit the folder (TMPDIR stays: sockets are made there, and their
+    # paths have a length limit).
+    os.environ.update({STATE_ENV: str(state), DIGEST_ENV: digest, "GRADIO_TEMP_DIR": str(state / "gradio")})
     return state, verified
 
 

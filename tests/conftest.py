@@ -34,7 +34,7 @@ def synthetic_data(tmp_path_factory):
 def server(tiny_bundle, tmp_path_factory):
     """One running `bentoml serve` over the tiny bundle for the whole session, with the demo page at /ui;
     yields (url, its TMPDIR). Stopped by its process group."""
-    from helpers import SERVE_MAX_UPLOAD_MB
+    from helpers import SERVE_BODY_TIMEOUT_S, SERVE_MAX_TASKS, SERVE_MAX_UPLOAD_MB
 
     from serve.local import ServerFailed, start_server, stop_server, wait_ready
 
@@ -45,6 +45,8 @@ def server(tiny_bundle, tmp_path_factory):
     env = {
         "STADAPTER_BUNDLE": str(served),
         "STADAPTER_MAX_UPLOAD_MB": str(SERVE_MAX_UPLOAD_MB),
+        "STADAPTER_BODY_TIMEOUT_S": str(SERVE_BODY_TIMEOUT_S),
+        "STADAPTER_MAX_TASKS": str(SERVE_MAX_TASKS),
         "STADAPTER_DECODE_WORKERS": "4",  # decodes finish in fours, so they meet at the model
         "STADAPTER_MAX_VIDEOS": "4",
         "STADAPTER_MAX_TIMELINE_WINDOWS": "8",
@@ -57,6 +59,7 @@ def server(tiny_bundle, tmp_path_factory):
     log_path = root / "server.log"
     process, url = start_server(env, log_path)
     process.log_path = log_path  # for tests that read what the server logged
+    process.env_for_tests = env  # for tests that build the same app in-process (python -m serve.routes)
     try:
         try:
             wait_ready(process, url, log_path)

@@ -47,6 +47,8 @@ def make_tiny_bundle(tmp_path: Path, name: str = "bundle", fp16: bool = False, v
 
 
 SERVE_MAX_UPLOAD_MB = 1  # the test server's upload limit: small, so the 413 test sends little
+SERVE_BODY_TIMEOUT_S = 4  # the test server's body timeout: short, so the stalled-body test waits little
+SERVE_MAX_TASKS = 2
 
 
 def stop_process(proc) -> None:

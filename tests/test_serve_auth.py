@@ -25,7 +25,9 @@ def guarded(tiny_bundle, tmp_path_factory):
         "STADAPTER_WARMUP": "0",
         "STADAPTER_DECODE_WORKERS": "1",
         "BENTOML_HOME": str(root / "bentoml"),
+        "TMPDIR": str(root / "tmp"),
     }
+    (root / "tmp").mkdir()
     log = root / "server.log"
     process, url = start_server(env, log)
     try:
@@ -33,6 +35,7 @@ def guarded(tiny_bundle, tmp_path_factory):
         yield url, log
     finally:
         stop_server(process)
+    assert list((root / "tmp").glob("stadapter-serve-*")) == []  # the server's folder went with it
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +92,20 @@ def test_the_ui_page_asks_for_the_token_as_its_login(guarded):
         ok = browser.post(f"{url}/ui/login", data={"username": "anyone", "password": TOKEN})
         assert ok.status_code == 200, ok.text
         assert browser.get(f"{url}/ui/config").status_code == 200
+
+
+def test_the_token_reaches_no_file_the_server_writes(guarded, clip):
+    """A task stores its record and upload: neither the token nor a cookie is among what is kept."""
+    url, log = guarded
+    headers = {"Authorization": f"Bearer {TOKEN}", "Cookie": "session=cookie-secret-for-the-test"}
+    files = {"video": ("clip.mp4", clip.read_bytes(), "video/mp4")}
+    task = httpx.post(f"{url}/timeline_task/submit", files=files, headers=headers, timeout=60).json()
+    status = {"status": "pending"}
+    while status["status"] in ("pending", "in_progress"):
+        status = httpx.get(f"{url}/timeline_task/status", params=task, headers=headers, timeout=30).json()
+    assert status["status"] == "completed", status
+    written = [p for p in (log.parent / "tmp").rglob("*") if p.is_file() and "pymp-" not in str(p)] + [log]
+    assert any(p.name.endswith(".json") for p in written)  # the task's record is among them
+    for path in written:
+        content = path.read_bytes()
+        assert TOKEN.encode() not in content and b"cookie-secret" not in content, path

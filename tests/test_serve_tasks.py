@@ -1,5 +1,6 @@
-"""Long videos through the service as a BentoML task, over real HTTP: POST /timeline_task/submit, then
-/status and /get; the same checks and the same answers as /classify_timeline, with no window limit."""
+"""Long videos through the service as tasks, over real HTTP: POST /timeline_task/submit, then /status,
+/progress and /get; the same checks and the same answers as /classify_timeline, with no window limit;
+bounded in number, cancelled within seconds, and nothing of them kept past their end but the result."""
 
 from __future__ import annotations
 
@@ -95,3 +96,47 @@ def test_the_demo_sends_a_video_over_the_limit_to_the_task_and_shows_its_progres
     segments = asyncio.run(ServiceClassifier(url).timeline(ten_minutes, None, told.append))
     assert len(segments) == 599 and segments[-1]["start_s"] == 598.0
     assert told and all(words.startswith("task ") and "windows" in words for words in told)
+
+
+def test_tasks_are_capped_and_a_cancel_stops_the_work_and_frees_the_worker(server, ten_minutes, tmp_path):
+    from helpers import SERVE_MAX_TASKS
+
+    url, server_tmp = server
+    data = ten_minutes.read_bytes()
+    long = [submit(url, f"long{i}.mp4", data) for i in range(SERVE_MAX_TASKS)]  # one runs, the other waits
+    refused = httpx.post(f"{url}/timeline_task/submit", files={"video": ("x.mp4", data, "video/mp4")}, timeout=60)
+    assert refused.status_code == 429 and refused.json()["code"] == "too_many_tasks", refused.text
+    assert refused.headers["retry-after"].isdigit()
+    (state,) = server_tmp.glob("stadapter-serve-*")
+    assert len(list((state / "tasks").glob("*.upload"))) == SERVE_MAX_TASKS  # one private copy each, no more
+    for task_id in long:
+        start = time.monotonic()
+        answer = httpx.put(f"{url}/timeline_task/cancel", params={"task_id": task_id}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["status"] == "canceled", answer.text
+        assert time.monotonic() - start < 2.5
+        result = httpx.get(f"{url}/timeline_task/get", params={"task_id": task_id}, timeout=30)
+        assert result.status_code == 409 and result.json()["code"] == "task_canceled"
+    # The one task worker is free at once: a short task ends long before a ten-minute decode could have.
+    short = write_motion_video(tmp_path / "short.mp4", label=2, seed=7).read_bytes()
+    status, _ = wait_done(url, submit(url, "short.mp4", short), timeout_s=60)
+    assert status == "completed"
+    assert list((state / "tasks").glob("*.upload")) == []  # every upload went when its task ended
+    for record in (state / "tasks").glob("*.json"):
+        assert record.stat().st_mode & 0o077 == 0, record  # the service's user only
+
+
+def test_task_records_expire_after_their_time_to_live(tmp_path):
+    from serve.tasks import TaskStore
+
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"video bytes")
+    store = TaskStore(tmp_path / "tasks", max_tasks=1, ttl_s=0.2)
+    store.folder.mkdir()
+    task = store.create(video)
+    with pytest.raises(Exception, match="limit"):  # the cap holds in the store itself
+        store.create(video)
+    store.end(task, "completed", 200, {"segments": []})
+    assert not store.upload(task.task_id).exists() and store.read(task.task_id).status == "completed"
+    time.sleep(0.3)
+    assert store.all() == [] and not store.record(task.task_id).exists()
+    store.create(video)  # room again
