@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-from helpers import SERVE_MAX_UPLOAD_MB, SERVE_BODY_TIMEOUT_S
+from helpers import SERVE_BODY_TIMEOUT_S, SERVE_MAX_UPLOAD_MB
 
 from serve.local import ROOT
 from stadapter_deploy.video.synthetic import write_motion_video
@@ -234,7 +234,8 @@ def test_an_upload_named_m3u8_is_not_read_as_a_playlist(server, clip, tmp_path):
 
 def test_the_servers_folder_is_private_and_holds_the_verified_bundle(server, server_process):
     _, server_tmp = server
-    (state,) = [p for p in server_tmp.glob("stadapter-serve-*") if (p / "owner.pid").read_text() == str(server_process.pid)]
+    ours = str(server_process.pid)
+    (state,) = [p for p in server_tmp.glob("stadapter-serve-*") if (p / "owner.pid").read_text() == ours]
     assert stat.S_IMODE(state.stat().st_mode) == 0o700 and state.stat().st_uid == os.getuid()
     assert (state / "bundle" / "manifest.json").is_file()
     for folder in ("tasks", "gradio"):

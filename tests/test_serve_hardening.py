@@ -74,7 +74,8 @@ def test_a_decode_worker_killed_while_idle_costs_the_next_request_nothing(server
     response = post(url, clip)
     assert response.status_code == 200, response.text
     wait_whole(url, clip)
-    assert "worker died during a job; running the job once more on its replacement" in server_process.log_path.read_text()
+    log = server_process.log_path.read_text()
+    assert "worker died during a job; running the job once more on its replacement" in log
 
 
 def test_readyz_answers_at_once_and_says_503_while_the_model_worker_is_down(server, server_process, clip):
