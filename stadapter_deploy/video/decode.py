@@ -254,7 +254,22 @@ def decode_with_probe(
             f"frame {missing[0]} of {info.num_frames} does not decode (truncated or corrupt video?): "
             f"{source_name(video)}"
         )
-    return np.stack([got[i] for i in indices])
+    return _gather(got, indices)
+
+
+def _gather(held: dict[int, np.ndarray], indices: list[int]) -> np.ndarray:
+    """`np.stack([held[i] for i in indices])` without holding every frame twice: a frame leaves `held` as
+    soon as it is copied for the last time (a 4K decode's frames are 50 MB each)."""
+    for unused in set(held) - set(indices):
+        del held[unused]
+    last = {index: k for k, index in enumerate(indices)}
+    first = held[indices[0]]
+    out = np.empty((len(indices), *first.shape), first.dtype)  # [K, H, W, 3]
+    for k, index in enumerate(indices):
+        out[k] = held[index]
+        if last[index] == k:
+            del held[index]
+    return out
 
 
 def decode_frames(
@@ -292,7 +307,7 @@ def decode_sampled(video: VideoSource, pick, decoder: str | None = None, limits:
         held.update(_decode_sequential(video, set(missing), missing[-1], limits)[0])
     rotation, height, width = first
     info = replace(info, num_frames=count, counted=True, rotation=rotation, height=height, width=width)
-    return np.stack([held[i] for i in indices]), indices, info
+    return _gather(held, indices), indices, info
 
 
 def count_decodable_frames(video: VideoSource, limits: DecodeLimits | None = None) -> int:

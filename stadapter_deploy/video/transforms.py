@@ -17,8 +17,8 @@ Stats = tuple[float, float, float]
 
 def normalize(frames: np.ndarray | torch.Tensor, mean: Stats = CLIP_MEAN, std: Stats = CLIP_STD) -> torch.Tensor:
     """uint8 frames [T, H, W, 3] -> normalized float32 [3, T, H, W] (CLIP's mean and std by default)."""
-    x = torch.as_tensor(frames).float() / 255.0  # [T, H, W, 3]
-    x = (x - torch.tensor(mean)) / torch.tensor(std)
+    x = torch.as_tensor(frames).float().div_(255.0)  # [T, H, W, 3]; in place: one float copy of a 4K frame
+    x.sub_(torch.tensor(mean)).div_(torch.tensor(std))
     return x.permute(3, 0, 1, 2).contiguous()  # [3, T, H, W]
 
 
