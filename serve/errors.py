@@ -61,6 +61,12 @@ STATUS_CODES = {
 }
 
 
+def codes_table() -> str:
+    """The README's table of error codes, from ERROR_CODES."""
+    rows = ["| code | status: when |", "|---|---|"]
+    return "\n".join(rows + [f"| `{code}` | {meaning} |" for code, meaning in ERROR_CODES.items()])
+
+
 def code_for_status(status: int) -> str:
     """The code of an error answer that came without one (the router's 404, BentoML's own answers)."""
     return STATUS_CODES.get(status, "internal_error" if status >= 500 else "bad_request")

@@ -147,3 +147,41 @@ def test_a_udp_mpegts_stream(tiny_bundle, long_video, tmp_path):
     assert len(records) >= 10, stderr  # 8 s at a 0.25 s stride: the tiny model keeps up
     assert all(r["video"].startswith("udp://") and r["lag_s"] >= 0 and "labels" in r for r in records)
     assert "windows labelled" in stderr
+
+
+@pytest.mark.slow
+def test_lag_s_stays_wall_clock_true_on_lines_written_after_the_stream_ended(slow_bundle, long_video, tmp_path):
+    """--live-policy all with a model slower than the stride: the last lines are written seconds after the
+    8 s stream ended, and each says how long ago its window's last frame arrived."""
+    short = tmp_path / "short.mp4"
+    cut = ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(long_video), "-t", "8", "-c", "copy", str(short)]
+    subprocess.run(cut, check=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/live.ts"
+    sender = subprocess.Popen(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i", str(short), "-c", "copy"]
+        + ["-f", "mpegts", "-listen", "1", url]
+    )
+    sent: list[float] = []  # when the sender quit: it has sent the whole stream
+    watcher = threading.Thread(target=lambda: (sender.wait(), sent.append(time.monotonic())))
+    try:
+        wait_listening(port, sender)
+        watcher.start()
+        cli = predict_stream(slow_bundle, url, "--live-policy", "all")
+        lines = read_lines(cli)
+        cli.wait(timeout=60)
+        stderr = cli.stderr.read()
+    finally:
+        sender.kill()
+        watcher.join(timeout=30)
+    assert cli.returncode == 0, stderr
+    ended = sent[0]
+    after = [(t, r) for t, r in lines if t > ended + 2.0]
+    assert len(after) >= 3, f"the model kept up: no line came 2 s after the stream ended ({len(lines)} lines)"
+    # After the end the queued windows come out one model call apart, their last frames one stride apart:
+    # each line is (model call - stride) further behind than the one before, and says so (before, every
+    # line written after the end said about 0.1 s).
+    (t0, first), (t1, last) = after[0], after[-1]
+    expected_growth = (t1 - t0) - (len(after) - 1) * STRIDE_S
+    assert expected_growth > 1.0, "the model was not slower than the stride"
+    assert last["lag_s"] - first["lag_s"] > 0.5 * expected_growth, [(t - ended, r["lag_s"]) for t, r in after]

@@ -44,3 +44,12 @@ def test_the_service_settings_table_is_the_one_in_settings():
     text = (ROOT / "README.md").read_text()
     table = text.split("<!-- settings table -->\n", 1)[1].split("\n<!-- /settings table -->", 1)[0]
     assert table == settings_table()
+
+
+def test_the_error_codes_table_is_the_one_in_the_service():
+    """Every code the service answers with is listed once, in serve/errors.py; the README shows that table."""
+    from serve.errors import codes_table
+
+    text = (ROOT / "README.md").read_text()
+    table = text.split("<!-- error codes -->\n", 1)[1].split("\n<!-- /error codes -->", 1)[0]
+    assert table == codes_table()
