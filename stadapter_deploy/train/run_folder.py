@@ -50,7 +50,7 @@ def run_identity(cfg: TrainConfig, model_config: dict, preprocessing: Preprocess
     recipe = dataclasses.asdict(cfg.recipe.replace(preprocessing=preprocessing))
     recipe["preprocessing"] = preprocessing.to_dict()
     total_batch = recipe.pop("total_batch")
-    return {
+    identity = {
         "recipe": recipe,
         "data": {
             "dataset": cfg.dataset,
@@ -62,6 +62,7 @@ def run_identity(cfg: TrainConfig, model_config: dict, preprocessing: Preprocess
         "world_size": world_size,
         "total_batch": total_batch,
     }
+    return json.loads(json.dumps(identity))  # as run.json holds it (tuples as lists), so the two compare equal
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
