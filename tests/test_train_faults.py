@@ -32,10 +32,19 @@ SETTINGS = dict(epochs=3, total_batch=8, num_workers=0, device="cpu", seed=0)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """48 train / 12 val synthetic motion clips: 6 steps of 8 clips an epoch."""
+    """48 train / 12 val synthetic motion clips: 6 steps of 8 clips an epoch (torchrun jobs), and lists of
+    16 / 4 of them, 2 steps an epoch (the runs in one process)."""
     from stadapter_deploy.video.synthetic import make_synthetic_dataset
 
-    return make_synthetic_dataset(tmp_path_factory.mktemp("faults-data"), 48, 12, progress=False)
+    root = make_synthetic_dataset(tmp_path_factory.mktemp("faults-data"), 48, 12, progress=False)
+    for split, count in (("train", 16), ("val", 4)):
+        lines = (root / f"{split}.txt").read_text().splitlines()[:count]
+        (root / f"small-{split}.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def small(data: Path) -> dict:
+    return dict(train_list=data / "small-train.txt", val_list=data / "small-val.txt")
 
 
 def flags(settings: dict) -> list[str]:
@@ -51,7 +60,8 @@ def train_args(data: Path, save_dir: Path, **extra) -> list[str]:
 
 
 def train_here(data: Path, save_dir: Path, **extra) -> dict:
-    return run(build_config("synthetic", save_dir, data_root=data, **(SETTINGS | extra)))
+    """A run in this process, on the small lists."""
+    return run(build_config("synthetic", save_dir, data_root=data, **(SETTINGS | small(data) | extra)))
 
 
 def sha256(path: Path) -> str:
@@ -226,7 +236,7 @@ def test_a_save_folder_belongs_to_one_run(data, tmp_path, capsys):
     train_here(data, save, stop_after_epochs=1)  # an earlier run's checkpoint-0, then a crash
     identity = json.loads((save / "run.json").read_text())["identity"]
     assert identity["seed"] == 0 and identity["world_size"] == 1 and identity["total_batch"] == 8
-    assert identity["data"]["train_list_sha256"] == sha256(data / "train.txt")
+    assert identity["data"]["train_list_sha256"] == sha256(data / "small-train.txt")
 
     with pytest.raises(ConfigError, match=r"belongs to another run \(seed 0 there, 1 here\).*--overwrite"):
         train_here(data, save, seed=1, auto_resume=True)
@@ -238,7 +248,7 @@ def test_a_save_folder_belongs_to_one_run(data, tmp_path, capsys):
 
     # the refusal is one line at the command line
     capsys.readouterr()
-    assert train_main(train_args(data, save, seed=1)) == 2
+    assert train_main(train_args(data, save, **small(data), seed=1)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and "seed 0 there, 1 here" in err
 
@@ -296,7 +306,8 @@ def mount_namespace() -> list[str] | None:
 
 
 def train_command(data: Path, save: Path, **extra) -> str:
-    argv = [sys.executable, "-m", "train", *train_args(data, save, **extra)]
+    """The command line of a run on the small lists."""
+    argv = [sys.executable, "-m", "train", *train_args(data, save, **(small(data) | extra))]
     return " ".join(map(str, argv))
 
 
