@@ -242,27 +242,29 @@ class Trainer:
             )
 
     def choose_checkpoint(self) -> Path | None:
-        """Rank 0 picks what every rank resumes from: --resume, else (auto-resume, a torchrun restart) the
-        newest readable checkpoint of this run; unreadable ones are set aside with a line each."""
+        """Rank 0 picks what every rank resumes from: with --auto-resume or after a torchrun restart the
+        newest readable checkpoint of this run (unreadable ones are set aside with a line each), else
+        --resume's file (a restart goes back to it only while the run has saved nothing newer)."""
         cfg = self.cfg
-        if cfg.resume is not None:
-            self.resume_state = ckpt.load_training_checkpoint(cfg.resume)
-            recorded = self.resume_state.get("run")
-            if self.identity is not None and recorded is not None and recorded != self.identity:
-                diff = run_folder.differences(recorded, self.identity)
-                print(f"resume: {cfg.resume} was written with other settings ({diff}); continuing as asked")
-            return cfg.resume
-        if not (cfg.auto_resume or self.restarted):
+        if cfg.auto_resume or self.restarted:
+            existing = ckpt.list_checkpoints(self.save_dir)
+            found = ckpt.latest_valid_checkpoint(self.save_dir, self.check_same_run, set_aside=not cfg.eval_only)
+            if found is not None:
+                path, self.resume_state = found
+                return path
+            if cfg.resume is None:
+                why = f"none of the {len(existing)} checkpoints is readable" if existing else "no checkpoint"
+                who = f"torchrun restart {D.restart_count()}" if self.restarted else "auto-resume"
+                print(f"{who}: {why} in {self.save_dir}; starting at epoch 1", flush=True)
+                return None
+        if cfg.resume is None:
             return None
-        existing = ckpt.list_checkpoints(self.save_dir)
-        found = ckpt.latest_valid_checkpoint(self.save_dir, self.check_same_run, set_aside=not cfg.eval_only)
-        if found is None:
-            why = f"none of the {len(existing)} checkpoints is readable" if existing else "no checkpoint"
-            who = f"torchrun restart {D.restart_count()}" if self.restarted else "auto-resume"
-            print(f"{who}: {why} in {self.save_dir}; starting at epoch 1", flush=True)
-            return None
-        path, self.resume_state = found
-        return path
+        self.resume_state = ckpt.load_training_checkpoint(cfg.resume)
+        recorded = self.resume_state.get("run")
+        if self.identity is not None and recorded is not None and recorded != self.identity:
+            diff = run_folder.differences(recorded, self.identity)
+            print(f"resume: {cfg.resume} was written with other settings ({diff}); continuing as asked", flush=True)
+        return cfg.resume
 
     def resume(self) -> None:
         cfg = self.cfg
