@@ -113,7 +113,7 @@ step 3 "Train (python -m train synthetic) into $RUN_DIR"
 if [[ -f "$RUN_DIR/final/config.json" ]]; then
   skip "$RUN_DIR/final exists"
 else
-  train_args=(synthetic --save-dir "$RUN_DIR" --data-root "$DATA_DIR")
+  train_args=(synthetic --save-dir "$RUN_DIR" --data-root "$DATA_DIR" --auto-resume)  # an interrupted run continues
   [[ -n "$EPOCHS" ]] && train_args+=(--epochs "$EPOCHS")
   if [[ -n "$CLIP" ]]; then
     train_args+=(--clip "$CLIP" --preset "${PRESET:-vit_b16_adapter12x384}")

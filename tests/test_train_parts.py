@@ -196,6 +196,30 @@ def test_checkpoints_are_atomic_pruned_and_auto_resume_skips_broken(tmp_path):
     assert ckpt.latest_valid_checkpoint(tmp_path / "empty") is None
 
 
+def test_pruning_keeps_the_one_just_written_and_drops_a_later_future(tmp_path):
+    for epoch in range(5):
+        ckpt.atomic_torch_save(_fake_state(epoch), ckpt.checkpoint_path(tmp_path, epoch))
+    # resumed from epoch 1 and wrote epoch 2 again: 3 and 4 belong to a run that no longer continues
+    ckpt.prune_checkpoints(tmp_path, keep_last=2, newest=2)
+    assert [e for e, _ in ckpt.list_checkpoints(tmp_path)] == [1, 2]
+    # an unreadable one is set aside when auto-resume passes over it, so pruning never counts it
+    ckpt.checkpoint_path(tmp_path, 2).write_bytes(b"PK\x03\x04 torn")
+    path, _ = ckpt.latest_valid_checkpoint(tmp_path, set_aside=True)
+    assert path.name == "checkpoint-1.pth"
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-1.pth", "checkpoint-2.pth.torn"]
+
+
+def test_a_write_that_meets_a_full_disk_is_one_line_and_keeps_the_old_file(tmp_path):
+    path = ckpt.checkpoint_path(tmp_path, 0)
+    ckpt.atomic_torch_save(_fake_state(0), path)
+    before = path.read_bytes()
+    temp = tmp_path / f".checkpoint-0.pth.tmp-{os.getpid()}"  # where atomic_torch_save writes first
+    temp.symlink_to("/dev/full")  # every write to it fails with ENOSPC, as on a full disk
+    with pytest.raises(ckpt.DiskError, match=rf"^cannot write {path}: no space left on device \([\d.]+ MB free\)$"):
+        ckpt.atomic_torch_save(_fake_state(1), path)  # torch's own error would be "unexpected pos ..."
+    assert path.read_bytes() == before and not temp.exists()
+
+
 def test_pruning_removes_temp_files_of_killed_saves(tmp_path):
     ckpt.atomic_torch_save(_fake_state(0), ckpt.checkpoint_path(tmp_path, 0))
     torn = tmp_path / ".checkpoint-1.pth.tmp-4242"  # what a kill during atomic_torch_save leaves

@@ -39,7 +39,9 @@ examples:
   python -m train synthetic --save-dir runs/synthetic
   python -m train k400 --clip ViT-B-16.pt --data-config data.toml --save-dir runs/k400 --auto-resume
   python -m train k400 --dataset ucf101 --clip ViT-L-14-336px.pt --data-config data.toml --save-dir runs/ucf101
-  torchrun --nproc_per_node 8 -m train k400 --clip ViT-B-16.pt --data-config data.toml --save-dir runs/k400
+  # 8 GPUs; a worker that dies restarts the group (up to 3 times), which resumes from the newest checkpoint
+  torchrun --nproc_per_node 8 --max-restarts 3 -m train k400 --clip ViT-B-16.pt --data-config data.toml \\
+      --save-dir runs/k400
 """
 
 
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args.pop("recipe"), args.pop("save_dir"), args.pop("data_config"), **args)
         run(cfg)
-    except (STAdapterError, FileNotFoundError) as e:
+    except (STAdapterError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

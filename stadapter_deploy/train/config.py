@@ -169,8 +169,23 @@ class TrainConfig:
     seed: int = option(0, help="random seed (default 0)")
     eval_every: int = option(1, help="evaluate every N epochs, and always after the last (default 1)")
     keep_last: int = option(3, help="keep the newest K checkpoints, delete older (default 3; 0 = all)")
-    auto_resume: bool = option(False, help="continue from the newest valid checkpoint in --save-dir, if any")
+    auto_resume: bool = option(
+        False,
+        help="continue from the newest readable checkpoint in --save-dir whose settings are this run's (a torchrun "
+        "restart always does); without one, start at epoch 1 and say so",
+    )
     resume: Path | None = option(help="continue from this checkpoint-N.pth")
+    overwrite: bool = option(
+        False,
+        help="start over in a --save-dir that holds another run's files (or this run's checkpoints): delete them "
+        "first. Without it such a folder is refused, naming what differs",
+    )
+    dist_timeout: float = option(
+        600.0,
+        help="under torchrun: seconds a process waits for the others, at set-up and in every collective, "
+        "before it fails (default 600)",
+        metavar="SECONDS",
+    )
     eval_only: bool = option(False, help="only evaluate (the model from --resume/--auto-resume); writes eval.json")
     # leave the loop early, as a kill would (resume tests, time limits)
     stop_after_epochs: int | None = option(
@@ -209,6 +224,10 @@ class TrainConfig:
             problems.append(f"num_workers must be >= 0, got {self.num_workers}")
         if self.resume is not None and self.auto_resume:
             problems.append("pass either --resume PATH or --auto-resume, not both")
+        if self.overwrite and (self.auto_resume or self.resume is not None):
+            problems.append("--overwrite starts over: it goes with neither --auto-resume nor --resume")
+        if self.dist_timeout <= 0:
+            problems.append(f"dist_timeout must be > 0 seconds, got {self.dist_timeout}")
         if self.adapter_width is not None and self.adapter_width < 1:
             problems.append(f"adapter_width must be >= 1, got {self.adapter_width}")
         if self.adapter_layers is not None and (self.adapter_layers < 0 or self.no_adapters):

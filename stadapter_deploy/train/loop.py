@@ -24,13 +24,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..errors import ConfigError, STAdapterError, WeightsError
-from ..model import build_model, load_strict, save_checkpoint, trainable_state_dict
+from ..model import build_model, load_strict, trainable_state_dict
 from ..model.config import backbone_name
 from ..model.vit import LayerNorm, STAdapterViT, is_trainable_name
 from ..model.weights import load_adapter_checkpoint
 from ..progress import progress_bar
 from . import checkpoint as ckpt
-from . import data
+from . import data, run_folder
 from . import distributed as D
 from .config import TrainConfig, batch_plan, check_paths
 from .evaluate import ShardedSampler, evaluate
@@ -40,7 +40,7 @@ from .plot import plot_curves
 
 def run(cfg: TrainConfig) -> dict:
     """Train (or only evaluate) as `cfg` says; returns the last log record (or the eval result)."""
-    dist = D.setup(cfg.device)
+    dist = D.setup(cfg.device, cfg.dist_timeout)
     trainer = None
     try:
         if cfg.dataset == "synthetic":
@@ -92,11 +92,30 @@ def freeze_unreachable_adapter(model: STAdapterViT) -> None:
         last.adapter_pre_mlp.requires_grad_(False)
 
 
+LOG_EVERY_STEPS = 10  # optimizer steps between two readings of the loss for the progress bar
+
+
+def bar_shows(bar) -> bool:
+    return not getattr(bar, "disable", False)  # tqdm(disable=True) on the ranks that show nothing
+
+
+def check_finite(mean_loss: float, epoch: int, step: int) -> float:
+    """The epoch's mean loss so far, refused once it is not a number (before any checkpoint holds it)."""
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(
+            f"training loss is {mean_loss} in epoch {epoch + 1} by step {step}; lower --lr-per-256"
+        )
+    return mean_loss
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, dist: D.DistInfo):
         self.cfg, self.dist, self.device = cfg, dist, dist.device
         self.save_dir = Path(cfg.save_dir)
-        self.save_dir.mkdir(parents=True, exist_ok=True)
+        D.main_decides(dist, lambda: run_folder.check_writable(self.save_dir))  # before any work
+        self.save_dir.mkdir(parents=True, exist_ok=True)  # every rank appends to the skipped-video list
+        # A torchrun restart (--max-restarts) is a resume, and the first attempt already did any --overwrite.
+        self.restarted = D.restart_count() > 0
         self.recipe = recipe = cfg.recipe
         self.batch_size, self.accum_steps = batch_plan(recipe.total_batch, dist.world_size, cfg.batch_size)
         self.precision = self.resolve_precision()
@@ -119,6 +138,10 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, warmup_steps, recipe.epochs * self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.start_epoch, self.records = 0, []
+        self.identity = None
+        if not cfg.eval_only:  # evaluating a model does not make the folder a run's
+            self.identity = run_folder.run_identity(cfg, self.model.cfg.to_dict(), self.preprocessing, dist.world_size)
+            D.main_decides(dist, self.claim_folder)
         if dist.is_main and not cfg.eval_only:
             self.print_plan()
         self.resume()
@@ -196,16 +219,61 @@ class Trainer:
         val_loader = DataLoader(self.val_set, eval_batch, sampler=val_sampler, **common)
         return train_loader, val_loader
 
+    def claim_folder(self) -> None:
+        cfg = self.cfg
+        resuming = cfg.resume is not None or cfg.auto_resume or self.restarted
+        overwrite = cfg.overwrite and not self.restarted
+        run_folder.claim(self.save_dir, self.identity, overwrite=overwrite, resuming=resuming)
+
+    def check_same_run(self, path: Path, state: dict) -> None:
+        """Auto-resume takes a checkpoint only if it was written by this run (same identity)."""
+        if self.identity is None:  # --eval-only evaluates whatever model it finds
+            return
+        recorded = state.get("run")
+        if recorded is None:
+            raise ConfigError(
+                f"{path} carries no run identity, so whether it is this run's is unknown: pass --resume {path} "
+                "to continue from it anyway, or --overwrite to start over"
+            )
+        if recorded != self.identity:
+            raise ConfigError(
+                f"{path} was written by another run ({run_folder.differences(recorded, self.identity)}): "
+                "use a new --save-dir, or --overwrite to start over"
+            )
+
+    def choose_checkpoint(self) -> Path | None:
+        """Rank 0 picks what every rank resumes from: with --auto-resume or after a torchrun restart the
+        newest readable checkpoint of this run (unreadable ones are set aside with a line each), else
+        --resume's file (a restart goes back to it only while the run has saved nothing newer)."""
+        cfg = self.cfg
+        if cfg.auto_resume or self.restarted:
+            existing = ckpt.list_checkpoints(self.save_dir)
+            found = ckpt.latest_valid_checkpoint(self.save_dir, self.check_same_run, set_aside=not cfg.eval_only)
+            if found is not None:
+                path, self.resume_state = found
+                return path
+            if cfg.resume is None:
+                why = f"none of the {len(existing)} checkpoints is readable" if existing else "no checkpoint"
+                who = f"torchrun restart {D.restart_count()}" if self.restarted else "auto-resume"
+                print(f"{who}: {why} in {self.save_dir}; starting at epoch 1", flush=True)
+                return None
+        if cfg.resume is None:
+            return None
+        self.resume_state = ckpt.load_training_checkpoint(cfg.resume)
+        recorded = self.resume_state.get("run")
+        if self.identity is not None and recorded is not None and recorded != self.identity:
+            diff = run_folder.differences(recorded, self.identity)
+            print(f"resume: {cfg.resume} was written with other settings ({diff}); continuing as asked", flush=True)
+        return cfg.resume
+
     def resume(self) -> None:
         cfg = self.cfg
-        found = None
-        if cfg.resume is not None:
-            found = cfg.resume, ckpt.load_training_checkpoint(cfg.resume)
-        elif cfg.auto_resume:
-            found = ckpt.latest_valid_checkpoint(self.save_dir)
-        if found is None:
+        self.resume_state = None
+        path = D.main_decides(self.dist, self.choose_checkpoint)
+        if path is None:
             return
-        path, state = found
+        state = self.resume_state or ckpt.load_training_checkpoint(path)  # rank 0 has read it already
+        self.resume_state = None
         load_strict(self.model, state["model"], source=str(path), part="trainable")
         if not cfg.eval_only:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -215,7 +283,8 @@ class Trainer:
         self.start_epoch = int(state["next_epoch"])
         self.records = [r for r in state.get("log", []) if r["epoch"] < self.start_epoch]
         if self.dist.is_main:
-            print(f"resumed from {path} at epoch {self.start_epoch}", flush=True)
+            how = f"torchrun restart {D.restart_count()}: " if self.restarted else ""
+            print(f"{how}resumed from {path} after epoch {self.start_epoch}/{self.recipe.epochs}", flush=True)
 
     # ---- the loop --------------------------------------------------------------------------------
 
@@ -244,7 +313,10 @@ class Trainer:
     def train_one_epoch(self, epoch: int) -> dict:
         self.ddp_model.train()
         micro_batches = self.steps_per_epoch * self.accum_steps
-        loss_sum = clips = 0.0
+        # Summed on the device (float64, as Python's float was): reading a loss waits for the device, so it
+        # is read only when the bar shows it, every LOG_EVERY_STEPS steps, and once at the end.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        clips = 0
         skipped_before = self.train_set.skipped
         bar = progress_bar(self.steps_per_epoch, f"epoch {epoch + 1}/{self.recipe.epochs}", self.dist.is_main)
         start = time.perf_counter()
@@ -259,26 +331,25 @@ class Trainer:
                     logits = self.ddp_model(x)  # [B, C]
                 loss = F.cross_entropy(logits.float(), labels)
                 self.scaler.scale(loss / self.accum_steps).backward()
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(
-                    f"training loss is {loss.item()} at epoch {epoch}, batch {i}; lower --lr-per-256"
-                )
-            loss_sum += loss.item() * len(labels)
+            loss_sum += loss.detach().double() * len(labels)
             clips += len(labels)
             if last_micro:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scheduler.step()
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{self.current_lr():.2e}")
+                step = (i + 1) // self.accum_steps
+                if bar_shows(bar) and (step % LOG_EVERY_STEPS == 0 or step == self.steps_per_epoch):
+                    mean = check_finite(loss_sum.item() / clips, epoch, step)
+                    bar.set_postfix(loss=f"{mean:.3f}", lr=f"{self.current_lr():.2e}")
                 bar.update(1)
         bar.close()
         elapsed = time.perf_counter() - start
         loss_sum, clips, skipped = D.all_reduce_sum(
-            [loss_sum, clips, self.train_set.skipped - skipped_before], self.device
+            [loss_sum.item(), clips, self.train_set.skipped - skipped_before], self.device
         )
         return {
-            "train_loss": loss_sum / max(clips, 1),
+            "train_loss": check_finite(loss_sum / max(clips, 1), epoch, self.steps_per_epoch),
             "lr": self.current_lr(),
             "clips_per_s": round(clips / elapsed, 2),
             "step": (epoch + 1) * self.steps_per_epoch,
@@ -306,9 +377,6 @@ class Trainer:
         if not self.dist.is_main:
             return
         skipped = data.read_skipped(self.skip_log)
-        with open(self.save_dir / "log.jsonl", "w") as f:  # rewritten whole: a resume drops lost epochs
-            f.writelines(json.dumps(r) + "\n" for r in self.records)
-        plot_curves(self.records, self.save_dir / "curves.png")
         state = {
             "model": {k: v.float() for k, v in trainable_state_dict(self.model).items()},
             "optimizer": self.optimizer.state_dict(),
@@ -318,11 +386,31 @@ class Trainer:
             "model_config": self.model.cfg.to_dict(),
             "args": self.cfg.to_dict(),
             "log": self.records,
+            "run": self.identity,
         }
-        ckpt.atomic_torch_save(state, ckpt.checkpoint_path(self.save_dir, epoch))
-        ckpt.prune_checkpoints(self.save_dir, self.cfg.keep_last)
+        with self.saving():
+            # The checkpoint first: once it is on disk, nothing of this epoch can be lost.
+            ckpt.atomic_torch_save(state, ckpt.checkpoint_path(self.save_dir, epoch))
+            ckpt.prune_checkpoints(self.save_dir, self.cfg.keep_last, newest=epoch)
+            # rewritten whole: a resume drops lost epochs
+            ckpt.write_text_atomically(self.save_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+            with ckpt.writing(self.save_dir / "curves.png"):
+                plot_curves(self.records, self.save_dir / "curves.png")
         note = f" ({len(skipped)} broken videos skipped so far, listed in {self.skip_log})" if skipped else ""
         print(self.summary(record) + note, flush=True)
+
+    @contextlib.contextmanager
+    def saving(self):
+        """A failed write says what is safe: the newest checkpoint on disk, the one to resume from."""
+        try:
+            yield
+        except ckpt.DiskError as e:
+            found = ckpt.list_checkpoints(self.save_dir)
+            if found:
+                safe = f"{found[-1][1].name} is the newest checkpoint; free space, then rerun with --auto-resume"
+            else:
+                safe = "no checkpoint was saved yet; free space, then run again"
+            raise ckpt.DiskError(f"{e}; {safe}") from None
 
     def summary(self, r: dict) -> str:
         text = f"epoch {r['epoch'] + 1}/{self.recipe.epochs}: train_loss {r['train_loss']:.4f}, lr {r['lr']:.2e}"
@@ -369,7 +457,8 @@ class Trainer:
                 **{k: self.records[-1].get(k) for k in ("epoch", "val_acc1", "val_acc5")},
             },
         }
-        path = save_checkpoint(self.model, self.save_dir / "final", extra=extra)
+        with self.saving():
+            path = ckpt.save_final_atomically(self.model, self.save_dir / "final", extra)
         print(f"final model: {path} (export: stadapter-export --checkpoint {path} --out BUNDLE)", flush=True)
         return path
 
