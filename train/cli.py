@@ -105,11 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
+    from stadapter_deploy.settings import read_settings
     from stadapter_deploy.train.loop import run
+    from stadapter_deploy.video.limits import DecodeLimits
 
     try:
         cfg = build_config(args.pop("recipe"), args.pop("save_dir"), args.pop("data_config"), **args)
-        run(cfg)
+        run(cfg, read_settings(DecodeLimits))
     except (STAdapterError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -98,15 +98,14 @@ def load_source(
     if checkpoint is not None:
         ckpt = read_checkpoint(checkpoint)
         model = build_model(checkpoint=ckpt)
-        extra = {k: ckpt.meta[k] for k in ("recipe", "preprocessing", "class_names") if k in ckpt.meta}
+        extra = {k: ckpt.meta[k] for k in ("dataset", "preprocessing", "class_names") if k in ckpt.meta}
         origin = {"checkpoint": str(Path(checkpoint).absolute())}
     else:
         told = {"mlp_activation": clip_activation} if clip_activation else {}
         model = build_model(preset, clip=clip, adapter=adapter, **told)
         origin = {"clip": str(Path(clip).absolute()), "adapter": str(Path(adapter).absolute())}
     cfg = model.cfg
-    recipe = extra.get("recipe") or {}
-    dataset = recipe.get("dataset", dataset)
+    dataset = extra.get("dataset", dataset)
     preprocessing = source_preprocessing(cfg, extra, dataset)
     labels, labels_from = resolve_labels(cfg.num_classes, labels_file, extra.get("class_names"), dataset)
     origin["labels"] = labels_from
@@ -118,14 +117,10 @@ def load_source(
 
 
 def source_preprocessing(cfg, extra: dict, dataset: str | None) -> Preprocessing:
-    """The checkpoint's own preprocessing; else the older checkpoints' recipe entry; else the dataset's
-    recipe; else 8 uniform frames. The size is always the model's."""
+    """The checkpoint's own preprocessing; else the dataset's recipe; else 8 uniform frames. The size is
+    always the model's."""
     if "preprocessing" in extra:
         return Preprocessing.from_dict(extra["preprocessing"]).replace(size=cfg.image_size)
-    recipe = extra.get("recipe")
-    if recipe:  # written by versions before the typed Preprocessing
-        keys = ("num_frames", "sampling_rate", "spatial_views", "temporal_views")
-        return Preprocessing(size=cfg.image_size, **{k: int(recipe[k]) for k in keys if k in recipe})
     if dataset is not None:
         return get_recipe(dataset).preprocessing.replace(size=cfg.image_size)
     return Preprocessing(size=cfg.image_size)
@@ -165,7 +160,7 @@ def versions() -> dict:
 def export_bundle(source: ExportSource, out: str | Path, options: ExportOptions | None = None) -> ExportResult:
     """Write the bundle for `source` at `out`. Raises ParityError (nothing written) when a gate fails."""
     options = options or ExportOptions()
-    from .tensorrt_build import tensorrt_missing
+    from ..runtime.runners.trt_runner import tensorrt_missing
 
     model, pre = source.model.float().eval(), source.preprocessing
     cfg = model.cfg

@@ -262,17 +262,6 @@ class TrainConfig:
         values["recipe"]["preprocessing"] = self.preprocessing.to_dict()
         return values
 
-    def recipe_meta(self) -> dict:
-        """The checkpoint's `recipe` entry, as earlier exporters read it (new ones read `preprocessing`)."""
-        p = self.preprocessing
-        return {
-            "dataset": self.dataset,
-            "num_frames": p.num_frames,
-            "sampling_rate": p.sampling_rate,
-            "spatial_views": p.spatial_views,
-            "temporal_views": p.temporal_views,
-        }
-
 
 def refuse(problems: list[str]) -> None:
     """One problem: one line. Several: one per line."""

@@ -13,7 +13,9 @@ from pathlib import Path
 from ..labels import placeholder_labels, read_labels
 from ..preprocessing import Preprocessing
 from ..recipes import class_names as shipped_class_names
-from ..video.dataset import VideoClipDataset, read_video_list
+from ..video.dataset import VideoClipDataset
+from ..video.limits import DecodeLimits
+from ..video.listfile import read_video_list
 from . import distributed as D
 from .config import TrainConfig
 
@@ -45,12 +47,14 @@ def class_names(cfg: TrainConfig) -> list[str]:
 SKIP_LOGGER = "stadapter_deploy.video.dataset"  # where VideoClipDataset logs each broken video
 
 
-def build_datasets(cfg: TrainConfig, pre: Preprocessing) -> tuple[VideoClipDataset, VideoClipDataset]:
+def build_datasets(
+    cfg: TrainConfig, pre: Preprocessing, limits: DecodeLimits | None = None
+) -> tuple[VideoClipDataset, VideoClipDataset]:
     """Training (random clips, the recipe's augmentation) and evaluation (all views) datasets."""
     train = read_video_list(cfg.train_list, cfg.train_root, cfg.recipe.num_classes)
     val = read_video_list(cfg.val_list, cfg.val_root, cfg.recipe.num_classes)
-    train_set = VideoClipDataset(train, pre, train=True, augment=cfg.recipe.train_augment, seed=cfg.seed)
-    val_set = VideoClipDataset(val, pre, train=False, seed=cfg.seed)
+    train_set = VideoClipDataset(train, pre, True, cfg.recipe.train_augment, cfg.seed, limits=limits)
+    val_set = VideoClipDataset(val, pre, train=False, seed=cfg.seed, limits=limits)
     return train_set, val_set
 
 

@@ -29,6 +29,7 @@ from ..model.config import backbone_name
 from ..model.vit import LayerNorm, STAdapterViT, is_trainable_name
 from ..model.weights import load_adapter_checkpoint
 from ..progress import progress_bar
+from ..video.limits import DecodeLimits
 from . import checkpoint as ckpt
 from . import data, run_folder
 from . import distributed as D
@@ -38,15 +39,16 @@ from .optim import build_optimizer, build_scheduler, scaled_lr
 from .plot import plot_curves
 
 
-def run(cfg: TrainConfig) -> dict:
-    """Train (or only evaluate) as `cfg` says; returns the last log record (or the eval result)."""
+def run(cfg: TrainConfig, limits: DecodeLimits | None = None) -> dict:
+    """Train (or only evaluate) as `cfg` says, decoding within `limits` (the app's decode settings); returns
+    the last log record (or the eval result)."""
     dist = D.setup(cfg.device, cfg.dist_timeout)
     trainer = None
     try:
         if cfg.dataset == "synthetic":
             data.ensure_synthetic_dataset(cfg, dist)
         check_paths(cfg)
-        trainer = Trainer(cfg, dist)
+        trainer = Trainer(cfg, dist, limits)
         return trainer.fit()
     finally:
         if trainer is not None:
@@ -109,7 +111,7 @@ def check_finite(mean_loss: float, epoch: int, step: int) -> float:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, dist: D.DistInfo):
+    def __init__(self, cfg: TrainConfig, dist: D.DistInfo, limits: DecodeLimits | None = None):
         self.cfg, self.dist, self.device = cfg, dist, dist.device
         self.save_dir = Path(cfg.save_dir)
         D.main_decides(dist, lambda: run_folder.check_writable(self.save_dir))  # before any work
@@ -124,7 +126,7 @@ class Trainer:
         seed_everything(cfg.seed)  # the same initial head/adapters on every rank
         self.model = self.build_model()
         self.preprocessing = recipe.preprocessing.replace(size=self.model.cfg.image_size)
-        self.train_set, self.val_set = data.build_datasets(cfg, self.preprocessing)
+        self.train_set, self.val_set = data.build_datasets(cfg, self.preprocessing, limits)
         self.train_loader, self.val_loader = self.build_loaders()
         self.steps_per_epoch = len(self.train_loader) // self.accum_steps
         if self.steps_per_epoch < 1 and not cfg.eval_only:
@@ -448,7 +450,7 @@ class Trainer:
     def save_final(self) -> Path:
         extra = {
             "preprocessing": self.preprocessing.to_dict(),
-            "recipe": self.cfg.recipe_meta(),
+            "dataset": self.cfg.dataset,
             "class_names": self.class_names,
             "training": {
                 "recipe": self.recipe.dataset,

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, VideoError
 from ..preprocessing import Preprocessing
 from .augment import AUGMENTS, train_transform
-from .listfile import parse_list_line, read_video_list  # noqa: F401  (re-exported: the dataset's list reader)
+from .limits import DecodeLimits
 from .pipeline import decode_clip_frames, eval_picker, eval_views_from_frames
 from .sampling import train_indices
 
@@ -43,6 +43,7 @@ class VideoClipDataset(Dataset):
         seed: int = 0,
         decoder: str | None = None,
         max_attempts: int = 20,
+        limits: DecodeLimits | None = None,
     ):
         if augment not in AUGMENTS:
             raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")
@@ -51,6 +52,7 @@ class VideoClipDataset(Dataset):
         self.entries = list(entries)
         self.preprocessing, self.train, self.augment = preprocessing, train, augment
         self.seed, self.epoch, self.decoder, self.max_attempts = seed, 0, decoder, max_attempts
+        self.limits = limits or DecodeLimits()  # what one video may cost to decode (the app's settings)
         self._skipped = mp.Value("l", 0)
         self.skipped_paths: list[str] = []  # this process's skips (workers log theirs)
 
@@ -87,7 +89,7 @@ class VideoClipDataset(Dataset):
         pre = self.preprocessing
         if self.train:
             pick = lambda n: train_indices(n, pre.num_frames, pre.sampling_rate, rng)
-            frames, _, _ = decode_clip_frames(path, pick, self.decoder)
+            frames, _, _ = decode_clip_frames(path, pick, self.decoder, self.limits)
             return train_transform(frames, pre.size, self.augment, rng, pre.mean, pre.std)  # [3, T, S, S]
-        frames, _, _ = decode_clip_frames(path, eval_picker(pre), self.decoder)
+        frames, _, _ = decode_clip_frames(path, eval_picker(pre), self.decoder, self.limits)
         return eval_views_from_frames(frames, pre)  # [V, 3, T, S, S]
