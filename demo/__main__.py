@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if problem := port_problem(args.host, args.port):
         print(f"error: cannot listen on {args.host}:{args.port} ({problem}); pick another with --port", file=sys.stderr)
         return 2
-    from .app import LocalClassifier, ServiceClassifier, build_demo, example_videos
+    from .app import build_demo, example_videos
+    from .classifiers import LocalClassifier, ServiceClassifier
 
     try:
         settings = read_settings(DemoSettings)

@@ -15,14 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from .classifiers import (  # noqa: E402, F401  (re-exported: the page's one import for its users)
-    Classifier,
-    DemoResult,
-    InProcessClassifier,
-    LocalClassifier,
-    ServiceClassifier,
-    token_login,
-)
+from .classifiers import Classifier, DemoResult  # noqa: E402
 from .timeline import timeline_tab  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,13 @@ from pathlib import Path
 
 import httpx
 
+from stadapter_deploy.net import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class ServerFailed(RuntimeError):
     """The server exited or did not become ready; the message ends with the tail of its log."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(env: dict, log_path: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:

@@ -203,7 +203,8 @@ def mount_ui(service_class):
     if not SETTINGS.ui:
         return service_class
     try:
-        from demo.app import InProcessClassifier, build_demo, token_login
+        from demo.app import build_demo
+        from demo.classifiers import InProcessClassifier, token_login
     except ImportError as e:  # e.g. a bento, which carries neither demo/ nor gradio
         raise SystemExit(f"stadapter serve: cannot start: STADAPTER_UI=1 needs the demo and gradio ({e})") from None
 

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import torch
 
-SYNTHETIC_RECIPE = {
-    "dataset": "synthetic",
-    "num_frames": 8,
-    "sampling_rate": 0,
-    "spatial_views": 1,
-    "temporal_views": 1,
-}
+
+def synthetic_meta() -> dict:
+    """What training writes beside a synthetic-recipe model: its dataset and its preprocessing."""
+    from stadapter_deploy.recipes import get_recipe
+
+    return {"dataset": "synthetic", "preprocessing": get_recipe("synthetic").preprocessing.to_dict()}
 
 
-def make_tiny_checkpoint(folder: Path, seed: int = 0, recipe: dict | None = SYNTHETIC_RECIPE, **overrides) -> Path:
+def make_tiny_checkpoint(folder: Path, seed: int = 0, synthetic: bool = True, **overrides) -> Path:
     """A tiny-preset model in our checkpoint format, with non-zero adapters so they matter."""
     from stadapter_deploy import build_model
     from stadapter_deploy.model import save_checkpoint
@@ -28,7 +27,7 @@ def make_tiny_checkpoint(folder: Path, seed: int = 0, recipe: dict | None = SYNT
         for name, p in model.named_parameters():
             if ".adapter_pre_" in name:
                 p.normal_(std=0.05)
-    extra = {"recipe": dict(recipe)} if recipe else {}
+    extra = synthetic_meta() if synthetic else {}
     return save_checkpoint(model, folder, extra=extra)
 
 
@@ -83,7 +82,8 @@ def serve_until_it_exits(env: dict, timeout_s: float = 120):
     import subprocess
     import sys
 
-    from serve.local import ROOT, free_port
+    from serve.local import ROOT
+    from stadapter_deploy.net import free_port
 
     return subprocess.run(
         [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],

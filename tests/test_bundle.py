@@ -14,9 +14,10 @@ from helpers import copy_bundle, rewrite_manifest
 
 from stadapter_deploy import BundleError, load_predictor
 from stadapter_deploy.export.bench import model_gflops
-from stadapter_deploy.export.tensorrt_build import BatchProfile, plan_name, tensorrt_missing
+from stadapter_deploy.export.tensorrt_build import BatchProfile, plan_name
 from stadapter_deploy.model import get_preset
 from stadapter_deploy.runtime import choose_backend, load_bundle
+from stadapter_deploy.runtime.runners.trt_runner import tensorrt_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 

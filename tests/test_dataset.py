@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 from stadapter_deploy.errors import ConfigError
 from stadapter_deploy.video import Preprocessing, prepare_eval_views
 from stadapter_deploy.video.augment import rand_augment
-from stadapter_deploy.video.dataset import VideoClipDataset, read_video_list
+from stadapter_deploy.video.dataset import VideoClipDataset
+from stadapter_deploy.video.listfile import read_video_list
 
 
 def test_list_paths_with_spaces_and_comments(tmp_path):

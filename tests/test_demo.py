@@ -15,7 +15,7 @@ import pytest
 from helpers import stop_process as stop
 
 from demo.screenshot import CHROMIUM_ARGS
-from serve.local import free_port
+from stadapter_deploy.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -85,13 +85,13 @@ def test_client_classify_matches_predictor(demo_url, predictor, clips_dir):
 
     expected = predictor.classify(video, top_k=5)
     got = [(c["label"], c["confidence"]) for c in top5["confidences"]]
-    assert [label for label, _ in got] == [e["label"] for e in expected["labels"]]
-    np.testing.assert_allclose([s for _, s in got], [e["score"] for e in expected["labels"]], rtol=1e-5)
-    assert top5["label"] == expected["labels"][0]["label"]
+    assert [label for label, _ in got] == [e["label"] for e in expected.labels]
+    np.testing.assert_allclose([s for _, s in got], [e["score"] for e in expected.labels], rtol=1e-5)
+    assert top5["label"] == expected.labels[0]["label"]
 
     # The gallery holds exactly the model's input frames (after sampling and cropping), in order.
     model_frames = denormalize(predictor.preprocess(video).clips)[0]  # [T, S, S, 3]
-    assert [item["caption"] for item in gallery] == [f"frame {i}" for i in expected["frames"]]
+    assert [item["caption"] for item in gallery] == [f"frame {i}" for i in expected.frames]
     shown = np.stack([read_image(item["image"]) for item in gallery])
     np.testing.assert_array_equal(shown, model_frames)
 
@@ -147,14 +147,15 @@ def test_page_has_examples_and_no_analytics(demo_url):
 
 def test_local_classifier_shows_every_view(tiny_bundle, predictor, clips_dir):
     """With 3 spatial crops the strip shows 3 x T frames, each the crop the model saw."""
-    from demo.app import LocalClassifier, result_outputs
+    from demo.app import result_outputs
+    from demo.classifiers import LocalClassifier
     from stadapter_deploy.video import denormalize
 
     classifier = LocalClassifier(predictor, views=3)
     assert classifier.frames_shown == 24
     result = asyncio.run(classifier.classify(clips_dir / "good.mp4", 5))
     expected = predictor.classify(clips_dir / "good.mp4", views=3)
-    assert [x["label"] for x in result.labels] == [x["label"] for x in expected["labels"]]
+    assert [x["label"] for x in result.labels] == [x["label"] for x in expected.labels]
     assert result.frames.shape == (3, 8, 32, 32, 3)
     np.testing.assert_array_equal(result.frames, denormalize(predictor.preprocess(clips_dir / "good.mp4", 3).clips))
     scores, gallery, details = result_outputs(result)
@@ -167,7 +168,7 @@ def test_frames_are_shown_with_the_bundles_own_statistics(tiny_bundle, clips_dir
     shown crop is the video's pixels resized, whatever the mean and std."""
     from helpers import copy_bundle, rewrite_manifest
 
-    from demo.app import LocalClassifier
+    from demo.classifiers import LocalClassifier
     from stadapter_deploy import load_predictor
     from stadapter_deploy.video import decode_frames, denormalize
     from stadapter_deploy.video.transforms import eval_transform
@@ -203,7 +204,7 @@ def test_cli_rejects_a_missing_bundle(tmp_path):
 def test_browser_upload_bad_then_good(demo_url, predictor, clips_dir, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    expected_top = predictor.classify(clips_dir / "good.mp4")["labels"][0]["label"]
+    expected_top = predictor.classify(clips_dir / "good.mp4").labels[0]["label"]
     file_input = "#video-input input[type=file]"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -15,7 +15,8 @@ def service_url(server):
 
 @pytest.mark.slow
 def test_service_classifier_matches_predictor(service_url, tiny_bundle, tmp_path):
-    from demo.app import ServiceClassifier, result_outputs
+    from demo.app import result_outputs
+    from demo.classifiers import ServiceClassifier
     from stadapter_deploy import load_predictor
     from stadapter_deploy.errors import RequestError
     from stadapter_deploy.video import decode_frames
@@ -28,11 +29,11 @@ def test_service_classifier_matches_predictor(service_url, tiny_bundle, tmp_path
     classifier = ServiceClassifier(service_url)
     assert classifier.frames_shown == 8  # the sampled frames, from the service's own preprocessing
     result = asyncio.run(classifier.classify(video, 5))
-    assert [x["label"] for x in result.labels] == [x["label"] for x in expected["labels"]]
-    np.testing.assert_allclose([x["score"] for x in result.labels], [x["score"] for x in expected["labels"]], rtol=1e-4)
+    assert [x["label"] for x in result.labels] == [x["label"] for x in expected.labels]
+    np.testing.assert_allclose([x["score"] for x in result.labels], [x["score"] for x in expected.labels], rtol=1e-4)
     assert result.model_name == predictor.model_name
-    assert result.frame_indices == [expected["frames"]]
-    np.testing.assert_array_equal(result.frames[0], decode_frames(video, expected["frames"]))
+    assert result.frame_indices == [expected.frames]
+    np.testing.assert_array_equal(result.frames[0], decode_frames(video, expected.frames))
     assert {"decode", "preprocess", "infer", "total", "round trip"} <= set(result.timings_ms)
     _, gallery, details = result_outputs(result)
     assert len(gallery) == 8 and service_url in details
@@ -42,7 +43,7 @@ def test_service_classifier_matches_predictor(service_url, tiny_bundle, tmp_path
     with pytest.raises(RequestError) as refused:
         asyncio.run(classifier.classify(bad, 5))
     assert refused.value.status == 422  # the file's fault, as the service said
-    assert asyncio.run(classifier.classify(video, 5)).labels[0]["label"] == expected["labels"][0]["label"]
+    assert asyncio.run(classifier.classify(video, 5)).labels[0]["label"] == expected.labels[0]["label"]
 
 
 @pytest.mark.slow
@@ -60,7 +61,7 @@ def test_demo_page_mounted_at_ui_calls_the_service_in_process(service_url, tiny_
     expected = load_predictor(tiny_bundle).classify(video)
     client = Client(f"{service_url}/ui/", verbose=False)
     top5, gallery, details = client.predict(handle_file(str(video)), api_name="/classify")
-    assert [c["label"] for c in top5["confidences"]] == [e["label"] for e in expected["labels"]]
+    assert [c["label"] for c in top5["confidences"]] == [e["label"] for e in expected.labels]
     assert len(gallery) == 8 and "BentoML service, in-process" in details  # it went through the service
     assert sorted(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == [
         "/classify",
@@ -72,7 +73,7 @@ def test_demo_page_mounted_at_ui_calls_the_service_in_process(service_url, tiny_
 def test_timeline_through_the_service_matches_the_predictor(service_url, tiny_bundle, tmp_path):
     from gradio_client import Client, handle_file
 
-    from demo.app import ServiceClassifier
+    from demo.classifiers import ServiceClassifier
     from stadapter_deploy import load_predictor
     from stadapter_deploy.video.synthetic import write_motion_video
 

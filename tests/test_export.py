@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import SYNTHETIC_RECIPE, make_tiny_checkpoint
+from helpers import make_tiny_checkpoint
 
 from export.cli import main
 from stadapter_deploy import BundleError, build_model, load_predictor
@@ -102,7 +102,7 @@ def test_fp16_onnx_runs_through_the_predictor(fp16_bundle):
 
 
 def test_trt_without_tensorrt_writes_onnx_and_exits_2(checkpoint, tmp_path):
-    from stadapter_deploy.export.tensorrt_build import tensorrt_missing
+    from stadapter_deploy.runtime.runners.trt_runner import tensorrt_missing
 
     if tensorrt_missing() is None:
         pytest.skip("TensorRT and a GPU are available here")
@@ -204,7 +204,7 @@ def test_clip_adapter_pair_that_does_not_fit(tmp_path, capsys):
 def test_labels_resolution(tmp_path):
     from stadapter_deploy.export.exporter import load_source
 
-    ckpt = make_tiny_checkpoint(tmp_path / "c5", recipe=None, num_classes=5)
+    ckpt = make_tiny_checkpoint(tmp_path / "c5", synthetic=False, num_classes=5)
     src = load_source(checkpoint=ckpt, dataset="synthetic")  # 6 synthetic classes != 5: generated names
     assert src.labels == [f"class_{i}" for i in range(5)] and src.preprocessing.num_frames == 8
     names = tmp_path / "names.txt"
@@ -213,7 +213,7 @@ def test_labels_resolution(tmp_path):
     names.write_text("a\nb\n")
     with pytest.raises(BundleError, match="2 class names but the model has 5"):
         load_source(checkpoint=ckpt, labels_file=names)
-    k400 = load_source(checkpoint=make_tiny_checkpoint(tmp_path / "c6", recipe=None), dataset="k400")
+    k400 = load_source(checkpoint=make_tiny_checkpoint(tmp_path / "c6", synthetic=False), dataset="k400")
     assert k400.labels[:2] == ["class_0", "class_1"]  # 6 != 400
     assert k400.preprocessing.sampling_rate == 16 and k400.preprocessing.temporal_views == 3
 
@@ -286,14 +286,6 @@ def test_overwrite_replaces_a_bundle(checkpoint, tmp_path):
     bundle = load_bundle(out)
     assert bundle.manifest["parity"] is None and bundle.manifest["created"] >= first
     assert not [p for p in tmp_path.iterdir() if p.name != "bundle"]
-
-
-def test_synthetic_recipe_constant_matches_recipes():
-    from stadapter_deploy.recipes import get_recipe
-
-    r = get_recipe("synthetic")
-    assert SYNTHETIC_RECIPE["num_frames"] == r.preprocessing.num_frames
-    assert SYNTHETIC_RECIPE["sampling_rate"] == r.preprocessing.sampling_rate
 
 
 def test_large_models_keep_weights_in_external_data(tmp_path, monkeypatch):

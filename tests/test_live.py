@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import make_tiny_bundle
 
+from stadapter_deploy.net import free_port
+
 BIN = Path(sys.executable).parent
 STREAM_S = 40
 WINDOW_S, STRIDE_S = 1.0, 0.25
@@ -46,12 +48,6 @@ def long_video(tmp_path_factory) -> Path:
         check=True,
     )
     return path
-
-
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_listening(port: int, process: subprocess.Popen) -> None:

@@ -294,7 +294,7 @@ def trained_bundle(tmp_path_factory):
     `python -m train synthetic` takes minutes on this loaded machine; this loop takes ~40 s.
     """
     import torch
-    from helpers import SYNTHETIC_RECIPE
+    from helpers import synthetic_meta
 
     from stadapter_deploy import build_model
     from stadapter_deploy.export.exporter import ExportOptions, export_bundle, load_source
@@ -318,7 +318,7 @@ def trained_bundle(tmp_path_factory):
         loss.backward()
         optimizer.step()
     root = tmp_path_factory.mktemp("trained")
-    checkpoint = save_checkpoint(model.eval(), root / "checkpoint", extra={"recipe": dict(SYNTHETIC_RECIPE)})
+    checkpoint = save_checkpoint(model.eval(), root / "checkpoint", extra=synthetic_meta())
     options = ExportOptions(verify=True, progress=False, check_videos=2, check_random=2)
     return export_bundle(load_source(checkpoint=checkpoint), root / "bundle", options).path
 

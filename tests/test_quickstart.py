@@ -50,7 +50,7 @@ def test_quickstart_runs_every_step_and_writes_a_bundle(quickstart_run):
     assert predictor.backend in (("onnxruntime-cuda", "torch-cuda") if cuda else ("onnxruntime-cpu",))
     assert predictor.labels == ["moving left", "moving right", "moving up", "moving down", "approaching", "receding"]
     result = predictor.classify(ROOT / "demo" / "examples" / "moving_left.mp4")
-    assert len(result["labels"]) == 5
+    assert len(result.labels) == 5
     assert "python -m demo --bundle" in out
 
 
@@ -58,7 +58,7 @@ def test_quickstart_skips_finished_steps_and_starts_the_demo(quickstart_run):
     import httpx
     from helpers import stop_process as stop
 
-    from serve.local import free_port
+    from stadapter_deploy.net import free_port
 
     work, args, _ = quickstart_run
     port = free_port()

@@ -29,7 +29,7 @@ def video(tmp_path_factory):
 
 def test_torch_and_onnxruntime_classify_the_same(tiny_bundle, video):
     backends = ("torch-cpu", "onnxruntime-cpu")  # named devices: the same on a machine with a GPU
-    results = {b: load_predictor(tiny_bundle, backend=b).classify(video, top_k=6) for b in backends}
+    results = {b: load_predictor(tiny_bundle, backend=b).classify(video, top_k=6).to_dict() for b in backends}
     torch_res, ort_res = results["torch-cpu"], results["onnxruntime-cpu"]
     assert torch_res["backend"] == "torch-cpu" and ort_res["backend"] == "onnxruntime-cpu"
     assert [x["index"] for x in torch_res["labels"]] == [x["index"] for x in ort_res["labels"]]

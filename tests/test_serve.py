@@ -82,7 +82,7 @@ def test_classify_matches_predictor_in_process(server, local, videos, kind):
     assert set(body["timings_ms"]) == {"decode", "preprocess", "infer", "total"}
     assert body["backend"] == expected.backend
     assert body["frames"] == expected.frames
-    assert_same_labels(body["labels"], expected["labels"])
+    assert_same_labels(body["labels"], expected.labels)
 
 
 def test_three_views_and_default_top_k(server, local, videos):
@@ -90,7 +90,7 @@ def test_three_views_and_default_top_k(server, local, videos):
     body = post_video(url, videos["mp4"], views=3).json()
     expected = local.classify(videos["mp4"], views=3)
     assert len(body["labels"]) == 5  # default top_k: 5 (6 classes here)
-    assert_same_labels(body["labels"], expected["labels"])
+    assert_same_labels(body["labels"], expected.labels)
 
 
 def test_classify_batch(server, local, videos):
@@ -102,7 +102,7 @@ def test_classify_batch(server, local, videos):
     results = response.json()["results"]
     assert len(results) == 3
     for result, path in zip(results, paths, strict=True):
-        assert_same_labels(result["labels"], local.classify(path, top_k=2)["labels"])
+        assert_same_labels(result["labels"], local.classify(path, top_k=2).labels)
 
 
 def test_sync_http_client(server, local, videos):
@@ -112,9 +112,9 @@ def test_sync_http_client(server, local, videos):
     with bentoml.SyncHTTPClient(url) as client:  # as in the README
         result = client.classify(video=videos["webm"], top_k=2)
         results = client.classify_batch(videos=[videos["mp4"], videos["webm"]])["results"]
-    assert_same_labels(result["labels"], local.classify(videos["webm"], top_k=2)["labels"])
+    assert_same_labels(result["labels"], local.classify(videos["webm"], top_k=2).labels)
     assert [r["labels"][0]["index"] for r in results] == [
-        local.classify(videos[k])["labels"][0]["index"] for k in ("mp4", "webm")
+        local.classify(videos[k]).labels[0]["index"] for k in ("mp4", "webm")
     ]
 
 

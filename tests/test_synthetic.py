@@ -6,8 +6,8 @@ import torch
 
 from stadapter_deploy.recipes import class_names
 from stadapter_deploy.video import decode_frames, load_eval_views
-from stadapter_deploy.video.dataset import read_video_list
 from stadapter_deploy.video.decode import decord_available
+from stadapter_deploy.video.listfile import read_video_list
 from stadapter_deploy.video.synthetic import CLASS_NAMES, make_synthetic_dataset, render_motion_frames
 
 

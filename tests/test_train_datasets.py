@@ -50,7 +50,7 @@ def test_a_named_table_gives_the_data_and_the_recipe_the_hyperparameters(tmp_pat
     )
     r = cfg.recipe
     assert (r.dataset, r.num_classes, r.total_batch, r.epochs, r.train_augment) == ("ssv2", 2, 256, 50, "ssv2")
-    assert cfg.recipe_meta()["dataset"] == "motion_lr"
+    assert cfg.dataset == "motion_lr"
     other = build_config("ssv2", tmp_path / "run", toml, dataset="motion", random_backbone=True)
     assert (other.val_list, other.recipe.num_classes) == (synthetic_data / "val.txt", 6)
 
@@ -130,7 +130,7 @@ def test_k400_on_a_named_dataset_trains_the_backbone_the_clip_file_holds_and_exp
     assert (model["adapter_layers"], model["adapter_pre_attn"], model["adapter_pre_mlp"]) == (2, False, True)
     assert (model["adapter_width"], model["num_classes"]) == (16, 2)
     assert meta["preprocessing"] == Preprocessing(num_frames=8, sampling_rate=16, size=336, temporal_views=3).to_dict()
-    assert meta["recipe"]["dataset"] == "motion_lr" and meta["class_names"] == ["moving left", "moving right"]
+    assert meta["dataset"] == "motion_lr" and meta["class_names"] == ["moving left", "moving right"]
     assert (meta["training"]["recipe"], meta["training"]["dataset"]) == ("k400", "motion_lr")
     weights = load_file(str(out / "final" / "model.safetensors"))
     assert all((weights[k] == v).all() for k, v in backbone.items() if k != "proj")  # the file's, frozen

@@ -83,9 +83,9 @@ def test_every_backbone_format_gives_the_same_logits(tmp_path, source):
 
 def test_our_checkpoint_round_trips(tmp_path, source):
     model, *_, clip, logits = source
-    save_checkpoint(model, tmp_path / "ckpt", extra={"recipe": {"dataset": "synthetic"}})
+    save_checkpoint(model, tmp_path / "ckpt", extra={"dataset": "synthetic"})
     meta = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert meta["config"]["adapter_pre_attn"] is True and meta["recipe"]["dataset"] == "synthetic"
+    assert meta["config"]["adapter_pre_attn"] is True and meta["dataset"] == "synthetic"
     for path in (tmp_path / "ckpt", tmp_path / "ckpt" / "model.safetensors", tmp_path / "ckpt" / "config.json"):
         loaded = build_model(checkpoint=path).eval()
         with torch.no_grad():

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from ..errors import BundleError
 from ..runtime.bundle import INPUT_NAME
-from ..runtime.runners.trt_runner import tensorrt_missing  # noqa: F401  (re-exported)
 
 DEFAULT_TIMING_CACHE = Path.home() / ".cache" / "stadapter-deploy" / "tensorrt-timing.cache"
 # Ops that must compute in float32 inside the fp16 graph (fp16 LayerNorm is what broke CLIP ViTs in

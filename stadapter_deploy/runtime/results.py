@@ -31,16 +31,6 @@ class Classification:
         d = {k: v for k, v in asdict(self).items() if k not in ("clips", "frame_indices")}
         return {**d, "frames": self.frames}
 
-    # Read like the dict that earlier versions returned: result["labels"], set(result), dict(result).
-    def __getitem__(self, key: str):
-        return self.to_dict()[key]
-
-    def __iter__(self):
-        return iter(self.to_dict())
-
-    def keys(self):
-        return self.to_dict().keys()
-
 
 def top_k_labels(labels: list[str], logits: np.ndarray, top_k: int = 5) -> list[dict]:
     """Softmax per view, averaged over views (as training eval does); the top_k classes."""
