@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from serve.settings import READY_FRESH_S, READY_PROBE_S, Settings, load_settings
 from serve.state import server_state
 from serve.tasks import CANCEL_POLL_S, LIVE, Task, TaskStore
 from stadapter_deploy.errors import ConfigError, RequestError, STAdapterError
+from stadapter_deploy.hardware import cpu_cores
 from stadapter_deploy.runtime import Bundle
 from stadapter_deploy.runtime.predictor import Plan, plan_backend, plan_precision
 from stadapter_deploy.runtime.results import Classification, check_top_k, classification
@@ -78,6 +80,8 @@ def _startup() -> tuple[Settings, Path, Bundle, Plan]:
 
 
 SETTINGS, STATE, BUNDLE, PLAN = _startup()
+ON_GPU = PLAN.device in ("cuda", "tensorrt")
+MODEL_WORKERS = SETTINGS.model_processes(ON_GPU)
 
 BATCH_CLIPS = bentoml.metrics.Histogram(
     name="stadapter_model_batch_clips",
@@ -91,19 +95,22 @@ BATCH_CLIPS = bentoml.metrics.Histogram(
 
 @bentoml.service(
     name="stadapter_model",
-    workers=1,
+    workers=MODEL_WORKERS,
+    resources={"gpu": MODEL_WORKERS} if ON_GPU else {},
     traffic={"timeout": SETTINGS.request_timeout_s},
     # BentoML's client to this service replaces its HTTP session every 100 requests or 300 s and
     # closes the old one, cutting off calls still waiting in the batch queue ("Server disconnected").
     runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
 )
 class STAdapterModel:
-    """Holds the Predictor; `predict` is batched across requests."""
+    """Holds the Predictor; `predict` is batched across requests. With several workers, worker i runs on
+    GPU i (of those BentoML gives the service), or on its share of the CPU cores."""
 
     def __init__(self) -> None:
         from stadapter_deploy.runtime.predictor import load_predictor
 
-        self.predictor = load_predictor(BUNDLE, plan=PLAN)
+        threads = own_device(bentoml.server_context.worker_index or 1)
+        self.predictor = load_predictor(BUNDLE, plan=PLAN, threads=threads)
         log.info("model %s on %s (%s)", self.predictor.model_name, self.predictor.backend, self.predictor.selection)
         if SETTINGS.warmup:  # the largest batch once, so memory (e.g. ONNX Runtime's arena) peaks before serving
             start = time.perf_counter()
@@ -123,6 +130,17 @@ class STAdapterModel:
     def info(self) -> dict:
         """What answers: {"backend", "precision"}."""
         return self.predictor.info()
+
+
+def own_device(worker: int) -> int | None:
+    """Give model worker `worker` (1-based) its own GPU, before anything touches CUDA; on a CPU, its share of
+    the cores as its threads (None: the runner's default, for a single worker)."""
+    if ON_GPU:
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        if MODEL_WORKERS > 1 and len(visible) >= MODEL_WORKERS:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible[worker - 1]
+        return None
+    return max(1, cpu_cores() // MODEL_WORKERS) if MODEL_WORKERS > 1 else None
 
 
 # ----------------------------------------------------------------------------- the public API

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stadapter_deploy.errors import ConfigError
-from stadapter_deploy.hardware import memory_bytes
+from stadapter_deploy.hardware import memory_bytes, nvidia_gpu_count
 from stadapter_deploy.settings import nested, read_settings, setting
 from stadapter_deploy.settings import settings_table as table_of
 from stadapter_deploy.video.limits import DecodeLimits
@@ -83,6 +83,14 @@ class Settings:
         shown="(auto)",
     )
     api_workers: int = setting(1, "STADAPTER_API_WORKERS", "API worker processes (uploads, checks, decode pools)", 1)
+    model_workers: int | None = setting(
+        None,
+        "STADAPTER_MODEL_WORKERS",
+        "model worker processes: on GPUs worker i runs on GPU i; on a CPU they split the cores; unset: one per "
+        "visible NVIDIA GPU where the model runs on CUDA, else 1",
+        1,
+        shown="(auto)",
+    )
     max_batch_size: int = setting(16, "STADAPTER_MAX_BATCH_SIZE", "most clips in one model call", 1)
     max_latency_ms: int = setting(
         30000,
@@ -138,6 +146,10 @@ class Settings:
         "so not in a bento)",
     )
     decode: DecodeLimits = nested(DecodeLimits)
+
+    def model_processes(self, on_gpu: bool) -> int:
+        """STADAPTER_MODEL_WORKERS, else one per visible GPU for a CUDA model, else 1."""
+        return self.model_workers or (max(1, nvidia_gpu_count()) if on_gpu else 1)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -142,6 +142,18 @@ def memory_bytes() -> int:
     return total
 
 
+def nvidia_gpu_count() -> int:
+    """NVIDIA GPUs this process may use (without importing torch): CUDA_VISIBLE_DEVICES where set, else the
+    driver's GPU list."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    try:
+        return len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return 1 if os.path.exists("/dev/nvidia0") else 0
+
+
 def nvidia_gpu_present() -> bool:
     """Whether this machine shows an NVIDIA GPU to its kernel (without importing torch): its device files."""
     return os.path.exists("/proc/driver/nvidia/gpus") or os.path.exists("/dev/nvidia0")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import torch
 
 
@@ -73,6 +75,26 @@ def rewrite_manifest(bundle: Path, change) -> None:
     manifest = json.loads(path.read_text())
     change(manifest)
     path.write_text(json.dumps(manifest))
+
+
+@contextmanager
+def running_server(root: Path, **env: str):
+    """`bentoml serve` from the repository root with `env` added, on a free loopback port, with its own
+    BENTOML_HOME and TMPDIR under `root`; yields (url, its Popen, its log), stopped by its process group."""
+    from serve.local import ServerFailed, start_server, stop_server, wait_ready
+
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    env = {"BENTOML_HOME": str(root / "bentoml"), "TMPDIR": str(root / "tmp"), **env}
+    log = root / "server.log"
+    process, url = start_server(env, log)
+    try:
+        try:
+            wait_ready(process, url, log)
+        except ServerFailed as e:
+            pytest.fail(str(e))
+        yield url, process, log
+    finally:
+        stop_server(process)
 
 
 def serve_until_it_exits(env: dict, timeout_s: float = 120):

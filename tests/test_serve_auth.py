@@ -7,6 +7,7 @@ import asyncio
 
 import httpx
 import pytest
+from helpers import running_server
 
 from stadapter_deploy.video.synthetic import write_motion_video
 
@@ -15,8 +16,6 @@ TOKEN = "s3cret-token-for-the-test"
 
 @pytest.fixture(scope="module")
 def guarded(tiny_bundle, tmp_path_factory):
-    from serve.local import start_server, stop_server, wait_ready
-
     root = tmp_path_factory.mktemp("auth")
     env = {
         "STADAPTER_BUNDLE": str(tiny_bundle),
@@ -24,17 +23,9 @@ def guarded(tiny_bundle, tmp_path_factory):
         "STADAPTER_UI": "1",
         "STADAPTER_WARMUP": "0",
         "STADAPTER_DECODE_WORKERS": "1",
-        "BENTOML_HOME": str(root / "bentoml"),
-        "TMPDIR": str(root / "tmp"),
     }
-    (root / "tmp").mkdir()
-    log = root / "server.log"
-    process, url = start_server(env, log)
-    try:
-        wait_ready(process, url, log)  # /readyz needs no token
+    with running_server(root, **env) as (url, _, log):  # /readyz, which it waits for, needs no token
         yield url, log
-    finally:
-        stop_server(process)
     assert list((root / "tmp").glob("stadapter-serve-*")) == []  # the server's folder went with it
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import running_server
 
 from stadapter_deploy.video.synthetic import write_motion_video
 
@@ -41,10 +42,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def faulty(tiny_bundle, tmp_path_factory):
     """`bentoml serve` with the test build of the worker; yields (url, log path, its TMPDIR)."""
-    from serve.local import start_server, stop_server, wait_ready
-
     root = tmp_path_factory.mktemp("faulty-server")
-    (root / "tmp").mkdir()
     env = {
         "PYTHONPATH": FAULTS,
         "STADAPTER_BUNDLE": str(tiny_bundle),
@@ -52,16 +50,9 @@ def faulty(tiny_bundle, tmp_path_factory):
         "STADAPTER_DECODE_WORKERS": "1",
         "STADAPTER_MAX_TIMELINE_WINDOWS": "4",
         "STADAPTER_WARMUP": "0",
-        "BENTOML_HOME": str(root / "bentoml"),
-        "TMPDIR": str(root / "tmp"),
     }
-    log = root / "server.log"
-    process, url = start_server(env, log)
-    try:
-        wait_ready(process, url, log)
+    with running_server(root, **env) as (url, _, log):
         yield url, log
-    finally:
-        stop_server(process)
     assert list((root / "tmp").glob("stadapter-serve-*")) == []  # the server's folder went with it
 
 
