@@ -37,6 +37,16 @@ def error_message(e: BaseException) -> str:
     )
 
 
+def retry_on_new_process(e: JobFailed, attempt: int) -> bool:
+    """A decode that crashed its process (native code) is tried once more, on the replacement."""
+    return "died" in str(e) and attempt == 1
+
+
+def error_record(video: str, e: BaseException, attempt: int = 1) -> dict:
+    """The line of a video that failed, the same from every engine: {"video", "error"}."""
+    return {"video": video, "error": error_message(e) + (" (twice)" if attempt > 1 else "")}
+
+
 def classify_videos(
     predictor,
     videos: list[VideoInput],
@@ -77,13 +87,13 @@ def take_batch(flight: deque, pool: DecodePool, batch_clips: int) -> tuple[list,
         try:
             views = unpack(future.result())
         except JobFailed as e:
-            if "died" in str(e) and attempt == 1:  # a crash in native code: once more, on the new process
+            if retry_on_new_process(e, attempt):
                 flight.appendleft((video, submit(pool, video), 2))
                 continue
-            errors.append({"video": video.video, "error": error_message(e) + (" (twice)" if attempt > 1 else "")})
+            errors.append(error_record(video.video, e, attempt))
             continue
         except Exception as e:
-            errors.append({"video": video.video, "error": error_message(e)})
+            errors.append(error_record(video.video, e))
             continue
         batch.append((video, views))
         clips += len(views.clips)
