@@ -61,6 +61,16 @@ def marked_processes(mark: str) -> list[psutil.Process]:
     return found
 
 
+def wait_until(condition, proc: subprocess.Popen, what: str, timeout_s: float = 300.0) -> None:
+    """Poll `condition` while the command runs: it must come true before the command ends, and in time."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert proc.poll() is None, f"the job ended before {what}"
+        assert time.monotonic() < deadline, f"nothing happened for {timeout_s} s: waiting for {what}"
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the job ended before {what}"
+
+
 def assert_none_left(mark: str, grace_s: float = 20.0) -> None:
     """Every process the command started (its cluster, Ray's workers, their decode processes) is gone."""
     deadline = time.monotonic() + grace_s
@@ -148,9 +158,7 @@ def test_a_node_lost_mid_run_loses_no_video_and_labels_none_twice(tiny_bundle, s
         )
         try:
             raylet = psutil.Process(worker.all_processes["raylet"][0].process.pid)
-            while proc.poll() is None and not decoding(raylet):
-                time.sleep(0.02)
-            assert proc.poll() is None, "the job ended before the worker node could be removed"
+            wait_until(lambda: decoding(raylet), proc, "the worker node could be removed")
             cluster.remove_node(worker, allow_graceful=False)  # with a decode task running there
             done_before = len(out.read_text().splitlines()) if out.exists() else 0
             _, err = proc.communicate(timeout=240)
@@ -175,36 +183,44 @@ def decoding(raylet: psutil.Process) -> bool:
     return any(t.startswith("ray::MapBatches(decode_stage)") for t in titles)
 
 
-def test_ctrl_c_stops_the_job_and_its_cluster_and_a_rerun_resumes(tiny_bundle, slow_folder, tmp_path):
-    """Ctrl+C mid-run: exit 130, the lines written stay, no process of the local cluster is left; the
-    rerun does only the rest, each video once."""
+def test_ctrl_c_or_a_kill_stops_the_job_and_its_cluster_and_a_rerun_resumes(tiny_bundle, slow_folder, tmp_path):
+    """Ctrl+C mid-run (SIGINT to the process group, as a terminal sends it): exit 130, the lines written stay,
+    no process of the local cluster is left. Then kill -9 mid-run: no process left either. The last run does
+    only the rest: every video once, the earlier lines kept."""
     out = tmp_path / "results.jsonl"
+    args = command(tiny_bundle, [slow_folder], out, "--batch-size", "1")  # a line per video, as it is done
+    written = interrupt(args, out, after=2, how="ctrl-c")
+    assert 2 <= len(written.splitlines()) < 12
+    more = interrupt(args, out, after=len(written.splitlines()) + 1, how="kill")
+    assert more.startswith(written) and len(written.splitlines()) < len(more.splitlines()) < 12
     env, mark = marked_env()
-    proc = subprocess.Popen(command(tiny_bundle, [slow_folder], out), env=env, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(more.splitlines())} already in {out} (skipped)" in done.stderr
+    assert out.read_text().startswith(more)  # the earlier runs' lines kept, not redone
+    assert sorted(r["video"] for r in lines(out)) == sorted(str(p) for p in slow_folder.iterdir())
+    assert_none_left(mark)
+
+
+def interrupt(args: list[str], out: Path, after: int, how: str) -> str:
+    """Run the command until `out` has `after` lines, then stop it `how`; what it wrote."""
+    env, mark = marked_env()
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        while proc.poll() is None and not (out.exists() and len(out.read_text().splitlines()) >= 2):
-            time.sleep(0.05)
-        assert proc.poll() is None, "the job ended before Ctrl+C"
-        proc.send_signal(signal.SIGINT)
+        wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= after, proc, how)
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.kill()
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "rerun the same command to resume" in err and "Traceback" not in err
+    if how == "ctrl-c":
+        assert proc.returncode == 130, err
+        assert "interrupted" in err and "rerun the same command to resume" in err and "Traceback" not in err
     assert_none_left(mark)
-    first = out.read_text()
-    done_first = {r["video"] for r in lines(out)}
-    assert 2 <= len(done_first) < 12
-    env, mark = marked_env()
-    done = subprocess.run(
-        command(tiny_bundle, [slow_folder], out), env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    assert f"{len(done_first)} already in {out} (skipped)" in done.stderr
-    assert out.read_text().startswith(first)  # the first run's lines kept, not redone
-    assert sorted(r["video"] for r in lines(out)) == sorted(str(p) for p in slow_folder.iterdir())
-    assert_none_left(mark)
+    return out.read_text()
 
 
 def test_without_ray_the_engine_says_how_to_install_it(tiny_bundle, clip_folder, tmp_path):

@@ -73,19 +73,22 @@ def ray_cluster(address: str | None) -> Iterator[Cluster]:
     options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     started = time.perf_counter()
     try:
-        if address is None:  # "local": a new cluster, never one that `ray start` left running here
-            context = ray.init(address="local", num_cpus=cpu_cores(), **options)
-        else:
-            context = ray.init(address=address, **options)
-    except (ConnectionError, ValueError, RuntimeError) as e:
-        where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
-        raise ConfigError(f"cannot start or join {where}: {str(e).strip().splitlines()[0]}") from None
-    try:
+        try:
+            if address is None:  # "local": a new cluster, never one that `ray start` left running here
+                context = ray.init(address="local", num_cpus=cpu_cores(), **options)
+            else:
+                context = ray.init(address=address, **options)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+            raise ConfigError(f"cannot start or join {where}: {str(e).strip().splitlines()[0]}") from None
         log = Path(context.address_info["session_dir"]) / "logs" / f"stadapter-predict-{os.getpid()}.err"
         with native_stderr_to(log):
-            yield Cluster(address is None, log, time.perf_counter() - started)
+            try:
+                yield Cluster(address is None, log, time.perf_counter() - started)
+            finally:
+                ray.shutdown()  # still redirected: what Ray says on the way out goes to the log too
     finally:
-        ray.shutdown()  # a local cluster stops here; a joined one is only left
+        ray.shutdown()  # a local cluster stops (a second call does nothing); a joined one is only left
 
 
 @contextmanager
