@@ -121,7 +121,7 @@ def test_the_ray_engines_lines_are_the_local_engines(tiny_bundle, clip_folder, t
     done = subprocess.run(command(tiny_bundle, inputs, ray_out), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr  # the two bad files failed, the rest went on
     assert "a local cluster of" in done.stderr and "6 videos, 2 failed" in done.stderr
-    assert not any(noise in done.stderr for noise in RAY_NOISE), done.stderr
+    assert not any(noise in done.stderr for noise in RAY_NOISE) and done.stdout == "", done.stdout + done.stderr
     assert_none_left(mark)
     local, remote = {r["video"]: r for r in lines(local_out)}, {r["video"]: r for r in lines(ray_out)}
     assert len(lines(ray_out)) == len(remote) == len(local) == 6
@@ -221,6 +221,21 @@ def interrupt(args: list[str], out: Path, after: int, how: str) -> str:
         assert "interrupted" in err and "rerun the same command to resume" in err and "Traceback" not in err
     assert_none_left(mark)
     return out.read_text()
+
+
+def test_a_job_that_cannot_run_says_why_in_one_line_and_nothing_of_rays(tiny_bundle, clip_folder, tmp_path):
+    """A model actor that cannot start (a precision the bundle lacks): the local engine's words, in one line; Ray's
+    report of the dead actor stays in its log, off stdout (where lines go without --out) and stderr."""
+    out = tmp_path / "r.jsonl"
+    env, mark = marked_env()
+    args = command(tiny_bundle, [clip_folder / "clips"], out, "--precision", "int8")
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == "", done.stdout + done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        "stadapter-predict: error: the Ray job failed: the bundle holds no int8 ONNX (it holds fp32)"
+    )
+    assert len(done.stderr.splitlines()) == 2 and not out.exists()  # the layout line, then the error
+    assert_none_left(mark)
 
 
 def test_without_ray_the_engine_says_how_to_install_it(tiny_bundle, clip_folder, tmp_path):

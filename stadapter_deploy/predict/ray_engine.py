@@ -82,7 +82,7 @@ def ray_cluster(address: str | None) -> Iterator[Cluster]:
             where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
             raise ConfigError(f"cannot start or join {where}: {str(e).strip().splitlines()[0]}") from None
         log = Path(context.address_info["session_dir"]) / "logs" / f"stadapter-predict-{os.getpid()}.err"
-        with native_stderr_to(log):
+        with native_stderr_to(log), cluster_reports_to(log):
             try:
                 yield Cluster(address is None, log, time.perf_counter() - started)
             finally:
@@ -103,7 +103,7 @@ def native_stderr_to(path: Path):
     os.close(log)
     own = sys.stderr
     if own_fd(own) == 2:  # else a test's capture, which is not descriptor 2: left as it is
-        sys.stderr = open(terminal, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
+        sys.stderr = open(terminal, "w", buffering=1, errors="backslashreplace", closefd=False)
     try:
         yield
     finally:
@@ -111,6 +111,27 @@ def native_stderr_to(path: Path):
         sys.stderr = own
         os.dup2(terminal, 2)
         os.close(terminal)
+
+
+@contextmanager
+def cluster_reports_to(path: Path):
+    """Ray's driver prints what the cluster reports to it (a task retried, an actor died) on stdout, whatever
+    log_to_driver says, where our lines go without --out: into the log instead. Ray has no switch for it, so
+    its printer (ray._private.worker.print_to_stdstream, looked up at each call) is replaced meanwhile;
+    tests/test_predict_ray.py checks that a failing job leaves stdout and stderr to us."""
+    import ray._private.worker as ray_worker
+
+    printer = ray_worker.print_to_stdstream
+
+    def to_log(data: dict, ignore_prefix: bool) -> None:
+        with open(path, "a") as log:
+            log.writelines(f"({data.get('pid', 'ray')}) {line}\n" for line in data.get("lines", []))
+
+    ray_worker.print_to_stdstream = to_log
+    try:
+        yield
+    finally:
+        ray_worker.print_to_stdstream = printer
 
 
 def own_fd(stream) -> int | None:
@@ -333,12 +354,20 @@ def ray_records(cluster: Cluster, bundle, videos: list[VideoInput], config: Pred
         )
 
 
-def job_error(e: Exception) -> str:
-    """The first line of what failed in a stage, without Ray's wrapping and traceback."""
-    cause = e
-    while getattr(cause, "cause", None) is not None:
-        cause = cause.cause
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(cause).__name__
+def job_error(e: BaseException) -> str:
+    """What failed in a stage, in the words of our code (e.g. the model actor's ValueError), not Ray's
+    wrappers: the first exception outside Ray in the chain (causes, and the errors a Ray error carries)."""
+    from .batch import error_message
+
+    todo, seen = [e], set()
+    while todo:
+        error = todo.pop(0)
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if not type(error).__module__.startswith("ray."):
+            return error_message(error).splitlines()[0]
+        todo += [
+            x for x in (getattr(error, "cause", None), error.__cause__, *error.args) if isinstance(x, BaseException)
+        ]
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -51,11 +51,10 @@ def run_loaded(config: PredictConfig, spec: WindowSpec, early: Decoding | None) 
     done = {r["video"] for r in read_results(config.out, config.timeline)} if config.out is not None else set()
     todo = [v for v in videos if v.video not in done or is_stream(v.video)]
     started = time.perf_counter()
-    with ResultWriter(config.out) as writer:
-        if config.engine == "ray":
-            new = predict_on_ray(bundle, todo, config, writer)
-        else:
-            new = predict_locally(bundle, todo, config, spec, early, writer)
+    if config.engine == "ray":
+        new = predict_on_ray(bundle, todo, config)
+    else:
+        new = predict_locally(bundle, todo, config, spec, early)
     seconds = time.perf_counter() - started
     records = read_results(config.out, config.timeline) if config.out is not None else new
     summarize(videos, records, len(videos) - len(todo), config)
@@ -70,17 +69,17 @@ def run_loaded(config: PredictConfig, spec: WindowSpec, early: Decoding | None) 
     return EXIT_FAILED if failed or missing else EXIT_OK
 
 
-def predict_on_ray(bundle, videos: list[VideoInput], config: PredictConfig, writer) -> list[dict]:
+def predict_on_ray(bundle, videos: list[VideoInput], config: PredictConfig) -> list[dict]:
     """The Ray engine (ray_engine.py): a cluster joined or started for the job, its lines written here."""
     if not videos:
         return []
     from .ray_engine import ray_cluster, ray_records
 
     with ray_cluster(config.ray_address) as cluster:
-        return write_records(ray_records(cluster, bundle, videos, config), config, len(videos), writer)
+        return write_records(ray_records(cluster, bundle, videos, config), config, len(videos))
 
 
-def predict_locally(bundle, videos: list[VideoInput], config: PredictConfig, spec: WindowSpec, early, writer):
+def predict_locally(bundle, videos: list[VideoInput], config: PredictConfig, spec: WindowSpec, early) -> list[dict]:
     """The local engine: this process runs the model, its decode pool the decoding."""
     from ..runtime.predictor import load_predictor, plan_predictor
 
@@ -97,15 +96,16 @@ def predict_locally(bundle, videos: list[VideoInput], config: PredictConfig, spe
             if config.timeline
             else classify_records(predictor, videos, options, decoding)
         )
-        return write_records(results, config, len(videos), writer)
+        return write_records(results, config, len(videos))
     finally:
         if decoding is not None:
             decoding.pool.close()
 
 
-def write_records(results, config: PredictConfig, total: int, writer) -> list[dict]:
-    """Write each video's lines as they come (`results` yields a list of lines per video or stream window),
-    with one progress bar over the videos; Ctrl+C keeps what is written (Interrupted)."""
+def write_records(results, config: PredictConfig, total: int) -> list[dict]:
+    """Write each video's lines to --out (or stdout) as they come (`results` yields a list of lines per video
+    or stream window), with one progress bar over the videos; Ctrl+C keeps what is written (Interrupted)."""
+    writer = ResultWriter(config.out)
     bar = progress_bar(total, "predict", enabled=config.progress, unit="video")
     records = []
     try:
@@ -120,6 +120,7 @@ def write_records(results, config: PredictConfig, total: int, writer) -> list[di
         raise Interrupted(f"{len(records)} lines written") from None
     finally:
         bar.close()
+        writer.close()
         if hasattr(results, "close"):
             results.close()  # a generator's own cleanup now (the Ray engine stops its cluster)
     return records
