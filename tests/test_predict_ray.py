@@ -250,6 +250,22 @@ def test_without_ray_the_engine_says_how_to_install_it(tiny_bundle, clip_folder,
     )
 
 
+def test_a_cluster_address_nothing_answers_on_is_one_line(tiny_bundle, clip_folder, tmp_path):
+    """--ray-address where no cluster runs: one line at once (ray.init alone would retry without end)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    args = command(tiny_bundle, [clip_folder / "clips"], tmp_path / "r.jsonl", "--ray-address", f"127.0.0.1:{port}")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"stadapter-predict: error: cannot reach the Ray cluster at 127.0.0.1:{port} (Connection refused); start "
+        f"it there with `ray start --head --port {port}`, or leave out --ray-address and RAY_ADDRESS for a local one"
+    ]
+
+
 def test_the_layout_follows_the_cluster():
     """Where the stages run, from the nodes' resources and the local engine's rule (predict/defaults.py)."""
     pre = Preprocessing(num_frames=8)

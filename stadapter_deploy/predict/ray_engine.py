@@ -70,6 +70,8 @@ def ray_cluster(address: str | None) -> Iterator[Cluster]:
     except ImportError as e:
         raise ConfigError(f"--engine ray needs Ray ({e.name} is missing): {INSTALL}") from None
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        check_reachable(address)
     options = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     started = time.perf_counter()
     try:
@@ -89,6 +91,22 @@ def ray_cluster(address: str | None) -> Iterator[Cluster]:
                 ray.shutdown()  # still redirected: what Ray says on the way out goes to the log too
     finally:
         ray.shutdown()  # a local cluster stops (a second call does nothing); a joined one is only left
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A cluster address that nothing answers on: one line now (ray.init would retry it without end)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # Ray Client (ray://), "auto" and the like: ray.init says what is wrong with them
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address} ({e.strerror or e}); start it there with "
+            f"`ray start --head --port {port}`, or leave out --ray-address and RAY_ADDRESS for a local one"
+        ) from None
 
 
 @contextmanager
