@@ -1,12 +1,16 @@
-"""stadapter-predict with its defaults against a plain `Predictor.classify` loop, start-up counted on both sides.
+"""stadapter-predict with its defaults against a plain `Predictor.classify` loop, or (--engine ray) its Ray
+engine against its local engine; start-up counted on every side.
 
-Both are whole commands on the same copies of one generated H.264 video (10 s, 640x360): the loop is a
-Python process that loads the Predictor and classifies each video in turn; the other is
-`stadapter-predict --bundle B FOLDER --out F` with no tuning flag. Rounds alternate (loop, predict,
-loop, ...) so both see the same machine load; medians are reported. The bounds each figure is
-measured against come first: one video's decode alone (one core) and its model time alone.
+All are whole commands on the same copies of one generated H.264 video (10 s, 640x360): the loop is a
+Python process that loads the Predictor and classifies each video in turn; the others are
+`stadapter-predict --bundle B FOLDER --out F [--engine ray]` with no tuning flag (the Ray engine starts
+and stops its local cluster). Rounds alternate (A, B, A, ...) so both sides see the same machine load;
+medians are reported. The bounds each figure is measured against come first: one video's decode alone
+(one core) and its model time alone. With --engine ray, where Ray's time went is taken from the line
+the engine prints (cluster start, first line, the rest).
 
     python benchmarks/bench_predict.py --model tiny [--videos 60] [--rounds 3]
+    python benchmarks/bench_predict.py --model tiny --engine ray [--videos 120] [--rounds 3]
     python benchmarks/bench_predict.py --model b16 [--videos 8] [--rounds 2]
     python benchmarks/bench_predict.py --bundle BUNDLE ...
 """
@@ -90,17 +94,27 @@ def run_loop(bundle: Path, paths: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def run_predict(bundle: Path, folder: Path, out: Path) -> tuple[float, str]:
+def run_predict(bundle: Path, folder: Path, out: Path, engine: str = "local") -> tuple[float, str, str]:
+    """(seconds, what the command chose, where the Ray engine's time went)."""
     out.unlink(missing_ok=True)
     start = time.perf_counter()
     done = subprocess.run(
-        [str(BIN / "stadapter-predict"), "--bundle", str(bundle), str(folder), "--out", str(out), "--no-progress"],
+        [str(BIN / "stadapter-predict"), "--bundle", str(bundle), str(folder), "--out", str(out), "--no-progress"]
+        + ["--engine", engine],
         capture_output=True,
         text=True,
         check=True,
     )
-    chose = next((line for line in done.stderr.splitlines() if "decode worker" in line), "")
-    return time.perf_counter() - start, chose
+    seconds = time.perf_counter() - start
+    chose = next((line for line in done.stderr.splitlines() if "decode worker" in line or "ray:" in line), "")
+    spent = next((line for line in done.stderr.splitlines() if line.startswith("ray: the cluster took")), "")
+    return seconds, chose, spent
+
+
+def cpu_cores() -> int:
+    from stadapter_deploy.hardware import cpu_cores
+
+    return cpu_cores()
 
 
 def cpu_flags() -> str:
@@ -115,27 +129,40 @@ def main() -> int:
     p.add_argument("--model", choices=("tiny", "b16"), default="tiny", help="random-weight model to export")
     p.add_argument("--videos", type=int, help="videos (default: 60 for tiny, 8 otherwise)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: the Ray engine against the local")
     args = p.parse_args()
-    count = args.videos or (60 if args.model == "tiny" and not args.bundle else 8)
+    count = args.videos or ((120 if args.engine == "ray" else 60) if args.model == "tiny" and not args.bundle else 8)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundle = args.bundle or make_bundle(tmp, args.model)
         paths = make_videos(tmp / "videos", count)
         decode_s, model_s = bounds(bundle, paths[0])
-        loop, predict, chose = [], [], ""
+        base, predict, chose, spent = [], [], ["", ""], []
+        base_name = "stadapter-predict (local engine)" if args.engine == "ray" else "Predictor.classify loop"
+        name = "stadapter-predict --engine ray" if args.engine == "ray" else "stadapter-predict (defaults)"
         for r in range(args.rounds):
-            loop.append(run_loop(bundle, paths))
-            seconds, chose = run_predict(bundle, tmp / "videos", tmp / "out.jsonl")
+            if args.engine == "ray":
+                seconds, chose[0], _ = run_predict(bundle, tmp / "videos", tmp / "out.jsonl")
+                base.append(seconds)
+            else:
+                base.append(run_loop(bundle, paths))
+            seconds, chose[1], where = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", args.engine)
             predict.append(seconds)
-            print(f"round {r + 1}: loop {loop[-1]:.1f} s, stadapter-predict {predict[-1]:.1f} s", flush=True)
-    print(f"\nCPU: {cpu_flags()}; bundle {bundle.name if args.bundle else args.model}; {count} videos of 10 s 640x360")
+            spent.append(where)
+            print(f"round {r + 1}: {base_name} {base[-1]:.1f} s, {name} {predict[-1]:.1f} s", flush=True)
+            if where:
+                print(f"  {where}", flush=True)
+    print(f"\nCPU: {cpu_flags()}; {cpu_cores()} cores; bundle {bundle.name if args.bundle else args.model}; ", end="")
+    print(f"{count} videos of 10 s 640x360")
     print(f"one video alone: decode + preprocess {decode_s * 1e3:.0f} ms (one core), model {model_s * 1e3:.0f} ms")
-    print(f"stadapter-predict chose: {chose.removeprefix('stadapter-predict: ')}\n")
-    print("| side | median s | videos/s |\n|---|---:|---:|")
-    for name, values in (("Predictor.classify loop", loop), ("stadapter-predict (defaults)", predict)):
-        print(f"| {name} | {statistics.median(values):.1f} | {count / statistics.median(values):.2f} |")
-    ratios = [a / b for a, b in zip(loop, predict, strict=True)]
-    print(f"\nspeed-up: {statistics.median(ratios):.2f}x (median of rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
+    for line in filter(None, chose):
+        print(f"stadapter-predict chose: {line.removeprefix('stadapter-predict: ')}")
+    print("\n| side | median s | videos/s |\n|---|---:|---:|")
+    for side, values in ((base_name, base), (name, predict)):
+        print(f"| {side} | {statistics.median(values):.1f} | {count / statistics.median(values):.2f} |")
+    ratios = [a / b for a, b in zip(base, predict, strict=True)]
+    what = "ray / local throughput" if args.engine == "ray" else "speed-up"
+    print(f"\n{what}: {statistics.median(ratios):.2f}x (median of rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
     return 0
 
 

@@ -17,7 +17,8 @@ examples:
   stadapter-predict --bundle bundles/synthetic @val.txt --out results.jsonl     # prints top-1/top-5
   stadapter-predict --bundle bundles/synthetic --timeline long.mp4 --window 2 --stride 1 --out timeline.jsonl
   stadapter-predict --bundle bundles/synthetic --timeline rtsp://camera.local/stream
-  torchrun --nnodes 2 --nproc_per_node 4 ... -m predict --bundle B archive/ --out results.jsonl
+  stadapter-predict --bundle bundles/synthetic archive/ --out results.jsonl --engine ray   # a local Ray cluster
+  stadapter-predict --bundle B archive/ --out results.jsonl --engine ray --ray-address HEAD:6379  # a cluster
 """
 
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stadapter-predict",
         description="Classify video files, folders and @list.txt files (one JSON line per video), or label "
-        "windows over time with --timeline (files and live streams). Runs under torchrun to shard the inputs.",
+        "windows over time with --timeline (files and live streams). With --engine ray, on a Ray cluster.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -46,9 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="fp32, fp16 (CUDA), bf16 (torch on a CPU with BF16) or int8 (onnxruntime, a bundle exported with "
         "--int8); default: the backend's choice for this bundle and machine",
     )
-    p.add_argument("--threads", type=int, help="model CPU threads (default: the runtime's)")
-    p.add_argument("--workers", type=int, help="decode processes (default: CPU cores, at most 4)")
-    p.add_argument("--batch-size", type=int, help="clips per model call (default: the runner's max, else 8)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="model CPU threads (default: chosen from the model and the cores, and said on stderr: the threads "
+        "that keep up with the decoders, or every core for a model that costs more than decoding)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="decode processes (default: chosen from the model and the cores, at most 8: one per core for a "
+        "cheap model, one for a model that needs the cores); with --engine ray, decode tasks at once "
+        "(default: one per CPU of the cluster, fewer for such a model)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="clips per model call (default: 8 on a CPU, one video's views for a model that needs the cores; "
+        "on a GPU the runner's maximum, else 32)",
+    )
     p.add_argument(
         "--decode-timeout",
         type=float,
@@ -57,6 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds one video may take to decode before it becomes an error line (default 300)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = p.add_argument_group("engine")
+    r.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="'local' (default): this process runs the model and a pool of decode processes; 'ray': a Ray Data "
+        "job, decode tasks on CPUs and the model on an actor pool (one per GPU, else one per node), on a local "
+        "cluster started and stopped by the command or the one --ray-address names. Needs the ray extra: "
+        'pip install -e ".[cpu,ray]"',
+    )
+    r.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --engine ray, the cluster to join, e.g. HEAD:6379 (default: RAY_ADDRESS, else a local cluster); "
+        "inputs and the bundle must be at the same paths on every node",
+    )
     t = p.add_argument_group("timeline")
     t.add_argument("--timeline", action="store_true", help="one line per window instead of one per video")
     t.add_argument(
@@ -107,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         live_policy=args.live_policy,
         progress=not args.no_progress,
         limits=limits,
+        engine=args.engine,
+        ray_address=args.ray_address,
     )
-    if not args.timeline:
+    if not args.timeline and args.engine == "local":
         warm_up()
     early = early_pool(config)
     from stadapter_deploy.predict.run import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, run_predict

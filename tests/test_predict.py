@@ -1,9 +1,9 @@
-"""stadapter-predict: inputs, batched classification, resume after a kill, bad input, timelines, torchrun."""
+"""stadapter-predict: inputs, batched classification, resume after a kill, bad input, timelines (the Ray engine:
+test_predict_ray.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -252,34 +252,6 @@ def test_timeline_file_resume_drops_a_cut_off_video(tmp_path):
     assert lines(out) == whole
     with pytest.raises(ConfigError, match="holds timeline results, not classification results"):
         read_results(out, timeline=False)
-
-
-# ----------------------------------------------------------------------------- torchrun
-
-
-def test_torchrun_two_ranks_shard_merge_and_resume(tiny_bundle, videos, tmp_path):
-    root, paths = videos
-    out = tmp_path / "results.jsonl"
-    command = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "predict"]
-    command += ["--bundle", str(tiny_bundle), str(root / "clips"), "--out", str(out), "--workers", "1"]
-    command += ["--backend", "onnxruntime", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode != 0  # broken.mp4 failed on its rank
-    assert "rank 0: 3 videos" in done.stderr and "rank 1: 2 videos" in done.stderr, done.stderr
-    records = lines(out)
-    assert sorted(r["video"] for r in records) == sorted([str(root / "clips" / "broken.mp4")] + [str(p) for p in paths])
-    assert not list(tmp_path.glob("results.jsonl.part*"))
-    # A rerun after a crash: two videos missing from --out, one of them in rank 1's part file already.
-    keep = [r for r in records if r["video"] not in (str(paths[0]), str(paths[1]))]
-    out.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    part = next(r for r in records if r["video"] == str(paths[1]))
-    (tmp_path / "results.jsonl.part1").write_text(json.dumps(part) + "\n")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    # Shards are taken from the whole input list [broken, c0, c1, c2, c3]: c0 is rank 1's, c1 (done) rank 0's.
-    assert "rank 0: 0 videos" in done.stderr and "rank 1: 1 videos" in done.stderr, done.stderr
-    assert sorted(r["video"] for r in lines(out)) == sorted(r["video"] for r in records)
-    assert not list(tmp_path.glob("results.jsonl.part*"))
 
 
 # ----------------------------------------------------------------------------- a trained model's timeline

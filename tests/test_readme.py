@@ -20,7 +20,7 @@ def test_readme_starts_with_quickstart_and_test_commands():
     assert text.index("```bash") < text.index("\n## "), "the commands must come before the first section"
     commands = first_code_block(text)
     assert commands[0] == "./quickstart.sh"
-    assert commands[1].endswith('pip install -e ".[cpu,test]" && python -m pytest -x -q')
+    assert commands[1].endswith('pip install -e ".[cpu,ray,test]" && python -m pytest -x -q')  # Ray: never skipped
     assert len(commands) == 2
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +18,6 @@ import pytest
 from helpers import SERVE_MAX_UPLOAD_MB as MAX_UPLOAD_MB
 from helpers import serve_until_it_exits
 
-from serve.local import ROOT
 from stadapter_deploy import load_predictor
 from stadapter_deploy.video.synthetic import write_motion_video
 
@@ -313,24 +310,6 @@ def test_startup_refuses_a_precision_the_bundle_lacks(tiny_bundle, tmp_path):
     result = serve_until_it_exits(env)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode != 0 and "STADAPTER_PRECISION='int8': the bundle holds no int8 ONNX" in lines[-1]
-
-
-def test_bentoml_build_packs_the_bundle(tiny_bundle, tmp_path):
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
-    build = [sys.executable, "-m", "serve.build", "--bundle", str(tiny_bundle), "--version", "test"]
-    result = subprocess.run(build, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    src = tmp_path / "bentoml" / "bentos" / "stadapter" / "test" / "src"
-    assert (src / "serve" / "service.py").is_file()
-    assert (src / "bundle" / "manifest.json").read_bytes() == (tiny_bundle / "manifest.json").read_bytes()
-    assert (src / "bundle" / "model.onnx").stat().st_size == (tiny_bundle / "model.onnx").stat().st_size
-    requirements = (src.parent / "env" / "python" / "requirements.txt").read_text()
-    assert "torch==2.13.0" in requirements and "onnxruntime" in requirements  # from pyproject.toml
-    assert "gradio" not in requirements  # the bento carries no demo
-    bad = subprocess.run(
-        [*build[:3], "--bundle", str(tmp_path / "nowhere")], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert bad.returncode == 1 and bad.stderr.strip().startswith("serve.build:")
 
 
 def test_classify_timeline_matches_predictor_timeline(server, local, videos):

@@ -1,7 +1,8 @@
-"""Predict at scale over the Predictor: folders and lists in batches, timelines of long videos and
-streams, sharded under torchrun. Windowing lives in stadapter_deploy/video/windows.py, the timeline's
-model side in stadapter_deploy/runtime/timeline.py. Names load on first use (PEP 562), so that the
-command line can read its options (options.py) and start its decode pool before torch loads."""
+"""Predict at scale over the Predictor: folders and lists in batches (in this process, or on a Ray
+cluster: ray_engine.py), timelines of long videos and streams. Windowing lives in
+stadapter_deploy/video/windows.py, the timeline's model side in stadapter_deploy/runtime/timeline.py.
+Names load on first use (PEP 562), so that the command line can read its options (options.py) and
+start its decode pool before torch loads."""
 
 _EXPORTS = {
     "BatchOptions": ".options",

@@ -20,7 +20,6 @@ from ..video.jobs import ClipsJob, DecodeSetup, decode_worker
 from ..video.limits import DecodeLimits
 from ..video.pool import DecodePool
 from .defaults import MAX_CPU_WORKERS, Choice, choose, describe
-from .distributed import Rank, local_rank
 from .inputs import VideoInput, collect_inputs
 
 
@@ -34,8 +33,8 @@ class PredictConfig:
     backend: str = "auto"
     device: str | None = None
     precision: str | None = None
-    threads: int | None = None  # model threads (default: the runner's; under torchrun, cores / local ranks)
-    workers: int | None = None  # decode processes
+    threads: int | None = None  # model threads (default: chosen from the model and the machine, defaults.py)
+    workers: int | None = None  # decode processes (the Ray engine: decode tasks at once)
     batch_clips: int | None = None
     decode_timeout_s: float = 300.0  # per video, in the decode pool
     timeline: bool = False
@@ -44,6 +43,8 @@ class PredictConfig:
     live_policy: str = "drop"  # live streams: "drop" windows the model cannot reach in time, or run "all"
     progress: bool = True
     limits: DecodeLimits = field(default_factory=DecodeLimits)  # the app reads them from its settings
+    engine: str = "local"  # "local": this process and its decode pool; "ray": a Ray cluster (ray_engine.py)
+    ray_address: str | None = None  # the Ray cluster to join (None: RAY_ADDRESS, else a local one)
 
 
 DEFAULT_DECODE_TIMEOUT_S = 300.0  # one video; a file that hangs the decoder becomes an error line
@@ -53,7 +54,7 @@ DEFAULT_DECODE_TIMEOUT_S = 300.0  # one video; a file that hangs the decoder bec
 class BatchOptions:
     top_k: int = 5
     views: int | None = None  # clips per video; None keeps the recipe's
-    workers: int | None = None  # decode processes (default: the cores this process may use, at most 4;
+    workers: int | None = None  # decode processes (default: the cores this process may use, at most 8;
     # stadapter-predict chooses from the model and the machine: predict/defaults.py)
     batch_clips: int | None = None  # clips per model call (default: the runner's max batch, else 8)
     ahead: int | None = None  # videos decoding or decoded but not yet run (default: 2 per worker + a batch)
@@ -79,12 +80,11 @@ def peek_bundle(path: Path):
 
 
 def machine_defaults(
-    config: PredictConfig, model: ModelConfig, pre: Preprocessing, device: str, rank: Rank, quiet: bool = False
+    config: PredictConfig, model: ModelConfig, pre: Preprocessing, device: str, quiet: bool = False
 ) -> tuple[BatchOptions, int | None]:
     """The batch options and model threads: what the flags say, the rest chosen from the machine
-    (predict/defaults.py), said once on stderr. Under torchrun each rank has its share of the cores."""
-    cores = max(1, cpu_cores() // max(1, rank.local_world_size))
-    chosen = choose(model.clip_gflops(pre.num_frames), pre.with_views(config.views), device, cores)
+    (predict/defaults.py), said once on stderr."""
+    chosen = choose(model.clip_gflops(pre.num_frames), pre.with_views(config.views), device, cpu_cores())
     options = batch_options(config, chosen)
     threads = config.threads or chosen.threads
     if not quiet and not config.timeline and not (config.workers and config.batch_clips and config.threads):
@@ -107,20 +107,20 @@ def early_pool(config: PredictConfig) -> Decoding | None:
     first videos already submitted; else None. The run checks the guess once the bundle is loaded, and
     closes the pool if it was wrong or not needed."""
     gpu_asked = any(d in f"{config.backend}-{config.device}" for d in ("cuda", "tensorrt"))
-    if config.timeline or gpu_asked or (nvidia_gpu_present() and config.device != "cpu"):
+    if config.timeline or config.engine != "local" or gpu_asked or (nvidia_gpu_present() and config.device != "cpu"):
         return None
     try:
         model, pre = peek_bundle(config.bundle)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # load_bundle says what is wrong, in words
-    options, _ = machine_defaults(config, model, pre, "cpu", local_rank(), quiet=True)
+    options, _ = machine_defaults(config, model, pre, "cpu", quiet=True)
     pool = decode_pool(pre, options)
     return Decoding(pool, options, prefetch(pool, config, model.num_classes, pre.with_views(config.views), options))
 
 
 def prefetch(pool: DecodePool, config: PredictConfig, num_classes: int, pre, options: BatchOptions) -> dict:
-    """A fresh run's first videos, submitted at once (a resumed or sharded run decides its videos later)."""
-    if local_rank().distributed or (config.out is not None and config.out.exists()):
+    """A fresh run's first videos, submitted at once (a resumed run decides its videos later)."""
+    if config.out is not None and config.out.exists():
         return {}
     try:
         videos = collect_inputs(config.inputs, num_classes)

@@ -75,18 +75,21 @@ def write_all(path: Path, records: list[dict]) -> None:
 
 
 class ResultWriter:
-    """Appends records as JSON lines to `path` (stdout when None), each write flushed."""
+    """Appends records as JSON lines to `path` (stdout when None), each write flushed. The file opens with
+    the first line: a run that fails before it leaves no file behind."""
 
     def __init__(self, path: Path | None):
-        self.file = open(path, "a") if path else sys.stdout
-        self.owned = path is not None
+        self.path = path
+        self.file = None if path else sys.stdout
 
     def write(self, records: list[dict]) -> None:
+        if self.file is None:
+            self.file = open(self.path, "a")
         self.file.write("".join(json.dumps(r) + "\n" for r in records))  # one write: a video's lines together
         self.file.flush()
 
     def close(self) -> None:
-        if self.owned:
+        if self.path is not None and self.file is not None:
             self.file.close()
 
     def __enter__(self) -> ResultWriter:

@@ -1,4 +1,5 @@
-"""A whole `stadapter-predict` run: inputs -> resume -> (shard) -> classify or timeline -> lines -> summary."""
+"""A whole `stadapter-predict` run: inputs -> resume -> classify (the local or the Ray engine) or timeline ->
+lines -> summary."""
 
 from __future__ import annotations
 
@@ -12,26 +13,16 @@ from ..runtime.timeline import iter_timeline
 from ..video.source import is_stream
 from ..video.windows import WindowSpec
 from .batch import classify_videos, error_record
-from .distributed import Rank, barrier, join, leave, merge_parts, part_path, part_paths
 from .inputs import VideoInput, collect_inputs
 from .options import BatchOptions, Decoding, PredictConfig, decode_pool, early_pool, machine_defaults, say
 from .output import ResultWriter, check_out_path, read_results
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+ENGINES = ("local", "ray")
 
 
 class Interrupted(Exception):
     """Ctrl+C during a run over files: the lines written so far stay, and a rerun resumes."""
-
-
-def previous_records(out: Path | None, rank: Rank, timeline: bool) -> list[dict]:
-    """What earlier runs wrote: --out and, under torchrun, every part file (only their owners repair them)."""
-    if out is None:
-        return []
-    records = read_results(out, timeline, repair=rank.is_main)
-    for part in part_paths(out):
-        records += read_results(part, timeline, repair=part == part_path(out, rank.rank) and rank.distributed)
-    return records
 
 
 def run_predict(config: PredictConfig, early: Decoding | None = None) -> int:
@@ -39,6 +30,10 @@ def run_predict(config: PredictConfig, early: Decoding | None = None) -> int:
     (the command line starts it before importing this module); None: started here."""
     try:
         spec = WindowSpec(config.window_s, config.stride_s)
+        if config.engine not in ENGINES:
+            raise ConfigError(f"unknown --engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
+        if config.engine == "ray" and config.timeline:
+            raise ConfigError("--engine ray labels files, one line each; --timeline runs on the local engine")
         if config.out is not None:
             check_out_path(config.out)
         early = early or early_pool(config)  # decode workers start now, while this process loads the rest
@@ -50,63 +45,70 @@ def run_predict(config: PredictConfig, early: Decoding | None = None) -> int:
 
 def run_loaded(config: PredictConfig, spec: WindowSpec, early: Decoding | None) -> int:
     from ..runtime.bundle import load_bundle
-    from ..runtime.predictor import load_predictor, plan_predictor
 
     bundle = load_bundle(config.bundle)
     videos = collect_inputs(config.inputs, len(bundle.labels), streams=config.timeline)
-    rank = join()
+    done = {r["video"] for r in read_results(config.out, config.timeline)} if config.out is not None else set()
+    todo = [v for v in videos if v.video not in done or is_stream(v.video)]
+    started = time.perf_counter()
+    if config.engine == "ray":
+        new = predict_on_ray(bundle, todo, config)
+    else:
+        new = predict_locally(bundle, todo, config, spec, early)
+    seconds = time.perf_counter() - started
+    records = read_results(config.out, config.timeline) if config.out is not None else new
+    summarize(videos, records, len(videos) - len(todo), config)
+    missing = {v.video for v in todo} - {r["video"] for r in new}
+    if missing and not config.timeline:  # a Ray block that failed past its retries (never the local engine)
+        say(
+            f"stadapter-predict: {len(missing)} videos got no line (Ray gave up on them; its logs say why), e.g. "
+            f"{sorted(missing)[0]}; rerun the same command to try them again"
+        )
+    say(f"{len(todo)} videos in {seconds:.1f} s")
+    failed = {r["video"] for r in records if "error" in r} & {v.video for v in videos}
+    return EXIT_FAILED if failed or missing else EXIT_OK
+
+
+def predict_on_ray(bundle, videos: list[VideoInput], config: PredictConfig) -> list[dict]:
+    """The Ray engine (ray_engine.py): a cluster joined or started for the job, its lines written here."""
+    if not videos:
+        return []
+    from .ray_engine import ray_cluster, ray_records
+
+    with ray_cluster(config.ray_address) as cluster:
+        return write_records(ray_records(cluster, bundle, videos, config), config, len(videos))
+
+
+def predict_locally(bundle, videos: list[VideoInput], config: PredictConfig, spec: WindowSpec, early) -> list[dict]:
+    """The local engine: this process runs the model, its decode pool the decoding."""
+    from ..runtime.predictor import load_predictor, plan_predictor
+
+    plan = plan_predictor(bundle, config.backend, config.device, config.precision)
+    options, threads = machine_defaults(config, bundle.config, bundle.preprocessing, plan.device)
     decoding = None
     try:
-        if rank.distributed and config.out is None:
-            raise ConfigError("under torchrun, --out is needed: each rank writes a part file beside it")
-        done = {r["video"] for r in previous_records(config.out, rank, config.timeline)}
-        mine = [v for v in rank.shard(videos) if v.video not in done or is_stream(v.video)]
-        plan = plan_predictor(bundle, config.backend, config.device, config.precision)
-        options, threads = machine_defaults(config, bundle.config, bundle.preprocessing, plan.device, rank)
-        if mine and not config.timeline:
+        if videos and not config.timeline:
             matches = early is not None and early.options == options  # never wrong on a CPU-only machine
             decoding = early if matches else Decoding(decode_pool(bundle.preprocessing, options), options, {})
         predictor = load_predictor(bundle, plan=plan, threads=threads, limits=config.limits)
-        target = part_path(config.out, rank.rank) if rank.distributed else config.out
-        started = time.perf_counter()
-        with ResultWriter(target) as writer:
-            new = predict_videos(predictor, mine, config, spec, options, writer, rank, decoding)
-        seconds = time.perf_counter() - started
-        barrier()
-        if rank.is_main and config.out is not None:
-            merged = merge_parts if rank.distributed else read_results
-            records, considered = merged(config.out, config.timeline), videos
-        else:
-            records, considered = new, mine
-        summarize(considered, records, len(videos) - len(mine) if not rank.distributed else None, config)
-        say(f"{'rank ' + str(rank.rank) + ': ' if rank.distributed else ''}{len(mine)} videos in {seconds:.1f} s")
-        failed = {r["video"] for r in records if "error" in r} & {v.video for v in considered}
-        return EXIT_FAILED if failed else EXIT_OK
-    finally:
-        if decoding is not None:
-            decoding.pool.close()
-        leave()
-
-
-def predict_videos(
-    predictor,
-    videos: list[VideoInput],
-    config: PredictConfig,
-    spec: WindowSpec,
-    options: BatchOptions,
-    writer,
-    rank: Rank,
-    decoding: Decoding | None,
-) -> list[dict]:
-    desc = f"rank {rank.rank}" if rank.distributed else "predict"
-    bar = progress_bar(len(videos), desc, enabled=config.progress, unit="video")
-    records = []
-    try:
         results = (
             timeline_records(predictor, videos, config, spec)
             if config.timeline
             else classify_records(predictor, videos, options, decoding)
         )
+        return write_records(results, config, len(videos))
+    finally:
+        if decoding is not None:
+            decoding.pool.close()
+
+
+def write_records(results, config: PredictConfig, total: int) -> list[dict]:
+    """Write each video's lines to --out (or stdout) as they come (`results` yields a list of lines per video
+    or stream window), with one progress bar over the videos; Ctrl+C keeps what is written (Interrupted)."""
+    writer = ResultWriter(config.out)
+    bar = progress_bar(total, "predict", enabled=config.progress, unit="video")
+    records = []
+    try:
         for lines in results:
             writer.write(lines)
             records += lines
@@ -118,11 +120,14 @@ def predict_videos(
         raise Interrupted(f"{len(records)} lines written") from None
     finally:
         bar.close()
+        writer.close()
+        if hasattr(results, "close"):
+            results.close()  # a generator's own cleanup now (the Ray engine stops its cluster)
     return records
 
 
 def classify_records(predictor, videos: list[VideoInput], options: BatchOptions, decoding: Decoding | None):
-    if not videos:  # e.g. a rank whose shard is all done: no pool was started
+    if not videos:  # all done already: no pool was started
         return
     for record in classify_videos(predictor, videos, options, decoding.pool, decoding.prefetched):
         yield [record]
