@@ -4,7 +4,7 @@
     python benchmarks/bench_live.py --bundle BUNDLE [--seconds 40] [--window 2 --stride 1] [--threads 2]
 
 An MPEG-TS stream of a testsrc2 video is sent at real time over HTTP by ffmpeg (-re -listen 1). Each
-line's lag_s is the distance from its window's end to the live edge when it was written; the table
+line's lag_s is the wall-clock time since its window's last frame arrived, as it was written; the table
 gives it at 10 s, 20 s and 40 s of wall time, its median and maximum while the stream is live, and the
 windows skipped.
 Without --bundle a model about 0.5 s a clip on one thread is exported first (as tests/test_live.py).
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,14 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from stadapter_deploy.net import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_video(path: Path, seconds: int) -> Path:

@@ -58,6 +58,7 @@ def make_bundle(folder: Path, model: str) -> Path:
     from stadapter_deploy import build_model
     from stadapter_deploy.export.exporter import ExportOptions, export_bundle, load_source
     from stadapter_deploy.model import save_checkpoint
+    from stadapter_deploy.recipes import get_recipe
 
     torch.manual_seed(0)
     net = build_model("tiny" if model == "tiny" else "vit_b16_adapter12x384", num_classes=6)
@@ -65,8 +66,10 @@ def make_bundle(folder: Path, model: str) -> Path:
         for name, p in net.named_parameters():
             if ".adapter_pre_" in name:
                 p.normal_(std=0.05)
-    recipe = {"dataset": "synthetic", "num_frames": 8, "sampling_rate": 0, "spatial_views": 1, "temporal_views": 1}
-    checkpoint = save_checkpoint(net, folder / "checkpoint", extra={"recipe": recipe})
+    pre = get_recipe("synthetic").preprocessing.replace(size=net.cfg.image_size)
+    checkpoint = save_checkpoint(
+        net, folder / "checkpoint", extra={"dataset": "synthetic", "preprocessing": pre.to_dict()}
+    )
     options = ExportOptions(progress=False, check_videos=1, check_random=1)
     return export_bundle(load_source(checkpoint=checkpoint), folder / "bundle", options).path
 

@@ -16,6 +16,7 @@ import pytest
 
 from predict.cli import main
 from stadapter_deploy.errors import ConfigError
+from stadapter_deploy.net import free_port
 from stadapter_deploy.predict.inputs import collect_inputs
 from stadapter_deploy.predict.output import read_results
 from stadapter_deploy.preprocessing import Preprocessing
@@ -158,14 +159,6 @@ def test_an_unreachable_stream_is_an_error_line(tiny_bundle, tmp_path, capsys):
     assert code == 1
     assert "cannot open the stream" in capsys.readouterr().err
     assert "cannot open the stream" in lines(out)[0]["error"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- timelines
@@ -357,8 +350,45 @@ def test_the_defaults_follow_the_model_and_the_machine(tiny_bundle, videos, caps
     assert (big.workers, big.threads) == (3, 57) and big.workers + big.threads <= 64
     gpu = choose(303.0, pre, "cuda", cores=16, max_batch=32)
     assert (gpu.workers, gpu.batch_clips, gpu.threads) == (8, 32, None)
+    from stadapter_deploy.hardware import memory_bytes
+
+    bound = int(memory_bytes() * 0.5 / 3.5)  # decodes so big that three fit in half the memory
+    capped = choose(303.0, pre, "cuda", cores=16, max_batch=32, decode_bound=bound)
+    assert capped.workers == 3 and "fit in half the memory" in capped.why
     root, paths = videos
     assert main(["--bundle", str(tiny_bundle), "--no-progress", str(paths[0])]) == 0
     err = capsys.readouterr().err
     chose = [line for line in err.splitlines() if "decode worker" in line]
     assert len(chose) == 1 and "decode-bound" in chose[0] and "flags given: none" in chose[0], err
+
+
+def test_a_list_file_never_names_a_stream_or_a_device(tiny_bundle, tmp_path, capsys):
+    """Stream URLs and capture devices come only from the command line: in a list they are file names."""
+    listed = tmp_path / "list.txt"
+    listed.write_text("/dev/video0\nrtsp://127.0.0.1:9/live\n")
+    out = tmp_path / "t.jsonl"
+    assert main(["--bundle", str(tiny_bundle), "--timeline", f"@{listed}", "--out", str(out), "--no-progress"]) == 1
+    records = {r["video"]: r for r in lines(out)}
+    assert records["/dev/video0"]["code"] == "video_unreadable"
+    assert all("cannot open the stream" not in r["error"] for r in records.values()), records
+    assert "cannot open the stream" not in capsys.readouterr().err
+
+
+def test_out_is_never_written_through_a_link(tiny_bundle, videos, tmp_path, capsys):
+    root, paths = videos
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    link = tmp_path / "results.jsonl"
+    link.symlink_to(victim)
+    assert main(["--bundle", str(tiny_bundle), str(paths[0]), "--out", str(link), "--no-progress"]) == 2
+    assert "symbolic link" in capsys.readouterr().err and victim.read_text() == "precious\n"
+    # A repair rewrites --out through a temporary file of its own name, never one planted beside it.
+    out = tmp_path / "out.jsonl"
+    out.write_text(json.dumps({"video": str(paths[0]), "error": "x", "code": "video_unreadable"}) + '\n{"video": "torn')
+    (tmp_path / "out.jsonl.tmp").symlink_to(victim)  # the name the repair used to write through
+    assert main(["--bundle", str(tiny_bundle), str(paths[0]), str(paths[1]), "--out", str(out), "--no-progress"]) in (
+        0,
+        1,
+    )
+    assert victim.read_text() == "precious\n" and len(lines(out)) == 2
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.jsonl.")]  # no temporary file left

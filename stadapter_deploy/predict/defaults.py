@@ -14,6 +14,9 @@ Decoding gets that share of the cores, as whole decode workers, and the model th
 
 On a GPU the model runs apart from the cores: decode workers on every core (at most MAX_GPU_WORKERS)
 feed batches as large as the runner's profile allows.
+
+Either way, no more decode workers than fit in half the machine's memory, each at the most one decode can
+take within the decode limits (`DecodeLimits.decode_bound_bytes`: about 1 GB at 4096x4096).
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..hardware import cpu_cores
+from ..hardware import cpu_cores, memory_bytes
 from ..preprocessing import DEFAULT_BATCH_CLIPS, Preprocessing
 
 CPU_GFLOPS_PER_CORE = 40.0  # fp32 GEMM-bound ViT throughput of one core, AVX2 to AVX-512 (a rough middle)
 DECODE_S_PER_VIDEO = 0.4  # one core, a 10 s 640x360 H.264 video, 8 frames converted (bench_video.py)
 MAX_CPU_WORKERS = 8  # each imports torch (~0.3 GB resident)
 MAX_GPU_WORKERS = 8
+MEMORY_SHARE = 0.5  # decode workers x the most one decode takes fit in this share of the memory
 GPU_BATCH_CLIPS = 32  # where the runner sets no maximum
 
 
@@ -45,9 +49,19 @@ def choose(
     device: str,
     cores: int | None = None,
     max_batch: int | None = None,
+    decode_bound: int | None = None,
 ) -> Choice:
-    """The defaults for a model of `gflops_per_clip` with preprocessing `pre` (its views) on `device`."""
-    cores = cores or cpu_cores()
+    """The defaults for a model of `gflops_per_clip` with preprocessing `pre` (its views) on `device`;
+    `decode_bound`: the most memory one decode takes (bytes), which caps the decode workers."""
+    chosen = choose_for_cores(gflops_per_clip, pre, device, cores or cpu_cores(), max_batch)
+    fit = max(1, int(memory_bytes() * MEMORY_SHARE // decode_bound)) if decode_bound else chosen.workers
+    if fit >= chosen.workers:
+        return chosen
+    why = f"{chosen.why}; {fit} decode worker{'s' * (fit != 1)} at most, to fit in half the memory"
+    return Choice(fit, chosen.batch_clips, chosen.threads, why)
+
+
+def choose_for_cores(gflops_per_clip: float, pre: Preprocessing, device: str, cores: int, max_batch: int | None):
     clips = pre.views
     if device != "cpu":
         workers = min(cores, MAX_GPU_WORKERS)

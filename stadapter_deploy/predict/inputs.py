@@ -1,7 +1,8 @@
 """What to predict on: video files, folders searched recursively, `@list.txt` files, and stream URLs.
 
 A list file is the training list format (`<path> <integer label>` per line, paths relative to the list
-file's folder), with the label optional. Blank lines and `#` comments are skipped.
+file's folder), with the label optional. Blank lines and `#` comments are skipped. Every entry of a list
+is a file: a stream URL or a capture device is opened only where the command line names it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ NUMBER = re.compile(r"[-+]?\d+(\.\d*)?")
 class VideoInput:
     video: str  # a path, or a stream URL; the key of its result lines
     label: int | None = None  # ground truth from a list file
+    stream: bool = False  # a stream URL or a capture device, named on the command line (never by a list file)
 
 
 def is_video_file(path: Path) -> bool:
@@ -80,7 +82,7 @@ def collect_inputs(args: list[str], num_classes: int, streams: bool = False) -> 
         elif is_stream(arg):
             if not streams:
                 raise ConfigError(f"{arg} is a live stream: streams need --timeline")
-            found.append(VideoInput(arg))
+            found.append(VideoInput(arg, stream=True))
         elif Path(arg).is_dir():
             found += videos_in_folder(Path(arg))
         else:

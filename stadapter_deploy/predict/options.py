@@ -84,7 +84,9 @@ def machine_defaults(
 ) -> tuple[BatchOptions, int | None]:
     """The batch options and model threads: what the flags say, the rest chosen from the machine
     (predict/defaults.py), said once on stderr."""
-    chosen = choose(model.clip_gflops(pre.num_frames), pre.with_views(config.views), device, cpu_cores())
+    pre = pre.with_views(config.views)
+    bound = config.limits.decode_bound_bytes(pre.num_frames * pre.temporal_views, pre.size)
+    chosen = choose(model.clip_gflops(pre.num_frames), pre, device, cpu_cores(), decode_bound=bound)
     options = batch_options(config, chosen)
     threads = config.threads or chosen.threads
     if not quiet and not config.timeline and not (config.workers and config.batch_clips and config.threads):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -65,13 +66,19 @@ def read_results(path: Path, timeline: bool = False, repair: bool = True) -> lis
 
 
 def write_all(path: Path, records: list[dict]) -> None:
-    """Replace `path` by `records` at once: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace `path` by `records` at once: a reader sees the old file or the new one, never half. The
+    temporary file gets a name of its own, made with O_EXCL (a link planted at a guessable name is never
+    written through)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class ResultWriter:
@@ -83,8 +90,9 @@ class ResultWriter:
         self.file = None if path else sys.stdout
 
     def write(self, records: list[dict]) -> None:
-        if self.file is None:
-            self.file = open(self.path, "a")
+        if self.file is None:  # never through a link (check_out_path refused one; one planted since fails here)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            self.file = os.fdopen(fd, "a")
         self.file.write("".join(json.dumps(r) + "\n" for r in records))  # one write: a video's lines together
         self.file.flush()
 
@@ -100,6 +108,10 @@ class ResultWriter:
 
 
 def check_out_path(path: Path) -> None:
+    if path.is_symlink():
+        raise ConfigError(
+            f"--out {path} is a symbolic link; name a regular file (results are never written through a link)"
+        )
     if path.is_dir():
         raise ConfigError(f"--out {path} is a folder; name a file in it, e.g. {path / 'results.jsonl'}")
     if not path.parent.is_dir():

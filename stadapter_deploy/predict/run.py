@@ -10,7 +10,6 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..progress import progress_bar
 from ..runtime.timeline import iter_timeline
-from ..video.source import is_stream
 from ..video.windows import WindowSpec
 from .batch import classify_videos, error_record
 from .inputs import VideoInput, collect_inputs
@@ -49,7 +48,7 @@ def run_loaded(config: PredictConfig, spec: WindowSpec, early: Decoding | None) 
     bundle = load_bundle(config.bundle)
     videos = collect_inputs(config.inputs, len(bundle.labels), streams=config.timeline)
     done = {r["video"] for r in read_results(config.out, config.timeline)} if config.out is not None else set()
-    todo = [v for v in videos if v.video not in done or is_stream(v.video)]
+    todo = [v for v in videos if v.video not in done or v.stream]
     started = time.perf_counter()
     if config.engine == "ray":
         new = predict_on_ray(bundle, todo, config)
@@ -141,7 +140,7 @@ def timeline_records(predictor, videos: list[VideoInput], config: PredictConfig,
     for video in videos:
         name = video.video
         try:
-            if is_stream(name):
+            if video.stream:
                 yield from stream_records(predictor, name, live_args)
                 continue
             segments = [s.to_dict() for s in iter_timeline(predictor, Path(name), *args)]
