@@ -115,3 +115,17 @@ def serve_until_it_exits(env: dict, timeout_s: float = 120):
         text=True,
         timeout=timeout_s,
     )
+
+
+def wait_listening(port: int, process) -> None:
+    """Wait for a LISTEN socket on the port without connecting (ffmpeg -listen 1 serves one client)."""
+    import time
+
+    hex_port = f":{port:04X} "
+    for _ in range(400):
+        table = Path("/proc/net/tcp").read_text()
+        if any(hex_port in line and line.split()[3] == "0A" for line in table.splitlines()[1:]):
+            return
+        assert process.poll() is None, "ffmpeg exited before listening"
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import make_tiny_bundle
+from helpers import make_tiny_bundle, wait_listening
 
 from stadapter_deploy.net import free_port
 
@@ -27,16 +27,8 @@ def slow_bundle(tmp_path_factory):
     """A real bundle (the export path, ONNX) of a model slower than the stride on one thread on any of our CPUs:
     0.51 s a clip (median of 5, one thread) on a 2-core AMD EPYC with AVX-512 VNNI, where 6 blocks took 0.23 s,
     under the 0.25 s stride, and failed this test's precondition."""
-    return make_tiny_bundle(
-        tmp_path_factory.mktemp("slow-bundle"),
-        width=384,
-        layers=12,
-        heads=6,
-        patch_size=16,
-        image_size=224,
-        adapter_width=64,
-        adapter_layers=12,
-    )
+    shape = dict(width=384, layers=12, heads=6, patch_size=16, image_size=224, adapter_width=64, adapter_layers=12)
+    return make_tiny_bundle(tmp_path_factory.mktemp("slow-bundle"), **shape)
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +40,6 @@ def long_video(tmp_path_factory) -> Path:
         check=True,
     )
     return path
-
-
-def wait_listening(port: int, process: subprocess.Popen) -> None:
-    """Wait for a LISTEN socket on the port without connecting (ffmpeg -listen 1 serves one client)."""
-    hex_port = f":{port:04X} "
-    for _ in range(400):
-        table = Path("/proc/net/tcp").read_text()
-        if any(hex_port in line and line.split()[3] == "0A" for line in table.splitlines()[1:]):
-            return
-        assert process.poll() is None, "ffmpeg exited before listening"
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def read_lines(process: subprocess.Popen) -> list[tuple[float, dict]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from helpers import wait_listening
 
 from predict.cli import main
 from stadapter_deploy.errors import ConfigError
@@ -220,18 +221,6 @@ def test_timeline_over_a_loopback_stream_matches_the_file(tiny_bundle, tmp_path)
         assert got["video"] == url and got["latency_ms"] >= 0 and got["lag_s"] >= 0 and got["skipped"] == 0
         assert (got["start_s"], got["end_s"], got["frames"]) == (want["start_s"], want["end_s"], want["frames"])
         assert [x["index"] for x in got["labels"]] == [x["index"] for x in want["labels"]]
-
-
-def wait_listening(port: int, process: subprocess.Popen) -> None:
-    """Wait for a LISTEN socket on the port without connecting (ffmpeg -listen 1 serves one client)."""
-    hex_port = f":{port:04X} "
-    for _ in range(200):
-        table = Path("/proc/net/tcp").read_text()
-        if any(hex_port in line and line.split()[3] == "0A" for line in table.splitlines()[1:]):
-            return
-        assert process.poll() is None, "ffmpeg exited before listening"
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def test_timeline_file_resume_drops_a_cut_off_video(tmp_path):

@@ -67,17 +67,8 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 def test_short_synthetic_run_learns_and_writes_every_output(motion_data, tmp_path):
     out = tmp_path / "run"
     task = left_right_lists(motion_data, tmp_path)  # 96 train / 16 val clips, 2 classes
-    last = train_synthetic(
-        out,
-        motion_data,
-        **task,
-        epochs=4,
-        warmup_epochs=0.25,
-        total_batch=8,
-        lr_per_256=0.64,
-        keep_last=2,
-        num_workers=2,
-    )
+    schedule = dict(epochs=4, warmup_epochs=0.25, total_batch=8, lr_per_256=0.64, keep_last=2, num_workers=2)
+    last = train_synthetic(out, motion_data, **task, **schedule)
     log = read_log(out)
     assert [r["epoch"] for r in log] == list(range(4))
     for key in ("epoch", "train_loss", "lr", "val_acc1", "val_acc5", "clips_per_s", "max_mem_mb"):

@@ -1,26 +1,16 @@
 """CLIP ViT + ST-Adapter: the modules, presets and weight formats. Names load on first use (PEP 562), so
 that `stadapter_deploy.model.config` (presets, FLOPs) can be read without importing torch."""
 
-_EXPORTS = {
-    "build_model": ".build",
-    "load_strict": ".build",
-    "PRESETS": ".config",
-    "ModelConfig": ".config",
-    "get_preset": ".config",
-    "STAdapter": ".vit",
-    "STAdapterViT": ".vit",
-    "is_trainable_name": ".vit",
-    "trainable_state_dict": ".vit",
-    "load_clip_state_dict": ".weights",
-    "read_checkpoint": ".weights",
-    "save_checkpoint": ".weights",
-}
+from ..lazy import lazy_exports, lazy_names
+
+_EXPORTS = lazy_names(
+    {
+        ".build": ("build_model", "load_strict"),
+        ".config": ("PRESETS", "ModelConfig", "get_preset"),
+        ".vit": ("STAdapter", "STAdapterViT", "is_trainable_name", "trainable_state_dict"),
+        ".weights": ("load_clip_state_dict", "read_checkpoint", "save_checkpoint"),
+    }
+)
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -4,18 +4,11 @@ stadapter_deploy/video/windows.py, the timeline's model side in stadapter_deploy
 Names load on first use (PEP 562), so that the command line can read its options (options.py) and
 start its decode pool before torch loads."""
 
-_EXPORTS = {
-    "BatchOptions": ".options",
-    "classify_videos": ".batch",
-    "VideoInput": ".inputs",
-    "collect_inputs": ".inputs",
-}
+from ..lazy import lazy_exports, lazy_names
+
+_EXPORTS = lazy_names(
+    {".options": ("BatchOptions",), ".batch": ("classify_videos",), ".inputs": ("VideoInput", "collect_inputs")}
+)
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -4,22 +4,16 @@ Its names load on first use (PEP 562), so that importing a light module of the p
 decode pool, does not import torch.
 """
 
-_EXPORTS = {
-    "CLIP_MEAN": "..preprocessing",
-    "CLIP_STD": "..preprocessing",
-    "Preprocessing": "..preprocessing",
-    "EvalViews": ".pipeline",
-    "load_eval_views": ".pipeline",
-    "prepare_eval_views": ".pipeline",
-    "decode_frames": ".decode",
-    "denormalize": ".transforms",
-}
+from ..lazy import lazy_exports, lazy_names
+
+_EXPORTS = lazy_names(
+    {
+        "..preprocessing": ("CLIP_MEAN", "CLIP_STD", "Preprocessing"),
+        ".pipeline": ("EvalViews", "load_eval_views", "prepare_eval_views"),
+        ".decode": ("decode_frames",),
+        ".transforms": ("denormalize",),
+    }
+)
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
