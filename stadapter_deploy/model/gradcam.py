@@ -11,8 +11,8 @@ Grad-CAM (Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks vi
 Localization", ICCV 2017) is the same product with each channel's gradient first averaged over a frame's
 positions, the form made for CNN feature maps, where the gradient varies little across positions. Here
 it does vary: the class token's attention weighs each patch on its own. On the trained synthetic model,
-the map's mass inside the moving square is 4.1x the square's share of the frame with gradient x input
-and 2.3x with Grad-CAM (1.3x with Grad-CAM on the un-normalized tokens); tests/test_explain.py measures
+the map's mass inside the moving square is 4.2x the square's share of the frame with gradient x input
+and 2.2x with Grad-CAM (1.3x with Grad-CAM on the tokens before ln_1); tests/test_explain.py measures
 both. `method="grad_cam"` gives Grad-CAM, for comparisons.
 
 Only the last block and the head run with autograd: the gradient needs nothing earlier, so a map costs
