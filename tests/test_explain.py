@@ -12,7 +12,7 @@ from PIL import Image
 
 from stadapter_deploy.errors import BundleError
 from stadapter_deploy.model.gradcam import heatmaps
-from stadapter_deploy.runtime.explain import Explanation, centre_view, render_explanation
+from stadapter_deploy.runtime.explain import Explanation, centre_view, explain_views, render_explanation
 from stadapter_deploy.runtime.predictor import load_predictor
 from stadapter_deploy.video.pipeline import eval_views_from_frames
 from stadapter_deploy.video.synthetic import CLASS_NAMES, square_masks
@@ -100,6 +100,13 @@ def test_an_explanation_is_the_centre_view_with_classifys_label(tiny_bundle, mot
     for bad in (6, -1, "1", True):
         with pytest.raises(ValueError, match="target must be a class index between 0 and 5"):
             predictor.explain(motion_video, target=bad)
+
+    decoded = predictor.preprocess(motion_video)  # as a decode worker hands it over
+    from_views = explain_views(predictor, decoded, target=5)
+    np.testing.assert_array_equal(from_views.heatmaps, other.heatmaps)
+    assert from_views.frame_indices == other.frame_indices
+    with pytest.raises(ValueError, match="1 clips for views=3, which makes 3"):
+        explain_views(predictor, decoded, views=3)
 
     three = predictor.explain(motion_video, views=3)  # three crops along the long side: the middle one
     crops = predictor.preprocess(motion_video, views=3).clips

@@ -76,12 +76,17 @@ def centre_view(spatial_views: int, temporal_views: int) -> tuple[int, int]:
 def explain(predictor, video, target: int | None = None, views: int | None = None) -> Explanation:
     """The Explanation of `video` (a path or bytes) for class `target` (default: the top-1), on
     `predictor`'s bundle and preprocessing; `views` as in classify."""
-    num_classes = len(predictor.labels)
-    valid = not isinstance(target, bool) and isinstance(target, int) and 0 <= target < num_classes
-    if target is not None and not valid:
-        raise ValueError(f"target must be a class index between 0 and {num_classes - 1}, got {target!r}")
+    check_target(target, len(predictor.labels))  # before the decode
+    return explain_views(predictor, predictor.preprocess(video, views), target, views)
+
+
+def explain_views(predictor, ev, target: int | None = None, views: int | None = None) -> Explanation:
+    """The Explanation of a video already decoded into EvalViews `ev` with `predictor.preprocess(video,
+    views)` (e.g. in a decode worker, as the service decodes)."""
+    check_target(target, len(predictor.labels))
     pre = predictor.preprocessing.with_views(views)
-    ev = predictor.preprocess(video, views)  # [V, 3, T, S, S]
+    if len(ev.clips) != pre.views:
+        raise ValueError(f"{len(ev.clips)} clips for views={views}, which makes {pre.views}")
     model = predictor.torch_model()
     device = next(model.parameters()).device
     maps = heatmaps(model, ev.clips.to(device), target)
@@ -95,6 +100,12 @@ def explain(predictor, video, target: int | None = None, views: int | None = Non
         score=float(scores[maps.target]),
         frame_indices=list(ev.frame_indices[temporal]),
     )
+
+
+def check_target(target, num_classes: int) -> None:
+    valid = not isinstance(target, bool) and isinstance(target, int) and 0 <= target < num_classes
+    if target is not None and not valid:
+        raise ValueError(f"target must be a class index between 0 and {num_classes - 1}, got {target!r}")
 
 
 # ----------------------------------------------------------------------------- the picture

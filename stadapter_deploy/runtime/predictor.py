@@ -7,6 +7,7 @@ Preprocessing, batching, view averaging and top-k live here, once. The result is
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ class Predictor:
         self.preprocessing: Preprocessing = bundle.preprocessing
         self.model_name: str = bundle.model_name
         self._torch_model = None  # the fp32 torch model for explain(), loaded on first use
+        self._torch_model_lock = threading.Lock()  # one load, whichever request explains first
 
     def __repr__(self) -> str:
         return f"Predictor(backend={self.backend!r}, precision={self.precision!r}, model={self.model_name!r})"
@@ -169,13 +171,14 @@ class Predictor:
     def torch_model(self):
         """The bundle's fp32 torch model, for explanations: this Predictor's own where it runs one in fp32,
         else loaded once from model.safetensors (on the GPU where there is one)."""
-        if self._torch_model is None:
-            runner_model = getattr(self.runner, "model", None)
-            if self.runner.name == "torch" and self.precision == "fp32" and runner_model is not None:
-                self._torch_model = runner_model
-            else:
-                self._torch_model = load_torch_model(self.bundle).to("cuda" if cuda_available() else "cpu")
-        return self._torch_model
+        with self._torch_model_lock:
+            if self._torch_model is None:
+                runner_model = getattr(self.runner, "model", None)
+                if self.runner.name == "torch" and self.precision == "fp32" and runner_model is not None:
+                    self._torch_model = runner_model
+                else:
+                    self._torch_model = load_torch_model(self.bundle).to("cuda" if cuda_available() else "cpu")
+            return self._torch_model
 
     def timeline(
         self, video, window_s: float | None = None, stride_s: float | None = None, top_k: int = 5, views=None
