@@ -147,8 +147,9 @@ def peak_for(gpu: str, override: float | None) -> dict:
 def step_parity(s: Settings, emit) -> None:
     import numpy as np
 
-    from stadapter_deploy.export.parity import CheckInputs, check_artifact, check_inputs, reference_logits
+    from stadapter_deploy.export.parity import CheckInputs, check_artifact, check_inputs, reference_outputs
     from stadapter_deploy.preprocessing import Preprocessing
+    from stadapter_deploy.runtime.runner import Outputs
 
     model = random_model(s)
     pre = Preprocessing(num_frames=s.frames, size=model.cfg.image_size)
@@ -159,7 +160,7 @@ def step_parity(s: Settings, emit) -> None:
         random = torch.randn((4, *pre.clip_shape), generator=torch.Generator().manual_seed(0)).numpy()
         inputs = CheckInputs(clips=np.zeros((0, *pre.clip_shape), np.float32), random=random)
     log(f"parity: fp32 reference on the CPU for {len(inputs.clips) + len(inputs.random)} clips")
-    reference = reference_logits(copy.deepcopy(model), inputs)
+    reference = reference_outputs(copy.deepcopy(model), inputs)
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 row measures fp32, not TF32
     torch.backends.cudnn.allow_tf32 = False
     variants = {  # as the torch runner runs them (runtime/runners/torch_runner.py)
@@ -170,11 +171,13 @@ def step_parity(s: Settings, emit) -> None:
     for name, (net, autocast, gate) in variants.items():
 
         def run(clips, net=net, autocast=autocast):
-            out = []
+            logits, features = [np.zeros((0, s.num_classes), np.float32)], [np.zeros((0, net.cfg.width), np.float32)]
             with torch.inference_mode(), torch.autocast(s.device, dtype=autocast, enabled=autocast is not None):
                 for i in range(0, len(clips), 4):
-                    out.append(net(torch.from_numpy(clips[i : i + 4]).to(s.device)).float().cpu().numpy())
-            return np.concatenate(out) if out else np.zeros((0, s.num_classes), np.float32)
+                    pooled = net.features(torch.from_numpy(clips[i : i + 4]).to(s.device))  # [n, D]
+                    logits.append(net.head(pooled).float().cpu().numpy())
+                    features.append(pooled.float().cpu().numpy())
+            return Outputs(np.concatenate(logits), np.concatenate(features))  # the logits and what the head read
 
         figures = check_artifact(run, reference, inputs, gate)
         emit({"variant": name, "gate": gate, **figures})

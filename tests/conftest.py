@@ -31,6 +31,65 @@ def synthetic_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def trained_bundle(tmp_path_factory):
+    """The tiny model trained in-process on clips of the six synthetic classes, exported (parity-gated);
+    98 % top-1 on the synthetic validation set. Read-only.
+
+    `python -m train synthetic` takes minutes on a loaded 2-core machine; this loop on pre-rendered clips
+    (30 seeds a class, 300 steps of 16) takes ~10 s on a quiet one, ~40 s on a busy one.
+    """
+    import torch
+    from helpers import SYNTHETIC_RECIPE
+
+    from stadapter_deploy import build_model
+    from stadapter_deploy.export.exporter import ExportOptions, export_bundle, load_source
+    from stadapter_deploy.model import save_checkpoint
+    from stadapter_deploy.preprocessing import Preprocessing
+    from stadapter_deploy.train.optim import build_optimizer
+    from stadapter_deploy.video.pipeline import eval_views_from_frames
+    from stadapter_deploy.video.sampling import eval_indices
+    from stadapter_deploy.video.synthetic import CLASS_NAMES, render_motion_frames
+
+    torch.manual_seed(0)
+    pre = Preprocessing(num_frames=8, sampling_rate=0, size=32)
+    indices = eval_indices(16, 8, 0)[0]
+    classes = range(len(CLASS_NAMES))
+    clips = torch.stack(
+        [eval_views_from_frames(render_motion_frames(c, s)[indices], pre)[0] for s in range(30) for c in classes]
+    )
+    targets = torch.tensor([c for _ in range(30) for c in classes])
+    model = build_model("tiny", num_classes=len(CLASS_NAMES))
+    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.01)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny steps: more threads only wait on each other (6x slower on 2 busy cores)
+    try:
+        for _ in range(300):
+            batch = torch.randint(0, len(clips), (16,))
+            loss = torch.nn.functional.cross_entropy(model(clips[batch]), targets[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    root = tmp_path_factory.mktemp("trained")
+    extra = {"recipe": dict(SYNTHETIC_RECIPE), "class_names": CLASS_NAMES}
+    checkpoint = save_checkpoint(model.eval(), root / "checkpoint", extra=extra)
+    options = ExportOptions(verify=True, progress=False, check_videos=2, check_random=2)
+    return export_bundle(load_source(checkpoint=checkpoint), root / "bundle", options).path
+
+
+@pytest.fixture(scope="session")
+def synthetic_val(tmp_path_factory):
+    """The synthetic validation set: the 120 val clips of `make_synthetic_dataset` (seed 0), as H.264 files;
+    [(path, label, seed)], the seed telling where the moving square is (square_masks). Read-only."""
+    from stadapter_deploy.video.synthetic import clip_seed, make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path_factory.mktemp("synthetic-val"), 0, 120, progress=False)
+    entries = [line.split() for line in (root / "val.txt").read_text().splitlines()]
+    return [(root / rel, int(label), clip_seed("val", i)) for i, (rel, label) in enumerate(entries)]
+
+
+@pytest.fixture(scope="session")
 def server(tiny_bundle, tmp_path_factory):
     """One running `bentoml serve` over the tiny bundle for the whole session, with the demo page at /ui;
     yields (url, its TMPDIR). Stopped by its process group."""

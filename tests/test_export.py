@@ -62,7 +62,7 @@ def test_cli_writes_a_verified_bundle(fp16_bundle):
     files = {a["file"]: a for a in m["artifacts"]}
     assert set(files) == {"model.safetensors", "model.onnx", "model.fp16.onnx"}
     for a in files.values():
-        assert len(a["sha256"]) == 64 and a["inputs"] == ["clips"] and a["outputs"] == ["logits"]
+        assert len(a["sha256"]) == 64 and a["inputs"] == ["clips"] and a["outputs"] == ["logits", "features"]
         assert a["batch"] == {"min": 1, "max": None}
         assert a["parity"]["passed"]
     fp32, fp16 = files["model.onnx"]["parity"], files["model.fp16.onnx"]["parity"]

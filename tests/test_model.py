@@ -291,5 +291,7 @@ def test_trimmed_model_exports_to_onnx_with_a_dynamic_batch(tmp_path):
     session = ort.InferenceSession(str(trimmed), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         clip = torch.randn(batch, 3, 8, 32, 32)
-        (out,) = session.run(None, {"clips": clip.numpy()})
+        out, features = session.run(None, {"clips": clip.numpy()})
         torch.testing.assert_close(torch.from_numpy(out), logits(model, clip, False), atol=1e-5, rtol=1e-4)
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(features), model.features(clip), atol=1e-5, rtol=1e-4)

@@ -238,43 +238,7 @@ def test_timeline_file_resume_drops_a_cut_off_video(tmp_path):
 
 # ----------------------------------------------------------------------------- a trained model's timeline
 
-TRAIN_CLASSES = (1, 4)  # "moving right", "approaching": two classes train to 100 % val in ~100 tiny steps
-
-
-@pytest.fixture(scope="module")
-def trained_bundle(tmp_path_factory):
-    """The tiny model trained in-process on clips of two synthetic classes (the 6-class head is kept), exported.
-
-    `python -m train synthetic` takes minutes on this loaded machine; this loop takes ~40 s.
-    """
-    import torch
-    from helpers import synthetic_meta
-
-    from stadapter_deploy import build_model
-    from stadapter_deploy.export.exporter import ExportOptions, export_bundle, load_source
-    from stadapter_deploy.model import save_checkpoint
-    from stadapter_deploy.train.optim import build_optimizer
-    from stadapter_deploy.video.pipeline import eval_views_from_frames
-
-    torch.manual_seed(0)
-    pre = Preprocessing(num_frames=8, sampling_rate=0, size=32)
-    indices = eval_indices(16, 8, 0)[0]
-    clips = torch.stack(
-        [eval_views_from_frames(render_motion_frames(c, s)[indices], pre)[0] for c in TRAIN_CLASSES for s in range(30)]
-    )
-    targets = torch.tensor([c for c in TRAIN_CLASSES for _ in range(30)])
-    model = build_model("tiny", num_classes=6)
-    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.01)
-    for _ in range(100):
-        batch = torch.randint(0, len(clips), (8,))
-        loss = torch.nn.functional.cross_entropy(model(clips[batch]), targets[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    root = tmp_path_factory.mktemp("trained")
-    checkpoint = save_checkpoint(model.eval(), root / "checkpoint", extra=synthetic_meta())
-    options = ExportOptions(verify=True, progress=False, check_videos=2, check_random=2)
-    return export_bundle(load_source(checkpoint=checkpoint), root / "bundle", options).path
+# trained_bundle: the tiny model trained on the six synthetic classes (tests/conftest.py)
 
 
 @pytest.mark.slow

@@ -179,7 +179,8 @@ def test_fp16_onnx_computes_layernorm_and_softmax_in_fp32_and_the_matmuls_in_fp1
     matmuls = by_op("MatMul") + by_op("Gemm")
     assert matmuls and all(ins[0] == "float16" for ins, _ in matmuls)
     graph = onnx.load(str(fp16), load_external_data=False).graph  # float32 in and out, as the runner feeds it
-    assert [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)] == [TensorProto.FLOAT] * 2
+    assert [v.name for v in graph.output] == ["logits", "features"]
+    assert [v.type.tensor_type.elem_type for v in (*graph.input, *graph.output)] == [TensorProto.FLOAT] * 3
     assert fp16_graph_problems(fp16) == []
 
 

@@ -25,7 +25,7 @@ from ..progress import progress_bar
 from ..recipes import class_names, get_recipe
 from ..runtime import bundle as B
 from .onnx_export import DEFAULT_CONV_FORM, DEFAULT_OPSET, count_ops, export_onnx, external_data_file
-from .parity import check_artifact, check_inputs, reference_logits
+from .parity import check_artifact, check_inputs, reference_outputs
 from .quantize import Int8Recipe
 from .tensorrt_build import DEFAULT_TIMING_CACHE, BatchProfile
 
@@ -294,7 +294,7 @@ def verify_bundle(model: torch.nn.Module, bundle: B.Bundle, options: ExportOptio
     from ..runtime.predictor import load_predictor
 
     inputs = check_inputs(bundle.preprocessing, options.check_videos, options.check_random)
-    reference = reference_logits(model, inputs)
+    reference = reference_outputs(model, inputs)
     results, failures = {}, []
     for artifact in bundle.artifacts:
         backend, precision = artifact["backend"], artifact["precision"]
@@ -305,7 +305,7 @@ def verify_bundle(model: torch.nn.Module, bundle: B.Bundle, options: ExportOptio
             device=None if backend == "tensorrt" else device,
             precision=None if backend == "tensorrt" else precision,
         )
-        figures = check_artifact(predictor.predict, reference, inputs, precision)
+        figures = check_artifact(predictor.predict_with_features, reference, inputs, precision)
         results[artifact["file"]] = figures
         artifact["parity"] = figures
         failures += [f"{artifact['file']} ({predictor.backend}, {precision}): {f}" for f in figures["failures"]]
@@ -327,13 +327,16 @@ def model_card(manifest: dict) -> str:
     rows = []
     for a in manifest["artifacts"]:
         par = (a.get("parity") or {}).get("clips")
+        feat = (a.get("parity") or {}).get("features", {}).get("clips")
         if not par:
-            fig = "not verified"
+            fig = feat_fig = "not verified"
         elif a["precision"] == "fp32":
             fig = f"max abs diff {par['max_abs_diff']:.2e} (max logit {par['max_abs_logit']:.3g})"
+            feat_fig = f"max abs diff {feat['max_abs_diff']:.2e} (max {feat['max_abs_feature']:.3g})" if feat else "-"
         else:
             fig = f"min cosine {par['min_cosine']:.6f}, top-1 agreement {par['top1_agreement']:.0%}"
-        rows.append(f"| `{a['file']}` | {a['backend']} | {a['precision']} | {fig} |")
+            feat_fig = f"min cosine {feat['min_cosine']:.6f}" if feat else "-"
+        rows.append(f"| `{a['file']}` | {a['backend']} | {a['precision']} | {fig} | {feat_fig} |")
     return "\n".join(
         [
             f"# {manifest['model_name']}",
@@ -345,8 +348,8 @@ def model_card(manifest: dict) -> str:
             f"{pre['size']}x{pre['size']}, CLIP-normalized; {pre['spatial_views']} spatial x "
             f"{pre['temporal_views']} temporal views averaged.",
             "",
-            "| file | backend | precision | parity vs torch fp32 (check clips) |",
-            "|---|---|---|---|",
+            "| file | backend | precision | logits vs torch fp32 (check clips) | features vs torch fp32 |",
+            "|---|---|---|---|---|",
             *rows,
             "",
             "```python",

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import BundleError
-from ..runtime.bundle import INPUT_NAME, OUTPUT_NAME
+from ..runtime.bundle import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 18
@@ -27,15 +27,20 @@ INLINE_LIMIT = 2**31 - (64 << 20)
 DEFAULT_CONV_FORM = "shift"
 
 
-class FloatIO(nn.Module):
-    """Wraps a half-precision model so the exported graph takes and returns float32 (keep_io_types)."""
+class ExportedOutputs(nn.Module):
+    """What the exported graph computes: the logits and, with `features`, the pooled features the head
+    reads (after ln_post, before fc), both float32 whatever the model's dtype (keep_io_types). The logits
+    take the same path as the model's forward; the features are a tensor it computes anyway."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, features: bool = True):
         super().__init__()
         self.model = model
+        self.with_features = features
 
-    def forward(self, clips: torch.Tensor) -> torch.Tensor:
-        return self.model(clips).float()  # [B, C]; the model casts its input to its own dtype
+    def forward(self, clips: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.features(clips)  # [B, D]; the model casts its input to its own dtype
+        logits = self.model.head(features).float()  # [B, C]
+        return (logits, features.float()) if self.with_features else logits
 
 
 @contextlib.contextmanager
@@ -61,9 +66,12 @@ def export_onnx(
     batch_example: int = 2,
     exporter: str = "torchscript",
     num_frames: int = 8,
+    features: bool = True,
 ) -> Path:
     """Export `model` (fp32, eval) to `path`; external data beside it when over 2 GB. Returns `path`.
 
+    The graph's outputs are `logits` [N, C] and, with `features` (the default since issue 26; False
+    writes the graphs of older bundles), `features` [N, D], the pooled clip features the head reads.
     fp16: the exported graph computes in half precision with float32 inputs/outputs; LayerNorm runs in
     fp32 (the model's LayerNorm casts) and every Softmax is wrapped in casts so it accumulates in fp32.
     exporter: "torchscript" (torch.onnx.export(dynamo=False), fast and dependency-free) or "dynamo".
@@ -76,13 +84,12 @@ def export_onnx(
     cfg = model.cfg
     # T is fixed in the graph (the bundle's preprocessing says which); only the batch is dynamic
     example = torch.randn(batch_example, 3, num_frames, cfg.image_size, cfg.image_size)
-    net = model.eval()
-    if fp16:
-        net = FloatIO(_half_copy(model))
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch, conv_form(model, form), warnings.catch_warnings():
+    net = ExportedOutputs(_half_copy(model) if fp16 else model.eval(), features)
+    outputs = [OUTPUT_NAME, FEATURES_NAME] if features else [OUTPUT_NAME]
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch, conv_form(net.model, form), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings about constant shapes we rely on
         raw = Path(scratch) / "raw.onnx"
-        _torch_export(net, example, raw, opset, exporter)
+        _torch_export(net, example, raw, opset, exporter, outputs)
         proto = onnx.load(str(raw))  # pulls in any external data the exporter wrote
     if fp16:
         wrap_softmax_in_fp32(proto)
@@ -97,18 +104,18 @@ def _half_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).half().eval()
 
 
-def _torch_export(net: nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str) -> None:
+def _torch_export(net: nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str, outputs: list) -> None:
     if exporter == "torchscript":
         torch.onnx.export(
             net,
             (example,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=outputs,
             opset_version=opset,
             dynamo=False,
             do_constant_folding=True,
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
         )
     elif exporter == "dynamo":
         try:
@@ -121,7 +128,7 @@ def _torch_export(net: nn.Module, example: torch.Tensor, path: Path, opset: int,
             (example,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=outputs,
             opset_version=opset,
             dynamo=True,
             dynamic_shapes=({0: batch},),

@@ -136,13 +136,19 @@ class ResidualAttentionBlock(nn.Module):
         if self.adapter_pre_attn is not None:
             x = self.adapter_pre_attn(x, num_frames, use_conv3d)  # patch tokens feed the keys and values: all of them
         if class_token_only:
-            # Tokens mix only in attention, so the class token's output needs its own query and MLP
-            # row only; the pre-MLP adapter changes patch tokens only, so it has nothing to do here.
-            x = x[:, :1] + self.attn.class_token_forward(self.ln_1(x))  # [N, 1, D]
-            return x + self.mlp(self.ln_2(x))
+            return self.class_token_forward(x, self.ln_1(x))
         x = x + self.attn(self.ln_1(x))
         if self.adapter_pre_mlp is not None:
             x = self.adapter_pre_mlp(x, num_frames, use_conv3d)
+        return x + self.mlp(self.ln_2(x))
+
+    def class_token_forward(self, x: torch.Tensor, normed: torch.Tensor) -> torch.Tensor:
+        """The block's output at the class token [N, 1, D], from its tokens after the pre-attention adapter
+        x [N, L, D] and their ln_1, normed [N, L, D] (what attention reads; Grad-CAM takes its gradient).
+
+        Tokens mix only in attention, so the class token's output needs its own query and MLP row only;
+        the pre-MLP adapter changes patch tokens only, so it has nothing to do here."""
+        x = x[:, :1] + self.attn.class_token_forward(normed)  # [N, 1, D]
         return x + self.mlp(self.ln_2(x))
 
 
@@ -219,18 +225,26 @@ class STAdapterViT(nn.Module):
         return self.ln_pre(x)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Clip [B, 3, T, H, W] -> pooled, normalized class-token features [B, D]."""
+        """Clip [B, 3, T, H, W] -> pooled, normalized class-token features [B, D]: what the head reads."""
         self.check_input(x)
         num_frames = x.shape[2]
         frames = x.transpose(1, 2).flatten(0, 1)  # [B*T, 3, H, W]
         tokens = self.embed(frames)  # [B*T, L, D]
         tokens = self.transformer(tokens, num_frames, self.use_conv3d, self.trim_last_block)  # [B*T, L or 1, D]
+        return self.pool(tokens, num_frames)
+
+    def pool(self, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Tokens after the last block [B*T, L or 1, D] -> the frames' class tokens averaged over time,
+        through ln_post [B, D]."""
         cls_token = tokens[:, 0].unflatten(0, (-1, num_frames))  # [B, T, D]
         return self.ln_post(cls_token.mean(dim=1))  # [B, D]
 
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features [B, D] -> logits [B, num_classes]."""
+        return self.fc(self.dropout(features).to(self.fc.weight.dtype))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.features(x)  # [B, D]
-        return self.fc(self.dropout(feats).to(self.fc.weight.dtype))  # [B, num_classes]
+        return self.head(self.features(x))  # [B, num_classes]
 
 
 def is_trainable_name(name: str) -> bool:

@@ -37,6 +37,7 @@ LABELS_FILE = "labels.txt"
 README_FILE = "README.md"
 INPUT_NAME = "clips"
 OUTPUT_NAME = "logits"
+FEATURES_NAME = "features"  # the pooled clip features [N, D] the head reads (bundles from before issue 26 lack it)
 PREPROCESSING_KEYS = ("num_frames", "sampling_rate", "size", "mean", "std", "spatial_views", "temporal_views")
 
 
@@ -62,9 +63,10 @@ def artifact_entry(
     precision: str,
     batch: tuple[int, int | None] = (1, None),
     extra_files: list[str] = (),
+    outputs: tuple[str, ...] = (OUTPUT_NAME, FEATURES_NAME),
     **fields,
 ) -> dict:
-    """A manifest artifact: the file with its checksum, how to run it, and the batch range it takes.
+    """A manifest artifact: the file with its checksum, how to run it, its outputs and the batch range it takes.
 
     batch: (min, max); max None means any batch size. extra_files: files the artifact needs beside
     it (ONNX external data, the torch backend's config.json), each checksummed too.
@@ -74,7 +76,7 @@ def artifact_entry(
         "backend": backend,
         "precision": precision,
         "inputs": [INPUT_NAME],
-        "outputs": [OUTPUT_NAME],
+        "outputs": list(outputs),
         "batch": {"min": batch[0], "max": batch[1]},
         "extra_files": [file_entry(folder, f) for f in extra_files],
         **fields,
@@ -160,17 +162,18 @@ def check_fits(bundle: Bundle) -> None:
         problems.append(f"preprocessing size {pre.size} but the model takes {cfg.image_size}x{cfg.image_size}")
     for artifact in bundle.find("onnxruntime"):
         listed = {f["file"] for f in artifact.get("extra_files", [])}
-        problems += onnx_mismatches(bundle.file(artifact), pre.clip_shape, cfg.num_classes, listed)
+        problems += onnx_mismatches(bundle.file(artifact), pre.clip_shape, cfg.num_classes, cfg.width, listed)
     if problems:
         raise BundleError(f"{where}: the bundle does not fit its model: " + "; ".join(problems))
 
 
 def onnx_mismatches(
-    path: Path, clip_shape: tuple[int, ...], num_classes: int, listed: set[str] = frozenset()
+    path: Path, clip_shape: tuple[int, ...], num_classes: int, width: int, listed: set[str] = frozenset()
 ) -> list[str]:
-    """Compare an ONNX graph's declared input [N, 3, T, S, S] and output [N, C] with what the manifest says,
-    and its external data files with the artifact's `extra_files` (each checksummed): ONNX Runtime would
-    load any file a graph names beside it, so one the manifest does not list is refused."""
+    """Compare an ONNX graph's declared input [N, 3, T, S, S] and outputs [N, C] (and, where it has them,
+    features [N, D]) with what the manifest says, and its external data files with the artifact's
+    `extra_files` (each checksummed): ONNX Runtime would load any file a graph names beside it, so one the
+    manifest does not list is refused."""
     import onnx
 
     try:
@@ -190,6 +193,9 @@ def onnx_mismatches(
         out.append(
             f"{path.name} outputs {got_out[0] if got_out else '?'} classes, the labels and config say {num_classes}"
         )
+    features = [dims(o)[1:] for o in graph.output if o.name == FEATURES_NAME]
+    if features and features[0] != [width]:
+        out.append(f"{path.name} outputs features of [N, {', '.join(map(str, features[0]))}], the config says {width}")
     return out
 
 

@@ -7,6 +7,7 @@ Preprocessing, batching, view averaging and top-k live here, once. The result is
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import BundleError
 from ..preprocessing import Preprocessing
 from .bundle import Bundle, load_bundle
-from .results import Classification, check_top_k, classification, top_k_labels
-from .runner import Runner, parse_backend
+from .results import Classification, check_top_k, classification, clip_embedding, top_k_labels
+from .runner import Outputs, Runner, cuda_available, parse_backend
 from .runners import RUNNERS
+from .runners.torch_runner import load_torch_model
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,8 @@ AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "
 
 
 class Predictor:
-    """A bundle's model behind a runner: `predict(clips)`, `preprocess(video)`, `classify(video)`."""
+    """A bundle's model behind a runner: `predict(clips)`, `preprocess(video)`, `classify(video)`,
+    `embed(video)` (the clip embedding), `explain(video)` (where the evidence is)."""
 
     def __init__(self, bundle: Bundle, runner: Runner, selection: str = "", limits=None):
         from ..video.limits import DecodeLimits
@@ -40,6 +44,8 @@ class Predictor:
         self.labels: list[str] = bundle.labels
         self.preprocessing: Preprocessing = bundle.preprocessing
         self.model_name: str = bundle.model_name
+        self._torch_model = None  # the fp32 torch model for explain(), loaded on first use
+        self._torch_model_lock = threading.Lock()  # one load, whichever request explains first
 
     def __repr__(self) -> str:
         return f"Predictor(backend={self.backend!r}, precision={self.precision!r}, model={self.model_name!r})"
@@ -65,6 +71,32 @@ class Predictor:
 
     def predict(self, clips: np.ndarray | torch.Tensor) -> np.ndarray:
         """Logits [N, C] float32 for clips [N, 3, T, S, S]; batches over the runner's max are split."""
+        clips = self.check_clips(clips)
+        if len(clips) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        parts = [self.runner.run(batch) for batch in self.batches(clips)]
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def predict_with_features(self, clips: np.ndarray | torch.Tensor) -> Outputs:
+        """Logits [N, C] and the pooled features [N, D] the head reads, float32, from the same model calls
+        as `predict`. BundleError (one line: export again) where the bundle's artifact has no features."""
+        self.check_features()
+        clips = self.check_clips(clips)
+        if len(clips) == 0:
+            return Outputs(np.zeros((0, len(self.labels)), np.float32), np.zeros((0, self.feature_dim), np.float32))
+        parts = [self.runner.outputs(batch) for batch in self.batches(clips)]
+        return Outputs(
+            np.concatenate([p.logits for p in parts]).astype(np.float32, copy=False),
+            np.concatenate([p.features for p in parts]).astype(np.float32, copy=False),
+        )
+
+    def batches(self, clips: np.ndarray) -> list[np.ndarray]:
+        """`clips` in runs of at most the runner's max batch."""
+        step = self.max_batch or len(clips)
+        return [clips[i : i + step] for i in range(0, len(clips), step)]
+
+    def check_clips(self, clips: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Clips as contiguous float32 [N, 3, T, S, S], or ValueError naming the shape expected."""
         if isinstance(clips, torch.Tensor):
             clips = clips.detach().cpu().numpy()
         clips = np.ascontiguousarray(clips, dtype=np.float32)
@@ -73,11 +105,24 @@ class Predictor:
                 f"expected clips of shape [N, {', '.join(map(str, self.input_shape))}] "
                 f"(batch, RGB, frames, height, width), got {list(clips.shape)}"
             )
-        if len(clips) == 0:
-            return np.zeros((0, len(self.labels)), np.float32)
-        step = self.max_batch or len(clips)
-        parts = [self.runner.run(clips[i : i + step]) for i in range(0, len(clips), step)]
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        return clips
+
+    @property
+    def has_features(self) -> bool:
+        """Whether this backend's artifact gives the pooled features (embed, --features); False on ONNX files
+        and engines exported before embeddings existed."""
+        return self.runner.has_features
+
+    @property
+    def feature_dim(self) -> int:
+        return self.bundle.config.width
+
+    def check_features(self) -> None:
+        if not self.has_features:
+            raise BundleError(
+                f"{self.bundle.path} was exported before embeddings: its {self.backend} artifact has no "
+                f"features output; export the bundle again with stadapter-export to embed"
+            )
 
     def view_layout(self, views: int | None) -> tuple[int, int]:
         """(spatial_views, temporal_views) for `views` clips per video, laid out as the recipe lays them."""
@@ -93,16 +138,50 @@ class Predictor:
     def top_k(self, logits: np.ndarray, top_k: int = 5) -> list[dict]:
         return top_k_labels(self.labels, logits, top_k)
 
-    def classify(self, video, top_k: int = 5, views: int | None = None, keep_clips: bool = False) -> Classification:
-        """preprocess + predict + top_k for one video (a path or the file's bytes)."""
+    def classify(
+        self, video, top_k: int = 5, views: int | None = None, keep_clips: bool = False, features: bool = False
+    ) -> Classification:
+        """preprocess + predict + top_k for one video (a path or the file's bytes); with `features`, the
+        result carries the clip embedding too (from the same model call; see `embed`)."""
         start = time.perf_counter()
         check_top_k(top_k, len(self.labels))
+        if features:
+            self.check_features()
         ev = self.preprocess(video, views)
         t0 = time.perf_counter()
-        logits = self.predict(ev.clips)  # [V, C]
+        out = self.predict_with_features(ev.clips) if features else Outputs(self.predict(ev.clips))  # V views
         infer_ms = (time.perf_counter() - t0) * 1e3
         total_ms = (time.perf_counter() - start) * 1e3
-        return classification(ev, logits, self.labels, top_k, self.info(), infer_ms, total_ms, keep_clips)
+        return classification(
+            ev, out.logits, self.labels, top_k, self.info(), infer_ms, total_ms, keep_clips, out.features
+        )
+
+    def embed(self, video, views: int | None = None) -> np.ndarray:
+        """The clip embedding of `video` (path or bytes): the pooled features the head reads (after ln_post,
+        before fc), averaged over the views, L2-normalised: float32 [D]. Compare two with a dot product."""
+        self.check_features()
+        ev = self.preprocess(video, views)
+        return clip_embedding(self.predict_with_features(ev.clips).features)
+
+    def explain(self, video, target: int | None = None, views: int | None = None):
+        """Why the model says what it says: per-frame heatmaps of the evidence for class `target` (default:
+        the top-1), from the bundle's own fp32 weights on the torch backend whatever this Predictor runs
+        (loaded on first use). Returns an Explanation; see stadapter_deploy/runtime/explain.py."""
+        from .explain import explain
+
+        return explain(self, video, target, views)
+
+    def torch_model(self):
+        """The bundle's fp32 torch model, for explanations: this Predictor's own where it runs one in fp32,
+        else loaded once from model.safetensors (on the GPU where there is one)."""
+        with self._torch_model_lock:
+            if self._torch_model is None:
+                runner_model = getattr(self.runner, "model", None)
+                if self.runner.name == "torch" and self.precision == "fp32" and runner_model is not None:
+                    self._torch_model = runner_model
+                else:
+                    self._torch_model = load_torch_model(self.bundle).to("cuda" if cuda_available() else "cpu")
+            return self._torch_model
 
     def timeline(
         self, video, window_s: float | None = None, stride_s: float | None = None, top_k: int = 5, views=None

@@ -22,14 +22,15 @@ class Classification:
     precision: str
     timings_ms: dict[str, float] = field(default_factory=dict)  # decode, preprocess, infer, total
     clips: torch.Tensor | None = None  # [V, 3, T, S, S] model input, when asked for
+    features: list[float] | None = None  # the clip embedding (see clip_embedding), when asked for
 
     @property
     def frames(self) -> list[int]:
         return [i for view in self.frame_indices for i in view]
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in asdict(self).items() if k not in ("clips", "frame_indices")}
-        return {**d, "frames": self.frames}
+        d = {k: v for k, v in asdict(self).items() if k not in ("clips", "frame_indices", "features")}
+        return {**d, "frames": self.frames} | ({"features": self.features} if self.features is not None else {})
 
 
 def top_k_labels(labels: list[str], logits: np.ndarray, top_k: int = 5) -> list[dict]:
@@ -49,6 +50,13 @@ def check_top_k(top_k, num_classes: int) -> None:
         raise ValueError(f"top_k must be an integer between 1 and {num_classes}, got {top_k!r}")
 
 
+def clip_embedding(features: np.ndarray) -> np.ndarray:
+    """One video's embedding from its views' pooled features [V, D] (or one view's [D]): averaged over the
+    views, L2-normalised, float32 [D]. Cosine similarity between two videos is then a dot product."""
+    mean = np.asarray(features, dtype=np.float64).reshape(-1, np.shape(features)[-1]).mean(axis=0)  # [D]
+    return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
 def classification(
     views,
     logits: np.ndarray,
@@ -58,10 +66,12 @@ def classification(
     infer_ms: float,
     total_ms: float | None = None,
     keep_clips: bool = False,
+    features: np.ndarray | None = None,
 ) -> Classification:
     """The result of one video from its EvalViews and its logits [V, C]. `runner_info`: {"backend",
     "precision"}; `infer_ms`: this video's model time; `total_ms` (default: the stages' sum): from the
-    request's start to now."""
+    request's start to now; `features`: the views' pooled features [V, D] from the same model call, for
+    the result's embedding."""
     stages = {
         "decode": float(views.timings_ms["decode"]),
         "preprocess": float(views.timings_ms["preprocess"]),
@@ -74,4 +84,5 @@ def classification(
         precision=runner_info["precision"],
         timings_ms={**stages, "total": float(sum(stages.values()) if total_ms is None else total_ms)},
         clips=views.clips if keep_clips else None,
+        features=None if features is None else clip_embedding(features).tolist(),
     )

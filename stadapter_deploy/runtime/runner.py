@@ -10,6 +10,8 @@ only place that reads them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 # The CPU probes live in stadapter_deploy.hardware; these names stay importable from here for the
@@ -17,8 +19,17 @@ import numpy as np
 from .bundle import Bundle
 
 
+@dataclass
+class Outputs:
+    """What one model call gives: the logits, and the pooled features the head read where the artifact
+    has them (bundles exported before embeddings hold ONNX files and engines without that output)."""
+
+    logits: np.ndarray  # [n, C] float32
+    features: np.ndarray | None = None  # [n, D] float32: after ln_post, before the head's fc
+
+
 class Runner:
-    """One loaded model artifact. Subclasses set the class attributes and implement `run`."""
+    """One loaded model artifact. Subclasses set the class attributes and implement `outputs`."""
 
     name: str = ""  # backend name, e.g. "onnxruntime"
     devices: tuple[str, ...] = ("cpu",)
@@ -29,6 +40,7 @@ class Runner:
     max_batch: int | None = None  # None: any batch size
     label_note: str = ""  # appended to the label, e.g. " untrimmed" for a benchmark's variant
     method: str = ""  # how the precision is computed, where it says more than its name (int8: weights, kernels)
+    has_features: bool = True  # False where the artifact has no features output (older bundles)
 
     @classmethod
     def available(cls, bundle: Bundle, device: str) -> str | None:
@@ -51,9 +63,14 @@ class Runner:
         """The precisions this runner can run `bundle` in on `device` here (what a benchmark sweeps)."""
         return [cls.default_precision(bundle, device)[0]]
 
+    def outputs(self, clips: np.ndarray) -> Outputs:
+        """float32 clips [n, 3, T, S, S] (n <= max_batch) -> float32 logits [n, C] and, where the artifact
+        has them, features [n, D], from one model call."""
+        raise NotImplementedError
+
     def run(self, clips: np.ndarray) -> np.ndarray:
         """float32 clips [n, 3, T, S, S] (n <= max_batch) -> float32 logits [n, C]."""
-        raise NotImplementedError
+        return self.outputs(clips).logits
 
     @property
     def label(self) -> str:

@@ -12,6 +12,7 @@ sits near chance, while the order of frames gives the class away.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -32,12 +33,32 @@ def _texture(rng: np.random.Generator, side: int, color: np.ndarray) -> np.ndarr
     return (pattern[cells][:, cells] * color).astype(np.uint8)  # [side, side, 3]
 
 
-def render_motion_frames(label: int, seed: int, size: tuple[int, int] = (64, 48), num_frames: int = 16) -> np.ndarray:
-    """uint8 RGB frames [T, H, W, 3] of one clip of class `label` (deterministic in `seed`)."""
+@dataclass
+class MotionPlan:
+    """What one clip shows, drawn from its seed: the background, the square's colour and texture, and
+    where the square is in each frame."""
+
+    background: np.ndarray  # [H, W, 3] float
+    color: np.ndarray  # [3]
+    pattern_seed: int
+    xs: np.ndarray  # [T] the square's centre, pixels (wraps around the frame)
+    ys: np.ndarray  # [T]
+    sides: np.ndarray  # [T] its side, pixels
+
+    def square(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) the square covers in frame i, wrapped around the frame edges."""
+        height, width = self.background.shape[:2]
+        side = int(round(self.sides[i]))
+        rows = (int(round(self.ys[i] - side / 2)) + np.arange(side)) % height
+        cols = (int(round(self.xs[i] - side / 2)) + np.arange(side)) % width
+        return rows, cols
+
+
+def plan_motion(rng: np.random.Generator, label: int, size: tuple[int, int], num_frames: int) -> MotionPlan:
+    """Draw one clip's plan from `rng` (which then goes on to draw the frames' noise)."""
     if not 0 <= label < len(CLASS_NAMES):
         raise ValueError(f"label must be in [0, {len(CLASS_NAMES)}), got {label}")
     width, height = size
-    rng = np.random.default_rng([seed, label])
     background = rng.normal(90, 25, size=(height, width, 3))
     color = rng.uniform(200, 255, size=3)
     pattern_seed = int(rng.integers(2**31))
@@ -56,15 +77,30 @@ def render_motion_frames(label: int, seed: int, size: tuple[int, int] = (64, 48)
         ys = y0 + SPEED * t
     else:
         sides = sweep if label == 4 else sweep[::-1]
-    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    return MotionPlan(background, color, pattern_seed, xs, ys, sides)
+
+
+def render_motion_frames(label: int, seed: int, size: tuple[int, int] = (64, 48), num_frames: int = 16) -> np.ndarray:
+    """uint8 RGB frames [T, H, W, 3] of one clip of class `label` (deterministic in `seed`)."""
+    rng = np.random.default_rng([seed, label])
+    plan = plan_motion(rng, label, size, num_frames)
+    frames = np.empty((num_frames, size[1], size[0], 3), dtype=np.uint8)
     for i in range(num_frames):
-        frame = background + rng.normal(0, 6, size=background.shape)
-        side = int(round(sides[i]))
-        rows = (int(round(ys[i] - side / 2)) + np.arange(side)) % height
-        cols = (int(round(xs[i] - side / 2)) + np.arange(side)) % width
-        frame[np.ix_(rows, cols)] = _texture(np.random.default_rng(pattern_seed), side, color)
+        frame = plan.background + rng.normal(0, 6, size=plan.background.shape)
+        rows, cols = plan.square(i)
+        frame[np.ix_(rows, cols)] = _texture(np.random.default_rng(plan.pattern_seed), len(rows), plan.color)
         frames[i] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames
+
+
+def square_masks(label: int, seed: int, size: tuple[int, int] = (64, 48), num_frames: int = 16) -> np.ndarray:
+    """Where the moving square is in each frame of `render_motion_frames(label, seed, size, num_frames)`:
+    bool [T, H, W] (the object a heatmap should find)."""
+    plan = plan_motion(np.random.default_rng([seed, label]), label, size, num_frames)
+    masks = np.zeros((num_frames, size[1], size[0]), dtype=bool)
+    for i in range(num_frames):
+        masks[i][np.ix_(*plan.square(i))] = True
+    return masks
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> Path:
@@ -102,6 +138,12 @@ def _write_job(job: tuple) -> None:
     write_motion_video(*job)
 
 
+def clip_seed(split: str, i: int, seed: int = 0) -> int:
+    """The seed of clip i of a split ("train" or "val") of `make_synthetic_dataset(..., seed=seed)`; its
+    label is i mod 6. With `square_masks` it says where the moving object of each dataset clip is."""
+    return seed * 10_000_000 + {"train": 0, "val": 1_000_000}[split] + i
+
+
 def make_synthetic_dataset(
     root: str | os.PathLike,
     num_train: int = 600,
@@ -122,11 +164,11 @@ def make_synthetic_dataset(
     (root / "videos").mkdir(parents=True, exist_ok=True)
     suffix = ".webm" if webm else ".mp4"
     jobs, lists = [], {}
-    for split, count, offset in (("train", num_train, 0), ("val", num_val, 1_000_000)):
+    for split, count in (("train", num_train), ("val", num_val)):
         lines = []
         for i in range(count):
             label, rel = i % len(CLASS_NAMES), f"videos/{split}_{i:05d}{suffix}"
-            jobs.append((root / rel, label, seed * 10_000_000 + offset + i, size, num_frames))
+            jobs.append((root / rel, label, clip_seed(split, i, seed), size, num_frames))
             lines.append(f"{rel} {label}\n")
         lists[split] = "".join(lines)
     workers = workers or min(len(os.sched_getaffinity(0)), 8)

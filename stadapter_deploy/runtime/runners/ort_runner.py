@@ -19,8 +19,8 @@ import numpy as np
 
 from ... import hardware
 from ...errors import BundleError
-from ..bundle import Bundle
-from ..runner import Runner, cuda_available
+from ..bundle import FEATURES_NAME, OUTPUT_NAME, Bundle
+from ..runner import Outputs, Runner, cuda_available
 
 ORT_TRT_CACHE = Path.home() / ".cache" / "stadapter-deploy" / "ort-tensorrt"
 PROVIDERS = {
@@ -135,12 +135,17 @@ class OrtRunner(Runner):
         exact_int8 = precision == "int8" and exact_int8_needed()
         self.session = make_session(bundle.file(artifact), PROVIDERS[device], threads, exact_int8)
         self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.logits_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
+        self.has_features = FEATURES_NAME in outputs
+        self.output_names = [self.logits_name] + [FEATURES_NAME] * self.has_features
         self.device, self.precision, self.max_batch = device, precision, artifact["batch"]["max"]
         if precision == "int8":
             self.method = int8_method(artifact, exact_int8)
 
-    def run(self, clips: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: clips})[0]
+    def outputs(self, clips: np.ndarray) -> Outputs:
+        logits, *features = self.session.run(self.output_names, {self.input_name: clips})
+        return Outputs(logits, features[0] if features else None)
 
 
 def exact_int8_needed() -> bool:

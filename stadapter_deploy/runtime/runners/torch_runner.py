@@ -11,7 +11,7 @@ from ...errors import BundleError, WeightsError
 from ...model import STAdapterViT
 from ...model.weights import load_safetensors
 from ..bundle import Bundle
-from ..runner import Runner, cuda_available
+from ..runner import Outputs, Runner, cuda_available
 
 
 class TorchRunner(Runner):
@@ -51,21 +51,28 @@ class TorchRunner(Runner):
             raise ValueError(reason)
         if threads:
             torch.set_num_threads(threads)
-        artifact = bundle.find("torch")[0]
-        try:  # the artifact file the manifest names, with the manifest's architecture
-            model = STAdapterViT(bundle.config)
-            model.load_state_dict(load_safetensors(bundle.file(artifact)), strict=True)
-        except (WeightsError, RuntimeError) as e:
-            raise BundleError(f"cannot load the torch weights of {bundle.path}: {str(e).splitlines()[0]}") from e
-        self.model = model.eval().to(device)
+        self.model = load_torch_model(bundle).to(device)
         if precision == "fp16":
             self.model.half()  # LayerNorm still computes in fp32 (model/vit.py)
         self.device, self.precision = device, precision
 
     @torch.inference_mode()
-    def run(self, clips: np.ndarray) -> np.ndarray:
+    def outputs(self, clips: np.ndarray) -> Outputs:
         x = torch.from_numpy(clips).to(self.device)
-        if self.precision == "bf16":
-            with torch.autocast(self.device, dtype=torch.bfloat16):
-                return self.model(x).float().cpu().numpy()
-        return self.model(x).float().cpu().numpy()
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            features = self.model.features(x)  # [n, D]
+            logits = self.model.head(features)  # [n, C]
+        return Outputs(logits.float().cpu().numpy(), features.float().cpu().numpy())
+
+
+def load_torch_model(bundle: Bundle) -> STAdapterViT:
+    """The bundle's fp32 model from its torch artifact (model.safetensors), on the CPU, in eval mode."""
+    found = bundle.find("torch")
+    if not found:
+        raise BundleError(f"{bundle.path} holds no torch artifact (model.safetensors); export it again")
+    try:  # the artifact file the manifest names, with the manifest's architecture
+        model = STAdapterViT(bundle.config)
+        model.load_state_dict(load_safetensors(bundle.file(found[0])), strict=True)
+    except (WeightsError, RuntimeError) as e:
+        raise BundleError(f"cannot load the torch weights of {bundle.path}: {str(e).splitlines()[0]}") from e
+    return model.eval()

@@ -14,8 +14,8 @@ import numpy as np
 
 from ...errors import BundleError
 from ...hardware import gpu_name
-from ..bundle import LABELS_FILE, Bundle
-from ..runner import Runner
+from ..bundle import FEATURES_NAME, LABELS_FILE, OUTPUT_NAME, Bundle
+from ..runner import Outputs, Runner
 
 # Strongly typed networks (how engines are built, export/tensorrt_build.py) need 10.12 or newer.
 MIN_TENSORRT = (10, 12)
@@ -112,19 +112,26 @@ class TensorRTRunner(Runner):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = lambda n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
         self.input_name = next(n for n in names if is_input(n))
-        self.output_name = next(n for n in names if not is_input(n))
-        for n in (self.input_name, self.output_name):  # the fp16 ONNX keeps float32 I/O (keep_io_types)
+        outputs = [n for n in names if not is_input(n)]
+        cfg, clip_shape = bundle.config, bundle.preprocessing.clip_shape
+        widths = {OUTPUT_NAME: cfg.num_classes, FEATURES_NAME: cfg.width}
+        if OUTPUT_NAME not in outputs or set(outputs) - set(widths):
+            raise BundleError(f"{plan}: the engine's outputs are {outputs}, not {OUTPUT_NAME} (and {FEATURES_NAME})")
+        self.has_features = FEATURES_NAME in outputs  # engines built before issue 26 have the logits only
+        for n in (self.input_name, *outputs):  # the fp16 ONNX keeps float32 I/O (keep_io_types)
             if self.engine.get_tensor_dtype(n) != trt.float32:
                 raise BundleError(f"{plan}: engine tensor {n!r} is {self.engine.get_tensor_dtype(n)}, not float32")
+        # Buffers at the profile's maximum batch, allocated once, one per output (TensorRT writes every
+        # output on every call); a call copies back only the rows it ran.
         self.max_batch = int(artifact["batch"]["max"])
-        clip_shape = bundle.preprocessing.clip_shape
         self.input = torch.empty((self.max_batch, *clip_shape), dtype=torch.float32, device="cuda")
-        self.output = torch.empty((self.max_batch, bundle.config.num_classes), dtype=torch.float32, device="cuda")
+        self.buffers = {n: torch.empty((self.max_batch, widths[n]), device="cuda") for n in outputs}  # float32
         self.context.set_tensor_address(self.input_name, self.input.data_ptr())
-        self.context.set_tensor_address(self.output_name, self.output.data_ptr())
+        for n, buffer in self.buffers.items():
+            self.context.set_tensor_address(n, buffer.data_ptr())
         self.stream = torch.cuda.Stream()
 
-    def run(self, clips: np.ndarray) -> np.ndarray:
+    def outputs(self, clips: np.ndarray) -> Outputs:
         import torch
 
         n = len(clips)
@@ -133,5 +140,6 @@ class TensorRTRunner(Runner):
             self.context.set_input_shape(self.input_name, (n, *clips.shape[1:]))
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed")
-            logits = self.output[:n].cpu()  # synchronizes the stream
-        return logits.numpy()
+            logits = self.buffers[OUTPUT_NAME][:n].cpu()  # synchronizes the stream
+            features = self.buffers[FEATURES_NAME][:n].cpu() if self.has_features else None
+        return Outputs(logits.numpy(), None if features is None else features.numpy())
