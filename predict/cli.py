@@ -19,6 +19,9 @@ examples:
   stadapter-predict --bundle bundles/synthetic --timeline rtsp://camera.local/stream
   stadapter-predict --bundle bundles/synthetic archive/ --out results.jsonl --engine ray   # a local Ray cluster
   stadapter-predict --bundle B archive/ --out results.jsonl --engine ray --ray-address HEAD:6379  # a cluster
+  stadapter-predict --bundle B archive/ --out results.jsonl --features-out archive.npy   # embeddings
+  stadapter-predict --bundle B --similar query.mp4 --index archive.npy --top-k 10         # find alike
+  stadapter-predict --bundle B clips/ --explain heatmaps/                                # where it looked
 """
 
 
@@ -32,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
         help="video files, folders (searched recursively), "
         "@list.txt (training list format, labels optional), or with --timeline a stream URL",
@@ -90,6 +93,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --engine ray, the cluster to join, e.g. HEAD:6379 (default: RAY_ADDRESS, else a local cluster); "
         "inputs and the bundle must be at the same paths on every node",
     )
+    e = p.add_argument_group("embeddings and explanations")
+    e.add_argument("--features", action="store_true", help="add the clip embedding to each line (L2-normalised)")
+    e.add_argument(
+        "--features-out",
+        type=Path,
+        metavar="F.npy",
+        help="write the embeddings as F.npy (one row per video) and F.json (which video each row is, which model "
+        "made them); a rerun adds to it",
+    )
+    e.add_argument(
+        "--explain",
+        type=Path,
+        metavar="DIR",
+        help="draw each video's heatmaps (where its top-1 came from) as DIR/<name>.png",
+    )
+    e.add_argument(
+        "--similar", type=Path, metavar="QUERY", help="print the videos of --index most like QUERY, by cosine"
+    )
+    e.add_argument("--index", type=Path, metavar="F.npy", help="with --similar: an index written by --features-out")
     t = p.add_argument_group("timeline")
     t.add_argument("--timeline", action="store_true", help="one line per window instead of one per video")
     t.add_argument(
@@ -142,8 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         limits=limits,
         engine=args.engine,
         ray_address=args.ray_address,
+        features=args.features,
+        features_out=args.features_out,
+        explain_dir=args.explain,
+        similar=args.similar,
+        index=args.index,
     )
-    if not args.timeline and args.engine == "local":
+    try:
+        config.check()
+    except ValueError as e:
+        print(f"stadapter-predict: error: {e}", file=sys.stderr)
+        return 2
+    if not args.timeline and args.engine == "local" and args.similar is None:
         warm_up()
     early = early_pool(config)
     from stadapter_deploy.predict.run import EXIT_INTERRUPTED, EXIT_USAGE, Interrupted, run_predict

@@ -345,3 +345,66 @@ def test_out_is_never_written_through_a_link(tiny_bundle, videos, tmp_path, caps
     )
     assert victim.read_text() == "precious\n" and len(lines(out)) == 2
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.jsonl.")]  # no temporary file left
+
+
+# ----------------------------------------------------------------------------- embeddings, find alike, heatmaps
+
+
+def test_features_an_index_and_the_nearest_videos(tiny_bundle, videos, tmp_path, capsys):
+    from stadapter_deploy.runtime.similar import FeatureIndex
+
+    root, paths = videos
+    out, index = tmp_path / "out.jsonl", tmp_path / "archive.npy"
+    base = ["--bundle", str(tiny_bundle), "--no-progress", "--backend", "onnxruntime"]
+    assert main([*base, *map(str, paths), "--out", str(out), "--features-out", str(index)]) == 0
+    assert all("features" not in r for r in lines(out))  # the lines stay small: the embeddings are in the index
+    predictor = predictor_for(tiny_bundle)
+    saved = FeatureIndex.load(index)
+    assert saved.videos == [str(p) for p in paths] and saved.features.shape == (len(paths), 64)
+    for row, path in zip(saved.features, paths, strict=True):
+        np.testing.assert_allclose(row, predictor.embed(path), atol=1e-5)  # the same as the library's embed
+    assert main([*base, str(paths[0]), "--features"]) == 0
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    np.testing.assert_allclose(line["features"], saved.features[0], atol=1e-5)
+    # Find alike: the query itself first, with a score of 1, then the rest by cosine.
+    assert main([*base, "--similar", str(paths[2]), "--index", str(index), "--top-k", "3"]) == 0
+    matches = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert matches[0]["video"] == str(paths[2]) and matches[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert [m["score"] for m in matches] == sorted((m["score"] for m in matches), reverse=True) and len(matches) == 3
+    # The index lost (a run killed before it was written, or an --out made without it): a rerun embeds the
+    # videos again and writes no line twice.
+    index.unlink()
+    index.with_suffix(".json").unlink()
+    before = out.read_text()
+    assert main([*base, *map(str, paths), "--out", str(out), "--features-out", str(index)]) == 0
+    assert out.read_text() == before and FeatureIndex.load(index).videos == saved.videos
+
+
+def test_explain_draws_each_videos_heatmaps(tiny_bundle, videos, tmp_path, capsys):
+    from PIL import Image
+
+    _, paths = videos
+    folder = tmp_path / "heat"
+    assert main(["--bundle", str(tiny_bundle), "--no-progress", *map(str, paths[:2]), "--explain", str(folder)]) == 0
+    records = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    pictures = [Path(r["explanation"]) for r in records]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in pictures)
+    for picture in pictures:
+        with Image.open(picture) as image:
+            assert image.format == "PNG" and image.width >= 8 * 32
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--timeline", "--features"], "not with --timeline"),
+        (["--explain", "x", "--engine", "ray"], "local engine"),
+        (["--similar", "q.mp4"], "go together"),
+        (["--similar", "q.mp4", "--index", "f.npy", "--features"], "takes no other input"),
+    ],
+)
+def test_embedding_options_that_do_not_go_together_are_refused_in_one_line(tiny_bundle, args, words, capsys):
+    inputs = [] if "--similar" in args and "--features" not in args else ["a.mp4"]
+    assert main(["--bundle", str(tiny_bundle), *inputs, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1

@@ -10,16 +10,19 @@ to decode, or decodes past the per-video timeout, gets an error result with its 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import STAdapterError
 from ..preprocessing import DEFAULT_BATCH_CLIPS
 from ..runtime.results import check_top_k, classification
+from ..runtime.runner import Outputs
 from ..video.handover import unpack
 from ..video.pool import DecodeFailure, DecodePool, DecodeTimedOut
 from .inputs import VideoInput
@@ -70,7 +73,7 @@ def classify_videos(
             batch, errors = take_batch(flight, pool, batch_clips)
             yield from errors
             if batch:
-                yield from run_batch(predictor, batch, options.top_k)
+                yield from run_batch(predictor, batch, options)
     finally:
         pool.close()
 
@@ -90,18 +93,36 @@ def take_batch(flight: deque, pool: DecodePool, batch_clips: int) -> tuple[list,
     return batch, errors
 
 
-def run_batch(predictor, batch: list, top_k: int) -> Iterator[dict]:
-    """One model call for the decoded videos in `batch`; a result record for each."""
+def run_batch(predictor, batch: list, options: BatchOptions) -> Iterator[dict]:
+    """One model call for the decoded videos in `batch`; a result record for each. With `options.features`
+    each record carries the clip embedding, from the same call; with `options.explain_dir` each video's
+    heatmaps (of its top-1, from the views already decoded) are drawn there and the record names the PNG."""
     clips = np.concatenate([views.clips.numpy() for _, views in batch])
     start = time.perf_counter()
-    logits = predictor.predict(clips)
+    out = predictor.predict_with_features(clips) if options.features else Outputs(predictor.predict(clips))
     infer_ms = (time.perf_counter() - start) * 1e3
     offset = 0
     for video, views in batch:
-        count = len(views.clips)
-        share = infer_ms * count / len(clips)  # this video's share of the batch
+        rows = slice(offset, offset + len(views.clips))
+        share = infer_ms * len(views.clips) / len(clips)  # this video's share of the batch
+        embedding = None if out.features is None else out.features[rows]
+        info = predictor.info()
         result = classification(
-            views, logits[offset : offset + count], predictor.labels, top_k, predictor.info(), share
+            views, out.logits[rows], predictor.labels, options.top_k, info, share, features=embedding
         )
-        yield {"video": video.video, **result.to_dict()}
-        offset += count
+        record = {"video": video.video, **result.to_dict()}
+        if options.explain_dir is not None:
+            record["explanation"] = str(draw_explanation(predictor, views, video.video, options))
+        yield record
+        offset += len(views.clips)
+
+
+def draw_explanation(predictor, views, video: str, options: BatchOptions) -> Path:
+    """The video's heatmaps drawn to EXPLAIN_DIR/<name>-<hash of its path>.png (one file per video, whatever
+    folders the inputs share a name in)."""
+    from ..runtime.explain import explain_views, render_explanation
+
+    explanation = explain_views(predictor, views, None, options.views)
+    path = options.explain_dir / f"{Path(video).stem}-{hashlib.sha1(video.encode()).hexdigest()[:8]}.png"
+    path.write_bytes(render_explanation(explanation))
+    return path

@@ -45,6 +45,27 @@ class PredictConfig:
     limits: DecodeLimits = field(default_factory=DecodeLimits)  # the app reads them from its settings
     engine: str = "local"  # "local": this process and its decode pool; "ray": a Ray cluster (ray_engine.py)
     ray_address: str | None = None  # the Ray cluster to join (None: RAY_ADDRESS, else a local one)
+    features: bool = False  # each line carries the clip embedding
+    features_out: Path | None = None  # the embeddings as F.npy + F.json (runtime/similar.py)
+    explain_dir: Path | None = None  # one heatmap PNG per video here
+    similar: Path | None = None  # a query video: print the nearest videos of `index` instead
+    index: Path | None = None
+
+    def check(self) -> None:
+        """The options that do not go together, refused in one line before anything loads."""
+        embeds = self.features or self.features_out is not None or self.explain_dir is not None
+        if self.timeline and embeds:
+            raise ConfigError("--features, --features-out and --explain label whole videos: not with --timeline")
+        if self.explain_dir is not None and self.engine != "local":
+            raise ConfigError(
+                "--explain runs with the local engine (it needs the model's gradients): drop --engine ray"
+            )
+        if (self.similar is None) != (self.index is None):
+            raise ConfigError("--similar QUERY.mp4 and --index F.npy go together")
+        if self.similar is not None and (self.inputs or embeds or self.timeline):
+            raise ConfigError("--similar QUERY.mp4 --index F.npy takes no other input: it prints the nearest videos")
+        if self.similar is None and not self.inputs:
+            raise ConfigError("no input given: name video files, folders or @list.txt files (or --similar)")
 
 
 DEFAULT_DECODE_TIMEOUT_S = 300.0  # one video; a file that hangs the decoder becomes an error line
@@ -60,6 +81,8 @@ class BatchOptions:
     ahead: int | None = None  # videos decoding or decoded but not yet run (default: 2 per worker + a batch)
     decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S
     limits: DecodeLimits = field(default_factory=DecodeLimits)
+    features: bool = False  # each record carries the clip embedding (from the same model call)
+    explain_dir: Path | None = None  # draw each video's heatmaps here
 
 
 def say(message: str) -> None:
@@ -109,7 +132,8 @@ def early_pool(config: PredictConfig) -> Decoding | None:
     first videos already submitted; else None. The run checks the guess once the bundle is loaded, and
     closes the pool if it was wrong or not needed."""
     gpu_asked = any(d in f"{config.backend}-{config.device}" for d in ("cuda", "tensorrt"))
-    if config.timeline or config.engine != "local" or gpu_asked or (nvidia_gpu_present() and config.device != "cpu"):
+    elsewhere = config.timeline or config.similar is not None or config.engine != "local"
+    if elsewhere or gpu_asked or (nvidia_gpu_present() and config.device != "cpu"):
         return None
     try:
         model, pre = peek_bundle(config.bundle)
@@ -156,6 +180,8 @@ def batch_options(config: PredictConfig, chosen: Choice) -> BatchOptions:
         config.batch_clips or chosen.batch_clips,
         decode_timeout_s=config.decode_timeout_s,
         limits=config.limits,
+        features=config.features or config.features_out is not None,
+        explain_dir=config.explain_dir,
     )
 
 

@@ -14,6 +14,8 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ConfigError
 
 
@@ -116,3 +118,58 @@ def check_out_path(path: Path) -> None:
         raise ConfigError(f"--out {path} is a folder; name a file in it, e.g. {path / 'results.jsonl'}")
     if not path.parent.is_dir():
         raise ConfigError(f"--out {path}: the folder {path.parent} does not exist")
+
+
+class FeatureRows:
+    """--features-out F.npy: each video's embedding is appended as it comes (F.npy.rows: float32, one row a
+    video; F.npy.rows.txt: its video, a line each), so a killed run keeps what it embedded. `finish` folds
+    them, with the rows of an F.npy the same model made earlier, into F.npy and F.json
+    (runtime/similar.py's FeatureIndex); a video embedded twice keeps its newest row."""
+
+    def __init__(self, path: Path, model: dict, dim: int):
+        from ..runtime.similar import FeatureIndex, npy_path
+
+        self.path, self.model, self.dim = npy_path(path), model, dim
+        self.data = self.path.with_name(self.path.name + ".rows")
+        self.names = self.path.with_name(self.path.name + ".rows.txt")
+        self.earlier = FeatureIndex.load(self.path) if self.path.exists() else None
+        if self.earlier is not None:
+            self.earlier.check_model(model)
+
+    def done(self) -> set[str]:
+        """The videos that have a row: in F.npy or appended by an earlier run."""
+        earlier = set(self.earlier.videos) if self.earlier is not None else set()
+        return earlier | set(self.appended()[0])
+
+    def appended(self) -> tuple[list[str], np.ndarray]:
+        """(videos, rows [n, D]) appended so far; a row cut off by a crash is dropped."""
+        if not self.names.exists() or not self.data.exists():
+            return [], np.zeros((0, self.dim), np.float32)
+        videos = self.names.read_text().splitlines()
+        rows = np.fromfile(self.data, dtype=np.float32)
+        count = min(len(videos), len(rows) // self.dim)
+        return videos[:count], rows[: count * self.dim].reshape(count, self.dim)
+
+    def add(self, video: str, embedding: list[float]) -> None:
+        """The row first, then its name: a crash between the two leaves a row without a name, dropped."""
+        with open(self.data, "ab") as f:
+            f.write(np.asarray(embedding, np.float32).tobytes())
+        with open(self.names, "a") as f:
+            f.write(video.replace("\n", " ") + "\n")
+
+    def finish(self) -> int:
+        """Write F.npy and F.json from every row; returns how many videos they hold."""
+        from ..runtime.similar import FeatureIndex
+
+        videos, rows = self.appended()
+        if self.earlier is not None:
+            videos, rows = (
+                self.earlier.videos + videos,
+                np.concatenate([self.earlier.features.reshape(-1, self.dim), rows]),
+            )
+        newest = {video: i for i, video in enumerate(videos)}  # a video embedded twice: its last row
+        keep = sorted(newest.values())
+        FeatureIndex([videos[i] for i in keep], rows[keep], self.model).save(self.path)
+        self.data.unlink(missing_ok=True)
+        self.names.unlink(missing_ok=True)
+        return len(keep)

@@ -269,6 +269,7 @@ class ModelSettings:
     top_k: int
     gflops_per_clip: float
     preprocessing: dict  # with the run's views
+    features: bool  # each line with the clip embedding
 
 
 class ModelStage:
@@ -285,7 +286,9 @@ class ModelStage:
             pre = Preprocessing.from_dict(settings.preprocessing)
             threads = choose(settings.gflops_per_clip, pre, "cpu", cpu_cores()).threads
         self.predictor = load_predictor(bundle, plan=plan, threads=threads)
-        self.top_k = settings.top_k
+        self.options = BatchOptions(top_k=settings.top_k, features=settings.features)
+        if settings.features:
+            self.predictor.check_features()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from ..video.handover import unpack
@@ -298,7 +301,7 @@ class ModelStage:
             if not f
         ]
         if ready:
-            lines |= {r["video"]: json.dumps(r) for r in run_batch(self.predictor, ready, self.top_k)}
+            lines |= {r["video"]: json.dumps(r) for r in run_batch(self.predictor, ready, self.options)}
         videos = [str(v) for v in batch["video"]]
         return {"video": videos, "line": [lines[v] for v in videos]}
 
@@ -333,6 +336,7 @@ def ray_records(cluster: Cluster, bundle, videos: list[VideoInput], config: Pred
         config.top_k,
         gflops,
         pre.to_dict(),
+        config.features or config.features_out is not None,
     )
     rows = [{"video": v.video} for v in videos]
     decode_compute = ray.data.TaskPoolStrategy(size=layout.decode_tasks) if layout.decode_tasks else None

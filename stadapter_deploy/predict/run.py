@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -14,7 +15,7 @@ from ..video.windows import WindowSpec
 from .batch import classify_videos, error_record
 from .inputs import VideoInput, collect_inputs
 from .options import BatchOptions, Decoding, PredictConfig, decode_pool, early_pool, machine_defaults, say
-from .output import ResultWriter, check_out_path, read_results
+from .output import FeatureRows, ResultWriter, check_out_path, read_results
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 ENGINES = ("local", "ray")
@@ -46,14 +47,22 @@ def run_loaded(config: PredictConfig, spec: WindowSpec, early: Decoding | None) 
     from ..runtime.bundle import load_bundle
 
     bundle = load_bundle(config.bundle)
+    if config.similar is not None:
+        return print_similar(bundle, config)
     videos = collect_inputs(config.inputs, len(bundle.labels), streams=config.timeline)
     done = {r["video"] for r in read_results(config.out, config.timeline)} if config.out is not None else set()
-    todo = [v for v in videos if v.video not in done or v.stream]
+    rows = feature_rows(bundle, config)
+    embedded = rows.done() if rows is not None else None  # a video done without its row is done again
+    todo = [v for v in videos if v.video not in done or v.stream or (embedded is not None and v.video not in embedded)]
     started = time.perf_counter()
+    if config.explain_dir is not None:
+        config.explain_dir.mkdir(parents=True, exist_ok=True)
     if config.engine == "ray":
-        new = predict_on_ray(bundle, todo, config)
+        new = predict_on_ray(bundle, todo, config, Lines(config, done, rows))
     else:
-        new = predict_locally(bundle, todo, config, spec, early)
+        new = predict_locally(bundle, todo, config, spec, early, Lines(config, done, rows))
+    if rows is not None:
+        say(f"stadapter-predict: {rows.finish()} embeddings in {rows.path} (and {rows.path.with_suffix('.json').name})")
     seconds = time.perf_counter() - started
     records = read_results(config.out, config.timeline) if config.out is not None else new
     summarize(videos, records, len(videos) - len(todo), config)
@@ -68,17 +77,19 @@ def run_loaded(config: PredictConfig, spec: WindowSpec, early: Decoding | None) 
     return EXIT_FAILED if failed or missing else EXIT_OK
 
 
-def predict_on_ray(bundle, videos: list[VideoInput], config: PredictConfig) -> list[dict]:
+def predict_on_ray(bundle, videos: list[VideoInput], config: PredictConfig, lines: Lines) -> list[dict]:
     """The Ray engine (ray_engine.py): a cluster joined or started for the job, its lines written here."""
     if not videos:
         return []
     from .ray_engine import ray_cluster, ray_records
 
     with ray_cluster(config.ray_address) as cluster:
-        return write_records(ray_records(cluster, bundle, videos, config), config, len(videos))
+        return write_records(ray_records(cluster, bundle, videos, config), config, len(videos), lines)
 
 
-def predict_locally(bundle, videos: list[VideoInput], config: PredictConfig, spec: WindowSpec, early) -> list[dict]:
+def predict_locally(
+    bundle, videos: list[VideoInput], config: PredictConfig, spec: WindowSpec, early, lines: Lines
+) -> list[dict]:
     """The local engine: this process runs the model, its decode pool the decoding."""
     from ..runtime.predictor import load_predictor, plan_predictor
 
@@ -90,30 +101,75 @@ def predict_locally(bundle, videos: list[VideoInput], config: PredictConfig, spe
             matches = early is not None and early.options == options  # never wrong on a CPU-only machine
             decoding = early if matches else Decoding(decode_pool(bundle.preprocessing, options), options, {})
         predictor = load_predictor(bundle, plan=plan, threads=threads, limits=config.limits)
+        if options.features:
+            predictor.check_features()  # a bundle exported before embeddings: one line, before any work
         results = (
             timeline_records(predictor, videos, config, spec)
             if config.timeline
             else classify_records(predictor, videos, options, decoding)
         )
-        return write_records(results, config, len(videos))
+        return write_records(results, config, len(videos), lines)
     finally:
         if decoding is not None:
             decoding.pool.close()
 
 
-def write_records(results, config: PredictConfig, total: int) -> list[dict]:
+@dataclass
+class Lines:
+    """What becomes of a video's records: its embedding goes to --features-out first (when asked), then its
+    lines to --out, without the embedding unless --features asked for it, and not again for a video that
+    has its lines already (done again only for its embedding)."""
+
+    config: PredictConfig
+    written: set[str]  # the videos --out holds lines of
+    rows: FeatureRows | None
+
+    def store(self, writer: ResultWriter, records: list[dict]) -> None:
+        if self.rows is not None:
+            for record in records:
+                if "features" in record:
+                    self.rows.add(record["video"], record["features"])
+        if not self.config.features:
+            records = [{k: v for k, v in r.items() if k != "features"} for r in records]
+        writer.write([r for r in records if r["video"] not in self.written])
+
+
+def feature_rows(bundle, config: PredictConfig) -> FeatureRows | None:
+    if config.features_out is None:
+        return None
+    from ..runtime.similar import model_id
+
+    return FeatureRows(config.features_out, model_id(bundle), bundle.config.width)
+
+
+def print_similar(bundle, config: PredictConfig) -> int:
+    """--similar QUERY --index F.npy: the nearest videos of the index, one JSON line each, best first."""
+    from ..runtime.predictor import load_predictor
+    from ..runtime.similar import FeatureIndex, model_id
+
+    index = FeatureIndex.load(config.index)
+    index.check_model(model_id(bundle))
+    predictor = load_predictor(bundle, config.backend, config.device, config.precision, limits=config.limits)
+    query = predictor.embed(config.similar, config.views)
+    with ResultWriter(config.out) as writer:
+        writer.write([{"query": str(config.similar), **m.to_dict()} for m in index.nearest(query, config.top_k)])
+    return EXIT_OK
+
+
+def write_records(results, config: PredictConfig, total: int, lines: Lines | None = None) -> list[dict]:
     """Write each video's lines to --out (or stdout) as they come (`results` yields a list of lines per video
     or stream window), with one progress bar over the videos; Ctrl+C keeps what is written (Interrupted)."""
     writer = ResultWriter(config.out)
+    lines = lines or Lines(config, set(), None)
     bar = progress_bar(total, "predict", enabled=config.progress, unit="video")
     records = []
     try:
-        for lines in results:
-            writer.write(lines)
-            records += lines
-            if "error" in lines[0]:
-                say(f"stadapter-predict: {lines[0]['video']}: {lines[0]['error']}")
-            if "latency_ms" not in lines[0]:  # a video done (a stream's windows are not)
+        for produced in results:
+            lines.store(writer, produced)
+            records += produced
+            if "error" in produced[0]:
+                say(f"stadapter-predict: {produced[0]['video']}: {produced[0]['error']}")
+            if "latency_ms" not in produced[0]:  # a video done (a stream's windows are not)
                 bar.update()
     except KeyboardInterrupt:
         raise Interrupted(f"{len(records)} lines written") from None
