@@ -15,7 +15,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from .classifiers import Classifier, DemoResult  # noqa: E402
+from .classifiers import Classifier, DemoResult, Explained  # noqa: E402
 from .timeline import timeline_tab  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
@@ -74,6 +74,18 @@ def page_error(e: Exception, video: str) -> gr.Error:
     return gr.Error(message, duration=15, print_exception=False)
 
 
+def explained_outputs(result: Explained):
+    """Explained -> the page's heatmap picture (an RGB array) and its caption."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(result.png)) as picture:
+        image = np.asarray(picture.convert("RGB"))
+    return image, f"**Where the evidence for {result.label}** ({result.score:.1%}) lies in each frame the model saw"
+
+
 def make_handler(work, outputs, empty_message: str = "Upload a video first, or pick one of the examples."):
     """The page's one handler factory: `await work(video, *args)`, its result through `outputs`; bad input
     becomes a message in the page, never a traceback."""
@@ -97,6 +109,7 @@ def example_videos() -> list[str]:
 def build_demo(classifier: Classifier, title: str = DEFAULT_TITLE, subtitle: str = "") -> gr.Blocks:
     """The page over any Classifier."""
     classify = make_handler(lambda video: classifier.classify(video, TOP_K), result_outputs)
+    explain = make_handler(classifier.explain, explained_outputs)
 
     # The examples get a handler of their own name: sharing `classify` would register the examples' private
     # endpoint as /classify and push the public one to /classify_1.
@@ -126,7 +139,8 @@ def build_demo(classifier: Classifier, title: str = DEFAULT_TITLE, subtitle: str
         with gr.Tab("Classify", elem_id="classify-tab"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    video = gr.Video(label="Video", sources=["upload"], elem_id="video-input")
+                    # A webcam recording is a file like an upload: the same handler, checks and limits.
+                    video = gr.Video(label="Video", sources=["upload", "webcam"], elem_id="video-input")
                     button = gr.Button("Classify", variant="primary", elem_id="classify-button")
                     examples = example_videos()
                     if examples:
@@ -143,8 +157,20 @@ def build_demo(classifier: Classifier, title: str = DEFAULT_TITLE, subtitle: str
                 with gr.Column(scale=1):
                     label.render()
                     details.render()
+                    why = gr.Button("Show where it looked", elem_id="explain-button")
+                    why_caption = gr.Markdown(elem_id="heatmaps-caption")
+                    heatmaps = gr.Image(
+                        label="Heatmaps: where the evidence for the top class lies", elem_id="heatmaps", format="png"
+                    )
             gallery.render()
-        gr.on([button.click, video.upload], classify, inputs=video, outputs=outputs, api_name="classify")
+        gr.on(
+            [button.click, video.upload, video.stop_recording],
+            classify,
+            inputs=video,
+            outputs=outputs,
+            api_name="classify",
+        )
+        why.click(explain, inputs=video, outputs=[heatmaps, why_caption], api_name="explain")
         timeline_tab(classifier, make_handler)
     ready_to_mount(demo)
     return demo

@@ -64,6 +64,26 @@ class Classifier:
         """Segments as `Segment.to_dict()` gives them (start_s, end_s, labels, frames)."""
         raise NotImplementedError
 
+    async def explain(self, video: str | Path) -> Explained:
+        """Where the evidence for the top-1 lies in each frame: the picture and what it explains."""
+        raise NotImplementedError
+
+
+@dataclass
+class Explained:
+    """One video's heatmaps, as the page shows them."""
+
+    png: bytes  # the frames with their heatmaps over them (runtime/explain.py's render_explanation)
+    label: str
+    score: float
+
+
+def explained(answer: dict) -> Explained:
+    """An Explained from the JSON /explain answers (the service's, in-process or over HTTP)."""
+    import base64
+
+    return Explained(base64.b64decode(answer["png"]), answer["label"], float(answer["score"]))
+
 
 def result_from(classification, pre: Preprocessing, model_name: str, backend_note: str = "") -> DemoResult:
     """DemoResult from a Classification that kept its clips: the exact crops the model saw."""
@@ -126,6 +146,12 @@ class LocalClassifier(Classifier):
         segments = await asyncio.to_thread(self.predictor.timeline, video, window_s)
         return [s.to_dict() for s in segments]
 
+    async def explain(self, video: str | Path) -> Explained:
+        from stadapter_deploy.runtime.explain import render_explanation
+
+        explanation = await asyncio.to_thread(self.predictor.explain, video, None, self.views)
+        return Explained(render_explanation(explanation), explanation.label, explanation.score)
+
 
 class InProcessClassifier(Classifier):
     """Classifies through the BentoML service this page is mounted in, without HTTP: the same decode
@@ -157,6 +183,9 @@ class InProcessClassifier(Classifier):
             told = (lambda w, s: progress(f"{w} windows, {s:.0f} s in")) if progress else None
             segments = await self.service.timeline_video(Path(video), window_s=window_s, long=True, progress=told)
         return [s.to_dict() for s in segments]
+
+    async def explain(self, video: str | Path) -> Explained:
+        return explained(await self.service.explain_video(Path(video)))
 
 
 class ServiceClassifier(Classifier):
@@ -224,6 +253,9 @@ class ServiceClassifier(Classifier):
             if e.code != "video_too_long_use_task":
                 raise
         return (await self.timeline_task(Path(video), data, progress))["segments"]
+
+    async def explain(self, video: str | Path) -> Explained:
+        return explained(await self._post("/explain", Path(video), {}))
 
     async def timeline_task(self, path: Path, data: dict, progress: Progress | None = None) -> dict:
         task = await self._post("/timeline_task/submit", path, data)

@@ -20,6 +20,7 @@ Configuration: environment variables, see serve/settings.py and the README.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import sys
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
+import torch
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -43,7 +45,8 @@ from stadapter_deploy.errors import ConfigError, RequestError, STAdapterError
 from stadapter_deploy.hardware import cpu_cores
 from stadapter_deploy.runtime import Bundle
 from stadapter_deploy.runtime.predictor import Plan, plan_backend, plan_precision
-from stadapter_deploy.runtime.results import Classification, check_top_k, classification
+from stadapter_deploy.runtime.results import Classification, check_top_k, classification, clip_embedding
+from stadapter_deploy.runtime.similar import model_id
 from stadapter_deploy.runtime.timeline import Segment, window_segments
 from stadapter_deploy.video.handover import unpack
 from stadapter_deploy.video.jobs import ClipsJob, DecodeSetup, WindowsJob, decode_worker
@@ -52,6 +55,7 @@ from stadapter_deploy.video.windows import WindowSpec
 
 log = logging.getLogger("stadapter.serve")
 DEFAULT_TOP_K = 5
+NO_FEATURES = "this service's bundle was exported before embeddings (its model has no features output); export it again"
 
 
 def _startup() -> tuple[Settings, Path, Bundle, Plan]:
@@ -126,10 +130,27 @@ class STAdapterModel:
         log.debug("model call: %d clips", len(clips))
         return self.predictor.predict(clips)
 
+    @bentoml.api(
+        batchable=True, batch_dim=0, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
+    )
+    def features(self, clips: np.ndarray) -> np.ndarray:
+        """The pooled features [N, D] the head reads, for clips [N, 3, T, S, S] gathered from concurrent requests."""
+        return self.predictor.predict_with_features(clips).features
+
+    @bentoml.api
+    def explain(self, clips: np.ndarray, frame_indices: list[list[int]], views: int | None, target: int | None) -> dict:
+        """One video's Explanation (not batched: it takes the model's gradients) as JSON, its picture in it."""
+        from stadapter_deploy.runtime.explain import explain_views, render_explanation
+        from stadapter_deploy.video.pipeline import EvalViews
+
+        ev = EvalViews(torch.from_numpy(clips), frame_indices, 0)
+        explanation = explain_views(self.predictor, ev, target, views)
+        return {**explanation.to_dict(), "png": base64.b64encode(render_explanation(explanation)).decode("ascii")}
+
     @bentoml.api
     def info(self) -> dict:
-        """What answers: {"backend", "precision"}."""
-        return self.predictor.info()
+        """What answers: {"backend", "precision", "features"}."""
+        return {**self.predictor.info(), "features": self.predictor.has_features}
 
 
 def own_device(worker: int) -> int | None:
@@ -256,7 +277,7 @@ ROUTES = [
 @bentoml.asgi_app(Starlette(routes=ROUTES), path="/")
 class STAdapter:
     """Classifies uploaded videos: POST /classify, /classify_batch, /classify_timeline, the task
-    /timeline_task/submit, GET /metadata."""
+    /timeline_task/submit, /embed, /explain, GET /metadata."""
 
     model = bentoml.depends(STAdapterModel)
 
@@ -311,6 +332,45 @@ class STAdapter:
         start = time.perf_counter()
         decoded = await self._decode(video, options, "the video")
         return (await self._classified([decoded], options, start))[0]
+
+    @bentoml.api(route="/embed")
+    async def embed(self, video: Path, views: int | None = None) -> dict:
+        """The clip embedding of one uploaded video: {"embedding": [D floats], "dim", "model"}: the pooled
+        features the head reads, averaged over the views, L2-normalised (cosine = dot product)."""
+        try:
+            options = check_options(None, views)
+            if not (await self.info()).get("features"):
+                raise RequestError(501, NO_FEATURES, "embeddings_unavailable")
+            decoded = await self._decode(video, options, "the video")
+            features = await self._model_calls(self.model.to_async.features, decoded.clips.numpy())  # [V, D]
+            embedding = clip_embedding(features)
+            return {"embedding": embedding.tolist(), "dim": len(embedding), "model": model_id(BUNDLE)}
+        except RequestError as e:
+            return error(e)
+
+    @bentoml.api(route="/explain")
+    async def explain(self, video: Path, target: int | None = None, views: int | None = None) -> dict:
+        """Where the evidence for class `target` (default: the top-1) lies in each frame of one uploaded video:
+        {"label", "index", "score", "frames", "heatmaps": {"shape", "dtype", "scale", "data" (base64)}, "png"
+        (base64 of the picture: the frames with their heatmaps)}."""
+        try:
+            return await self.explain_video(video, target, views)
+        except RequestError as e:
+            return error(e)
+
+    async def explain_video(self, video: Path, target: int | None = None, views: int | None = None) -> dict:
+        """The /explain answer for one video file; RequestError with the status to answer. The /ui page calls
+        this."""
+        options = check_options(None, views)
+        if target is not None and not 0 <= target < len(BUNDLE.labels):
+            raise RequestError(
+                400, f"target must be a class index between 0 and {len(BUNDLE.labels) - 1}", "bad_option"
+            )
+        decoded = await self._decode(video, options, "the video")
+        try:
+            return await self.model.to_async.explain(decoded.clips.numpy(), decoded.frame_indices, views, target)
+        except Exception as e:
+            raise model_failure(e) from None
 
     @bentoml.api(route="/classify_batch")
     async def classify_batch(self, videos: list[Path], top_k: int | None = None, views: int | None = None) -> dict:
@@ -507,13 +567,15 @@ class STAdapter:
         return results
 
     async def _predict(self, clips: np.ndarray) -> np.ndarray:
-        """Logits for clips [N, 3, T, S, S], sent in calls of at most the model's batch size, concurrently,
-        so BentoML batches them with other requests' clips."""
+        """Logits for clips [N, 3, T, S, S]; see _model_calls."""
+        return await self._model_calls(self.model.to_async.predict, clips)
+
+    async def _model_calls(self, call, clips: np.ndarray) -> np.ndarray:
+        """`call` (a batchable model API) over clips [N, 3, T, S, S], in calls of at most the model's batch
+        size, concurrently, so BentoML batches them with other requests' clips."""
         step = SETTINGS.max_batch_size
         try:
-            parts = await asyncio.gather(
-                *(self.model.to_async.predict(clips[i : i + step]) for i in range(0, len(clips), step))
-            )
+            parts = await asyncio.gather(*(call(clips[i : i + step]) for i in range(0, len(clips), step)))
         except Exception as e:
             raise model_failure(e) from None
         self._model_ok_at = time.monotonic()

@@ -229,6 +229,12 @@ def test_browser_upload_bad_then_good(demo_url, predictor, clips_dir, tmp_path):
             assert page.locator("#frames img").count() == 8
             page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
 
+            page.click("#explain-button")  # the heatmaps: where the evidence for the top class lies
+            page.locator("#heatmaps img").first.wait_for(timeout=60_000)
+            page.locator("#heatmaps-caption", has_text=expected_top).wait_for(timeout=30_000)
+            heat = page.locator("#heatmaps img").first.bounding_box()
+            assert heat["width"] > 200 and heat["height"] > 50
+
             page.get_by_role("tab", name="Timeline").click()  # the timeline: a plot and a table of windows
             page.set_input_files("#timeline-input input[type=file]", str(clips_dir / "good.mp4"))
             page.locator("#timeline-plot img").first.wait_for(timeout=60_000)
@@ -255,3 +261,28 @@ def test_cli_says_when_the_port_is_taken(tiny_bundle):
         )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium (/usr/bin/chromium) is not installed")
+def test_a_webcam_recording_is_classified_like_an_upload(demo_url):
+    """Chromium's fake camera (a moving test pattern): record, stop, and the recording goes through the same
+    handler, checks and decode as an upload."""
+    from playwright.sync_api import sync_playwright
+
+    camera = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + camera)
+        try:
+            page = browser.new_context(viewport={"width": 1280, "height": 900}, permissions=["camera"]).new_page()
+            page.goto(demo_url)
+            page.click("#video-input button[aria-label='Capture from camera']", timeout=60_000)
+            page.get_by_text("Click to Access Webcam").click()
+            page.click("#video-input button[aria-label='start recording']", timeout=30_000)
+            time.sleep(3)
+            page.locator("#video-input button", has_text="Stop").first.click()
+            page.locator("#top5 [data-testid='label-output-value']").first.wait_for(timeout=60_000)
+            page.locator("#frames img").nth(7).wait_for(timeout=30_000)
+            assert "Could not classify" not in page.content()
+        finally:
+            browser.close()

@@ -65,8 +65,11 @@ def test_demo_page_mounted_at_ui_calls_the_service_in_process(service_url, tiny_
     assert len(gallery) == 8 and "BentoML service, in-process" in details  # it went through the service
     assert sorted(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == [
         "/classify",
+        "/explain",
         "/timeline",
     ]
+    heatmaps, caption = client.predict(handle_file(str(video)), api_name="/explain")  # through the service too
+    assert expected.labels[0]["label"] in caption and read_size(heatmaps)[0] > 8 * 32
 
 
 @pytest.mark.slow
@@ -84,3 +87,22 @@ def test_timeline_through_the_service_matches_the_predictor(service_url, tiny_bu
     assert [s["labels"][0]["label"] for s in over_http] == [e["labels"][0]["label"] for e in expected]
     _, table = Client(f"{service_url}/ui/", verbose=False).predict(handle_file(str(video)), 0.5, api_name="/timeline")
     assert [row[2] for row in table["data"]] == [e["labels"][0]["label"] for e in expected]  # /ui, in-process
+
+
+def read_size(path: str) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_the_service_classifier_explains_as_the_predictor_does(service_url, tiny_bundle, tmp_path):
+    from demo.classifiers import ServiceClassifier
+    from stadapter_deploy import load_predictor
+    from stadapter_deploy.video.synthetic import write_motion_video
+
+    video = write_motion_video(tmp_path / "clip.mp4", label=3, seed=5)
+    expected = load_predictor(tiny_bundle).explain(video)
+    got = asyncio.run(ServiceClassifier(service_url).explain(video))
+    assert got.label == expected.label and got.score == pytest.approx(expected.score, abs=1e-5)
+    assert got.png.startswith(b"\x89PNG")

@@ -134,6 +134,8 @@ def test_every_route_that_takes_a_body_drops_a_stalled_one_within_the_body_timeo
         ("/classify_batch", {"top_k": "2", "views": "1"}),
         ("/classify_timeline", {"top_k": "2", "views": "1", "window_s": "1.0", "stride_s": "0.5"}),
         ("/timeline_task/submit", {"top_k": "2", "views": "1", "window_s": "1.0", "stride_s": "0.5"}),
+        ("/embed", {"views": "1"}),
+        ("/explain", {"target": "3", "views": "1"}),
     ],
 )
 def test_every_upload_route_takes_all_of_its_options_at_once(server, routes, clip, endpoint, fields):
