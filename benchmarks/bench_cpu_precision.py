@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +35,26 @@ from stadapter_deploy import hardware
 from stadapter_deploy.export.quantize import Int8Recipe, quantize_int8
 
 PRECISE = "session.x64quantprecision"  # ONNX Runtime: U8U8 instead of U8S8 where the CPU has no VNNI
+
+
+@dataclass(frozen=True)
+class Option(Int8Recipe):
+    """Int8Recipe with the choices this benchmark weighs and the exporter does not offer."""
+
+    per_channel: bool = True
+    weight_type: str = "s8"
+    keep_float: tuple[str, ...] = ()
+
+
 # name -> (recipe of the artifact, file, run with PRECISE)
 OPTIONS = {
-    "8-bit per channel (before)": (Int8Recipe(weight_bits=8), "int8_w8.onnx", False),
-    "8-bit + U8U8 at run time": (Int8Recipe(weight_bits=8), "int8_w8.onnx", True),
-    "7-bit per tensor": (Int8Recipe(per_channel=False), "int8_w7_tensor.onnx", False),
-    "7-bit per channel": (Int8Recipe(), "int8_w7.onnx", False),
-    "U8U8 (uint8 weights)": (Int8Recipe(weight_bits=8, weight_type="u8"), "int8_u8.onnx", False),
-    "static QDQ 8-bit": (Int8Recipe(method="static", weight_bits=8), "int8_static_w8.onnx", False),
-    "static QDQ 7-bit": (Int8Recipe(method="static"), "int8_static_w7.onnx", False),
+    "8-bit per channel (before)": (Option(weight_bits=8), "int8_w8.onnx", False),
+    "8-bit + U8U8 at run time": (Option(weight_bits=8), "int8_w8.onnx", True),
+    "7-bit per tensor": (Option(per_channel=False), "int8_w7_tensor.onnx", False),
+    "7-bit per channel": (Option(), "int8_w7.onnx", False),
+    "U8U8 (uint8 weights)": (Option(weight_bits=8, weight_type="u8"), "int8_u8.onnx", False),
+    "static QDQ 8-bit": (Option(method="static", weight_bits=8), "int8_static_w8.onnx", False),
+    "static QDQ 7-bit": (Option(method="static"), "int8_static_w7.onnx", False),
 }
 KEEP_FLOAT = "8-bit, 2 worst MatMuls in float"
 KEEP_FLOAT_FILE = "int8_w8_keep2.onnx"
@@ -73,7 +85,7 @@ def all_options(work: Path) -> dict:
     """OPTIONS, plus the keep-float option once `layers` has found the worst MatMuls on AVX2."""
     opts = dict(OPTIONS)
     if (work / "keep_float.json").exists():
-        recipe = Int8Recipe(weight_bits=8, keep_float=tuple(json.loads((work / "keep_float.json").read_text())))
+        recipe = Option(weight_bits=8, keep_float=tuple(json.loads((work / "keep_float.json").read_text())))
         opts[KEEP_FLOAT] = (recipe, KEEP_FLOAT_FILE, False)
     return opts
 

@@ -10,12 +10,17 @@ Prints a markdown table of medians and the ratio; numbers go to docs/benchmarks.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
 from stadapter_deploy import build_model, hardware
 from stadapter_deploy.model import STAdapter
 from stadapter_deploy.timing import interleaved_ms, median_ms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import untrimmed  # noqa: E402  (the untrimmed copy: a subclass, as the tests compare it)
 
 
 def randomize_adapters(model: torch.nn.Module) -> None:
@@ -27,14 +32,10 @@ def randomize_adapters(model: torch.nn.Module) -> None:
 
 
 def trimmed_and_full_ms(model: torch.nn.Module, clip: torch.Tensor, repeats: int) -> tuple[float, float]:
-    """Median forward ms with model.trim_last_block True and False, interleaved so load hits both alike."""
-
-    def forward(trim: bool):
-        model.trim_last_block = trim
-        return model(clip)
-
-    ms = interleaved_ms({"trimmed": lambda: forward(True), "full": lambda: forward(False)}, repeats)
-    model.trim_last_block = True
+    """Median forward ms of the model (its last block on the class token) and of a copy that runs every
+    token through it (tests/helpers.py's subclass), interleaved so load hits both alike."""
+    full = untrimmed(model)
+    ms = interleaved_ms({"trimmed": lambda: model(clip), "full": lambda: full(clip)}, repeats)
     return ms["trimmed"].wall_ms, ms["full"].wall_ms
 
 
@@ -53,9 +54,9 @@ def main() -> None:
 
     rows = []
     with torch.inference_mode():
-        for form, use_conv3d in (("shifted multiply-adds", False), ("permute + nn.Conv3d", True)):
-            model.use_conv3d = use_conv3d
-            rows.append((f"B/16 12x384 forward, 1x8x224x224, {form}", median_ms(lambda: model(clip), args.repeats)))
+        for name, form in (("shifted multiply-adds", "shift"), ("permute + nn.Conv3d", "conv3d")):
+            with model.temporal_conv(form):
+                rows.append((f"B/16 12x384 forward, 1x8x224x224, {name}", median_ms(lambda: model(clip), args.repeats)))
         trimmed, full = trimmed_and_full_ms(model, clip, args.repeats)
         rows.append(("B/16 12x384 forward, Conv3d form, last block on the class token only", trimmed))
         rows.append(("B/16 12x384 forward, Conv3d form, last block on every token", full))

@@ -13,6 +13,7 @@ the engine prints (cluster start, first line, the rest).
     python benchmarks/bench_predict.py --model tiny --engine ray [--videos 120] [--rounds 3]
     python benchmarks/bench_predict.py --model b16 [--videos 8] [--rounds 2]
     python benchmarks/bench_predict.py --bundle BUNDLE ...
+    python benchmarks/bench_predict.py --model tiny --features   # --features-out against the same command without
 """
 
 from __future__ import annotations
@@ -97,13 +98,14 @@ def run_loop(bundle: Path, paths: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def run_predict(bundle: Path, folder: Path, out: Path, engine: str = "local") -> tuple[float, str, str]:
+def run_predict(bundle: Path, folder: Path, out: Path, engine: str = "local", extra=()) -> tuple[float, str, str]:
     """(seconds, what the command chose, where the Ray engine's time went)."""
-    out.unlink(missing_ok=True)
+    for old in (out, out.with_suffix(".npy"), out.with_suffix(".json")):
+        old.unlink(missing_ok=True)
     start = time.perf_counter()
     done = subprocess.run(
         [str(BIN / "stadapter-predict"), "--bundle", str(bundle), str(folder), "--out", str(out), "--no-progress"]
-        + ["--engine", engine],
+        + ["--engine", engine, *extra],
         capture_output=True,
         text=True,
         check=True,
@@ -133,6 +135,7 @@ def main() -> int:
     p.add_argument("--videos", type=int, help="videos (default: 60 for tiny, 8 otherwise)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: the Ray engine against the local")
+    p.add_argument("--features", action="store_true", help="the command with --features-out against it without")
     args = p.parse_args()
     count = args.videos or ((120 if args.engine == "ray" else 60) if args.model == "tiny" and not args.bundle else 8)
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,13 +146,16 @@ def main() -> int:
         base, predict, chose, spent = [], [], ["", ""], []
         base_name = "stadapter-predict (local engine)" if args.engine == "ray" else "Predictor.classify loop"
         name = "stadapter-predict --engine ray" if args.engine == "ray" else "stadapter-predict (defaults)"
+        if args.features:
+            base_name, name = "stadapter-predict", "stadapter-predict --features-out"
+        extra = ["--features-out", str(tmp / "out.npy")] if args.features else []
         for r in range(args.rounds):
-            if args.engine == "ray":
-                seconds, chose[0], _ = run_predict(bundle, tmp / "videos", tmp / "out.jsonl")
+            if args.engine == "ray" or args.features:
+                seconds, chose[0], _ = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", args.engine)
                 base.append(seconds)
             else:
                 base.append(run_loop(bundle, paths))
-            seconds, chose[1], where = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", args.engine)
+            seconds, chose[1], where = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", args.engine, extra)
             predict.append(seconds)
             spent.append(where)
             print(f"round {r + 1}: {base_name} {base[-1]:.1f} s, {name} {predict[-1]:.1f} s", flush=True)
@@ -165,6 +171,7 @@ def main() -> int:
         print(f"| {side} | {statistics.median(values):.1f} | {count / statistics.median(values):.2f} |")
     ratios = [a / b for a, b in zip(base, predict, strict=True)]
     what = "ray / local throughput" if args.engine == "ray" else "speed-up"
+    what = "throughput with / without --features-out" if args.features else what
     print(f"\n{what}: {statistics.median(ratios):.2f}x (median of rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
     return 0
 

@@ -226,10 +226,9 @@ def step_eager(s: Settings, emit) -> None:
     emit(probe)
     log(f"matmul probe: {probe['tflops']:.3g} TFLOPS")
     model = half_model(s)
-    for form, use_conv3d in (("eager", True), ("eager, shift form (as exported)", False)):
-        model.use_conv3d = use_conv3d
-        with torch.inference_mode():
-            throughput_rows(s, model, form, lambda x: lambda: model(x), emit, s.batches)
+    for name, form in (("eager", "conv3d"), ("eager, shift form (as exported)", "shift")):
+        with torch.inference_mode(), model.temporal_conv(form):
+            throughput_rows(s, model, name, lambda x: lambda: model(x), emit, s.batches)
 
 
 def graphed(fn, x: torch.Tensor):

@@ -129,3 +129,22 @@ def wait_listening(port: int, process) -> None:
         assert process.poll() is None, "ffmpeg exited before listening"
         time.sleep(0.05)
     raise AssertionError(f"nothing listens on {port}")
+
+
+def untrimmed(model):
+    """A copy of `model` that runs every token through the last block (the model computes the class token
+    alone there: exact, and what these comparisons measure): a subclass, the core model untouched."""
+    from stadapter_deploy.model.vit import STAdapterViT
+
+    class UntrimmedViT(STAdapterViT):
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            self.check_input(x)
+            num_frames = x.shape[2]
+            tokens = self.embed(x.transpose(1, 2).flatten(0, 1))  # [B*T, L, D]
+            tokens = self.transformer(tokens, num_frames, self.use_conv3d, trim_last_block=False)  # [B*T, L, D]
+            return self.pool(tokens, num_frames)
+
+    copy = UntrimmedViT(model.cfg)
+    copy.load_state_dict(model.state_dict())
+    copy.use_conv3d = model.use_conv3d
+    return copy.train(model.training)

@@ -174,7 +174,7 @@ def test_bench_cli_prints_a_table_and_writes_a_plot(tiny_bundle, tmp_path):
     from stadapter_deploy.hardware import cpu_has_bf16
 
     rows = json.loads(js.read_text())["rows"]
-    runs = {("torch-cpu", "fp32"), ("onnxruntime-cpu", "fp32"), ("torch-cpu untrimmed", "fp32")}
+    runs = {("torch-cpu", "fp32"), ("onnxruntime-cpu", "fp32")}
     runs |= {("torch-cpu", "bf16")} if cpu_has_bf16() else set()  # every precision this CPU can run
     assert {(r["backend"], r["precision"], r["batch"]) for r in rows} == {(b, p, n) for b, p in runs for n in (1, 2)}
     assert "| vs onnxruntime fp32 | vs torch fp32 |" in proc.stdout

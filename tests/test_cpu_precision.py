@@ -63,18 +63,20 @@ def test_the_int8_artifact_is_gated_and_described(int8_bundle):
 
 
 def test_auto_takes_int8_wherever_its_integer_sums_are_exact_and_fast(int8_bundle, int8_8bit_bundle, cpu_flags):
+    from stadapter_deploy.export.bench import precision_method
+
     cpu_flags(*VNNI)
     for bundle in (int8_bundle, int8_8bit_bundle):
         vnni = load_predictor(bundle, backend="onnxruntime-cpu")
-        assert vnni.precision == "int8" and "VNNI" in vnni.selection and "VNNI/AMX kernels" in vnni.runner.method
+        assert vnni.precision == "int8" and "VNNI" in vnni.selection and "VNNI/AMX kernels" in precision_method(vnni)
     cpu_flags(*AVX2)
     avx2 = load_predictor(int8_bundle, backend="onnxruntime-cpu")
     assert avx2.precision == "int8" and "7-bit weights" in avx2.selection
-    assert avx2.runner.method.endswith("U8S8 kernels (avx2)")
+    assert precision_method(avx2).endswith("U8S8 kernels (avx2)")
     old = load_predictor(int8_8bit_bundle, backend="onnxruntime-cpu")  # exact only through the slow U8U8 kernels
     assert old.precision == "fp32" and "8-bit weights" in old.selection and "--int8" in old.selection
     asked = load_predictor(int8_8bit_bundle, backend="onnxruntime-cpu", precision="int8")  # asked for: exact
-    assert asked.precision == "int8" and asked.runner.method.endswith("U8U8 kernels (avx2)")
+    assert asked.precision == "int8" and precision_method(asked).endswith("U8U8 kernels (avx2)")
 
 
 def test_int8_is_refused_in_one_line_on_a_cpu_it_was_never_checked_on(int8_bundle, cpu_flags):

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import untrimmed
 from torch import nn
 
 from stadapter_deploy import build_model
@@ -128,10 +129,9 @@ def test_temporal_conv_equals_conv3d():
 def test_conv3d_switch_gives_same_logits():
     model = randomize_adapters(build_model("tiny").eval(), seed=3)
     clip = torch.randn(2, 3, 8, 32, 32)
-    with torch.no_grad():
-        model.use_conv3d = False
+    with torch.no_grad(), model.temporal_conv("shift"):
         shifted = model(clip)
-        model.use_conv3d = True
+    with torch.no_grad(), model.temporal_conv("conv3d"):
         literal = model(clip)
     torch.testing.assert_close(shifted, literal, atol=1e-5, rtol=1e-5)
 
@@ -215,7 +215,7 @@ def test_fp16_on_gpu_is_finite_and_close():
 @pytest.mark.parametrize("trim", [True, False])
 def test_gradients_reach_only_adapters_and_head(trim):
     model = randomize_adapters(build_model("tiny").train())
-    model.trim_last_block = trim
+    model = model if trim else untrimmed(model)
     model(torch.randn(2, 3, 8, 32, 32)).sum().backward()
     last = f"transformer.resblocks.{model.cfg.layers - 1}.adapter_pre_mlp."
     for name, p in model.named_parameters():
@@ -234,9 +234,8 @@ def test_gradients_reach_only_adapters_and_head(trim):
 
 
 def logits(model, clip, trim):
-    model.trim_last_block = trim
     with torch.no_grad():
-        return model(clip)
+        return (model if trim else untrimmed(model))(clip)
 
 
 @pytest.mark.parametrize("use_conv3d", [True, False])
@@ -245,10 +244,9 @@ def test_trimmed_last_block_equals_full_forward(pre_attn, pre_mlp, use_conv3d):
     torch.manual_seed(4)
     model = build_model("tiny", adapter_pre_attn=pre_attn, adapter_pre_mlp=pre_mlp).eval()
     randomize_adapters(model, seed=4)
-    model.use_conv3d = use_conv3d
-    assert model.trim_last_block  # the default
-    for clip in (torch.randn(3, 3, 8, 32, 32), torch.randn(1, 3, 5, 32, 32)):
-        torch.testing.assert_close(logits(model, clip, True), logits(model, clip, False), atol=1e-6, rtol=1e-5)
+    with model.temporal_conv("conv3d" if use_conv3d else "shift"):
+        for clip in (torch.randn(3, 3, 8, 32, 32), torch.randn(1, 3, 5, 32, 32)):
+            torch.testing.assert_close(logits(model, clip, True), logits(model, clip, False), atol=1e-6, rtol=1e-5)
 
 
 def test_trimming_keeps_the_last_pre_attention_adapter():
@@ -280,9 +278,7 @@ def test_trimmed_model_exports_to_onnx_with_a_dynamic_batch(tmp_path):
     from stadapter_deploy.export.onnx_export import count_ops, export_onnx
 
     model = randomize_adapters(build_model("tiny").eval(), seed=6)
-    model.trim_last_block = False
-    full = export_onnx(model, tmp_path / "full.onnx", num_frames=8)
-    model.trim_last_block = True
+    full = export_onnx(untrimmed(model), tmp_path / "full.onnx", num_frames=8)
     trimmed = export_onnx(model, tmp_path / "trimmed.onnx", num_frames=8)
     # one adapter fewer in the graph (each shifted temporal conv pads once); every weight is still a
     # constant (quantizers and fusions need that): the adapter's 2 weight MatMuls go, q/kv split into 2

@@ -5,6 +5,8 @@ this file a second time under `qemu-x86_64 -cpu Haswell`: an AVX2 CPU without VN
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -37,6 +39,13 @@ def fp32_model(tmp_path_factory):
                 p.normal_(std=0.1)
     path = export_onnx(model, tmp_path_factory.mktemp("int8") / "fp32.onnx", num_frames=8)
     return path
+
+
+@dataclass(frozen=True)
+class KeepFloat(Int8Recipe):
+    """A recipe that leaves named weight MatMuls in float (what bench_cpu_precision.py weighs)."""
+
+    keep_float: tuple[str, ...] = ()
 
 
 def clips(n, seed):
@@ -111,11 +120,11 @@ def test_quantize_adapters_and_keep_named_matmuls_float(fp32_model, tmp_path):
     ref, out = run(fp32_model, x), run(tmp_path / "int8.onnx", x)
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < REL_TOL
     keep = ("/transformer/resblocks.0/mlp/c_fc/MatMul",)
-    info = quantize_int8(fp32_model, tmp_path / "keep.onnx", recipe=Int8Recipe(keep_float=keep))
+    info = quantize_int8(fp32_model, tmp_path / "keep.onnx", recipe=KeepFloat(keep_float=keep))
     assert info["quantized"]["MatMul (weights)"] == 12 and info["kept_float"]["MatMul (weights, asked)"] == 1
     assert [n.op_type for n in onnx.load(str(tmp_path / "keep.onnx")).graph.node if n.name == keep[0]] == ["MatMul"]
     with pytest.raises(ValueError, match="keep_float names no weight MatMul"):
-        quantize_int8(fp32_model, tmp_path / "bad.onnx", recipe=Int8Recipe(keep_float=("nope",)))
+        quantize_int8(fp32_model, tmp_path / "bad.onnx", recipe=KeepFloat(keep_float=("nope",)))
 
 
 def test_static_needs_calibration_clips_and_recipes_are_checked(fp32_model, tmp_path):

@@ -122,7 +122,7 @@ def time_predictor(
         achieved,
         peak,
         achieved / peak,
-        predictor.runner.method,
+        precision_method(predictor),
     )
 
 
@@ -233,18 +233,33 @@ def candidates(bundle, names: list[str] | None = None) -> list[tuple[str, str]]:
     for name in names or [n for n in AUTO_ORDER if runnable(bundle, n) is None]:
         base, device = parse_backend(name, RUNNERS)
         runner = RUNNERS[base]
-        out += [(name, p) for p in runner.usable_precisions(bundle, device or runner.devices[0])]
+        out += [(name, p) for p in usable_precisions(runner, bundle, device or runner.devices[0])]
     return out
 
 
-def load(bundle, name: str, precision: str, threads: int, trimmed: bool = True):
+def usable_precisions(runner, bundle, device: str) -> list[str]:
+    """The precisions `runner` can run `bundle` in on `device` here: those an artifact of the bundle holds
+    (one per precision for the ONNX and TensorRT runners; torch casts its fp32 weights), int8 on a CPU only,
+    and none the runner would refuse."""
+    wanted = [p for p in runner.precisions if p != "int8" or device == "cpu"]
+    if runner.name != "torch":
+        wanted = [p for p in wanted if bundle.find(runner.name, p)]
+    return [p for p in wanted if runner.precision_refusal(bundle, device, p) is None]
+
+
+def precision_method(predictor) -> str:
+    """How an int8 predictor computes (its weights and the CPU kernels it gets), for the table; else ""."""
+    if predictor.precision != "int8":
+        return ""
+    from ..runtime.runners.ort_runner import exact_int8_needed, int8_method
+
+    return int8_method(predictor.bundle.find("onnxruntime", "int8")[0], exact_int8_needed())
+
+
+def load(bundle, name: str, precision: str, threads: int):
     from ..runtime import load_predictor
 
-    predictor = load_predictor(bundle, backend=name, precision=precision, threads=threads)
-    if not trimmed:  # the same weights with the last block computed in full (the trimming's saving)
-        predictor.runner.model.trim_last_block = False
-        predictor.runner.label_note = " untrimmed"
-    return predictor
+    return load_predictor(bundle, backend=name, precision=precision, threads=threads)
 
 
 def gemm_rates(cfg: BenchConfig, shape: tuple[int, int, int], precisions: set[str]) -> dict:
@@ -270,8 +285,6 @@ def run(cfg: BenchConfig) -> list[Row]:
     b = load_bundle(cfg.bundle)
     pairs = candidates(b, cfg.backends)
     predictors = [load(b, name, precision, cfg.threads) for name, precision in pairs]
-    if ("torch-cpu", "fp32") in pairs:
-        predictors.append(load(b, "torch-cpu", "fp32", cfg.threads, trimmed=False))
     gflop = model_gflops(b.config, b.preprocessing.num_frames)
     shape = matmul_shape(b.config, b.preprocessing.num_frames)
     info = machine_info(cfg.threads)

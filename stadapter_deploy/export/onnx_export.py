@@ -6,7 +6,6 @@ only in that form). T, H and W are fixed by the config; only the batch is dynami
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import warnings
 from pathlib import Path
@@ -43,19 +42,6 @@ class ExportedOutputs(nn.Module):
         return (logits, features.float()) if self.with_features else logits
 
 
-@contextlib.contextmanager
-def conv_form(model: nn.Module, form: str):
-    """Temporarily select the adapter's temporal-conv form (model.use_conv3d is a plain attribute)."""
-    if form not in ("shift", "conv3d"):
-        raise ValueError(f"unknown temporal conv form {form!r}; choose shift or conv3d")
-    old = model.use_conv3d
-    model.use_conv3d = form == "conv3d"
-    try:
-        yield
-    finally:
-        model.use_conv3d = old
-
-
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -86,7 +72,11 @@ def export_onnx(
     example = torch.randn(batch_example, 3, num_frames, cfg.image_size, cfg.image_size)
     net = ExportedOutputs(_half_copy(model) if fp16 else model.eval(), features)
     outputs = [OUTPUT_NAME, FEATURES_NAME] if features else [OUTPUT_NAME]
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch, conv_form(net.model, form), warnings.catch_warnings():
+    with (
+        tempfile.TemporaryDirectory(dir=path.parent) as scratch,
+        net.model.temporal_conv(form),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")  # tracer and deprecation warnings about constant shapes we rely on
         raw = Path(scratch) / "raw.onnx"
         _torch_export(net, example, raw, opset, exporter, outputs)

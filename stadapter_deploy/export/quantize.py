@@ -44,14 +44,16 @@ KEPT_FLOAT_OPS = ("LayerNormalization", "Softmax")
 
 @dataclass(frozen=True)
 class Int8Recipe:
-    """How quantize_int8 quantizes; the defaults are what `stadapter-export --int8` writes."""
+    """How quantize_int8 quantizes; the defaults are what `stadapter-export --int8` writes. Weights are
+    int8, symmetric, one scale per output channel (the class attributes below: a benchmark that weighs
+    other choices subclasses this with fields of those names)."""
 
     method: str = "dynamic"  # or "static": QDQ with calibrated activation ranges
-    weight_bits: int = 7  # 7: weights in [-64, 64], exact on every x86 kernel; 8: [-127, 127]
-    per_channel: bool = True  # one weight scale per output channel (else one per tensor)
-    weight_type: str = "s8"  # "u8": uint8 weights, ONNX Runtime's U8U8 kernels (exact, slower)
-    keep_float: tuple[str, ...] = ()  # weight MatMul node names to leave in float as well
+    weight_bits: int = 7  # 7: weights in [-64, 64], exact on every x86 kernel; 8: [-127, 127] (older bundles)
     quantize_adapters: bool = False
+    per_channel = True  # one weight scale per output channel
+    weight_type = "s8"  # int8 weights ("u8": uint8 ones, ONNX Runtime's exact but slower U8U8 kernels)
+    keep_float = ()  # weight MatMul node names left in float as well
 
     def __post_init__(self):
         if self.method not in METHODS:

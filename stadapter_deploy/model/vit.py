@@ -6,6 +6,7 @@ state dicts load without renaming. Tokens are kept batch-first: [B*T, L, D].
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+
+TEMPORAL_CONV_FORMS = ("conv3d", "shift")
 
 
 class LayerNorm(nn.LayerNorm):
@@ -195,12 +198,19 @@ class STAdapterViT(nn.Module):
         nn.init.normal_(self.fc.weight, std=0.02)
         nn.init.zeros_(self.fc.bias)
         self.freeze_backbone()
-        # Which exact form the adapters' temporal conv runs in (see STAdapter). A plain attribute set
-        # before a run, never flipped inside forward.
-        self.use_conv3d = True
-        # Only the class token leaves the transformer, so the last block computes it alone (exact; see
-        # ResidualAttentionBlock). False runs every token through, for comparisons.
-        self.trim_last_block = True
+        self.use_conv3d = True  # the adapters' temporal conv form (see STAdapter); set by `temporal_conv`
+
+    @contextlib.contextmanager
+    def temporal_conv(self, form: str):
+        """Run the adapters' temporal conv as `form` inside the block: "conv3d" (nn.Conv3d, the default) or
+        "shift" (shifted multiply-adds, what the exporter writes). The same values either way."""
+        if form not in TEMPORAL_CONV_FORMS:
+            raise ValueError(f"unknown temporal conv form {form!r}; choose one of {', '.join(TEMPORAL_CONV_FORMS)}")
+        old, self.use_conv3d = self.use_conv3d, form == "conv3d"
+        try:
+            yield self
+        finally:
+            self.use_conv3d = old
 
     def freeze_backbone(self) -> None:
         """Only the adapters and the head train."""
@@ -230,7 +240,9 @@ class STAdapterViT(nn.Module):
         num_frames = x.shape[2]
         frames = x.transpose(1, 2).flatten(0, 1)  # [B*T, 3, H, W]
         tokens = self.embed(frames)  # [B*T, L, D]
-        tokens = self.transformer(tokens, num_frames, self.use_conv3d, self.trim_last_block)  # [B*T, L or 1, D]
+        # Only the class token leaves the transformer, so the last block computes it alone (exact; see
+        # ResidualAttentionBlock.class_token_forward).
+        tokens = self.transformer(tokens, num_frames, self.use_conv3d, trim_last_block=True)  # [B*T, 1, D]
         return self.pool(tokens, num_frames)
 
     def pool(self, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The CPU probes live in stadapter_deploy.hardware; these names stay importable from here for the
-# callers written before it (tests/test_bundle.py, benchmarks/gpu_check.py).
 from .bundle import Bundle
 
 
@@ -38,8 +36,6 @@ class Runner:
     device: str = "cpu"
     precision: str = "fp32"
     max_batch: int | None = None  # None: any batch size
-    label_note: str = ""  # appended to the label, e.g. " untrimmed" for a benchmark's variant
-    method: str = ""  # how the precision is computed, where it says more than its name (int8: weights, kernels)
     has_features: bool = True  # False where the artifact has no features output (older bundles)
 
     @classmethod
@@ -58,11 +54,6 @@ class Runner:
         """(precision, why) when none is asked for."""
         return "fp32", "the default"
 
-    @classmethod
-    def usable_precisions(cls, bundle: Bundle, device: str) -> list[str]:
-        """The precisions this runner can run `bundle` in on `device` here (what a benchmark sweeps)."""
-        return [cls.default_precision(bundle, device)[0]]
-
     def outputs(self, clips: np.ndarray) -> Outputs:
         """float32 clips [n, 3, T, S, S] (n <= max_batch) -> float32 logits [n, C] and, where the artifact
         has them, features [n, D], from one model call."""
@@ -75,8 +66,7 @@ class Runner:
     @property
     def label(self) -> str:
         """e.g. "onnxruntime-cpu": what the service and the demo report as the backend."""
-        label = f"{self.name}-{self.device}" if len(self.devices) > 1 else self.name
-        return label + self.label_note
+        return f"{self.name}-{self.device}" if len(self.devices) > 1 else self.name
 
 
 def parse_backend(name: str, known: dict[str, type[Runner]]) -> tuple[str, str | None]:

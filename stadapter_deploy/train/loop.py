@@ -86,11 +86,11 @@ def cast_backbone(model: nn.Module, dtype: torch.dtype) -> None:
 
 
 def freeze_unreachable_adapter(model: STAdapterViT) -> None:
-    """With trim_last_block the last block computes the class token only, which its pre-MLP adapter
-    (it changes patch tokens only) never reaches: that adapter gets no gradient, and DDP refuses a
-    trainable parameter without one. It is kept (and saved) as initialized."""
+    """The last block computes the class token only, which its pre-MLP adapter (it changes patch tokens
+    only) never reaches: that adapter gets no gradient, and DDP refuses a trainable parameter without one.
+    It is kept (and saved) as initialized."""
     last = model.transformer.resblocks[-1]
-    if getattr(model, "trim_last_block", False) and last.adapter_pre_mlp is not None:
+    if last.adapter_pre_mlp is not None:
         last.adapter_pre_mlp.requires_grad_(False)
 
 

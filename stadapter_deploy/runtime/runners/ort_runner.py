@@ -116,13 +116,6 @@ class OrtRunner(Runner):
             )
         return "fp32", "the default"
 
-    @classmethod
-    def usable_precisions(cls, bundle: Bundle, device: str) -> list[str]:
-        held = [p for p in cls.precisions if bundle.find("onnxruntime", p)]
-        if device != "cpu":  # int8 kernels: the CPU provider's
-            held = [p for p in held if p != "int8"]
-        return [p for p in held if cls.precision_refusal(bundle, device, p) is None]
-
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
         if reason := self.available(bundle, device):
             raise ValueError(f"backend onnxruntime-{device} cannot run here: {reason}")
@@ -140,8 +133,6 @@ class OrtRunner(Runner):
         self.has_features = FEATURES_NAME in outputs
         self.output_names = [self.logits_name] + [FEATURES_NAME] * self.has_features
         self.device, self.precision, self.max_batch = device, precision, artifact["batch"]["max"]
-        if precision == "int8":
-            self.method = int8_method(artifact, exact_int8)
 
     def outputs(self, clips: np.ndarray) -> Outputs:
         logits, *features = self.session.run(self.output_names, {self.input_name: clips})

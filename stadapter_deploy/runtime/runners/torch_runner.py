@@ -39,11 +39,6 @@ class TorchRunner(Runner):
     def default_precision(cls, bundle: Bundle, device: str) -> tuple[str, str]:
         return ("fp16", "half precision on the GPU") if device == "cuda" else ("fp32", "the CPU default")
 
-    @classmethod
-    def usable_precisions(cls, bundle: Bundle, device: str) -> list[str]:
-        wanted = ["fp32", "fp16"] if device == "cuda" else ["fp32", "bf16"]
-        return [p for p in wanted if cls.precision_refusal(bundle, device, p) is None]
-
     def __init__(self, bundle: Bundle, device: str = "cpu", precision: str = "fp32", threads: int | None = None):
         if device == "cuda" and not cuda_available():
             raise ValueError("backend torch-cuda asked for, but torch sees no CUDA GPU")
