@@ -11,10 +11,9 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from stadapter_deploy.net import free_port
+from stadapter_deploy.net import NotUp, free_port, wait_until_up
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -24,21 +23,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-
-
-def wait_for(url: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"error: the demo exited with code {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    raise SystemExit(f"error: the demo did not answer at {url} within {timeout_s:.0f} s")
 
 
 def screenshot(url: str, video: Path, out: Path, chromium: str) -> str:
@@ -75,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}/"
-        wait_for(url, proc)
+        try:
+            wait_until_up(url, proc)
+        except NotUp as e:
+            raise SystemExit(f"error: the demo is not up: {e}") from None
         top = screenshot(url, Path(args.video), Path(args.out), args.chromium)
     finally:
         proc.terminate()

@@ -7,12 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-from stadapter_deploy.net import free_port
+from stadapter_deploy.net import NotUp, free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,17 +34,10 @@ def start_server(env: dict, log_path: Path, port: int | None = None) -> tuple[su
 
 
 def wait_ready(process: subprocess.Popen, url: str, log_path: Path, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise ServerFailed(f"bentoml serve exited ({process.returncode}):\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise ServerFailed(f"bentoml serve not ready after {timeout_s:g} s:\n{log_path.read_text()[-3000:]}")
+    try:
+        wait_until_up(f"{url}/readyz", process, timeout_s)
+    except NotUp as e:
+        raise ServerFailed(f"bentoml serve is not ready: {e}:\n{log_path.read_text()[-3000:]}") from None
 
 
 def stop_server(process: subprocess.Popen) -> None:

@@ -15,26 +15,10 @@ import pytest
 from helpers import stop_process as stop
 
 from demo.screenshot import CHROMIUM_ARGS
-from stadapter_deploy.net import free_port
+from stadapter_deploy.net import NotUp, free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"demo exited with code {proc.returncode}:\n{proc.stdout.read()}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"demo did not answer at {url} within {timeout_s:.0f} s")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +29,10 @@ def demo_url(tiny_bundle):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
-        wait_until_up(url, proc)
+        try:
+            wait_until_up(url, proc, 90)
+        except NotUp as e:
+            pytest.fail(f"the demo is not up: {e}:\n{proc.stdout.read() if proc.poll() is not None else ''}")
         yield url
     finally:
         stop(proc)
@@ -105,7 +92,7 @@ def test_the_documented_api_name_is_the_public_one(demo_url):
 
     # The page's "Use via API" lists /classify and /timeline: no /classify_1 twin of the examples' handler.
     api = Client(demo_url, verbose=False).view_api(return_format="dict", print_info=False)
-    assert sorted(api["named_endpoints"]) == ["/classify", "/timeline"]
+    assert sorted(api["named_endpoints"]) == ["/classify", "/explain", "/timeline"]
 
 
 def test_timeline_tab_plots_and_tables_the_predictors_timeline(demo_url, predictor, clips_dir):

@@ -95,17 +95,11 @@ def _half_copy(model: nn.Module) -> nn.Module:
 
 
 def _torch_export(net: nn.Module, example: torch.Tensor, path: Path, opset: int, exporter: str, outputs: list) -> None:
+    names = dict(input_names=[INPUT_NAME], output_names=outputs, opset_version=opset)
     if exporter == "torchscript":
+        axes = {name: {0: "batch"} for name in [INPUT_NAME, *outputs]}
         torch.onnx.export(
-            net,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=outputs,
-            opset_version=opset,
-            dynamo=False,
-            do_constant_folding=True,
-            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
+            net, (example,), str(path), **names, dynamo=False, do_constant_folding=True, dynamic_axes=axes
         )
     elif exporter == "dynamo":
         try:
@@ -113,17 +107,7 @@ def _torch_export(net: nn.Module, example: torch.Tensor, path: Path, opset: int,
         except ImportError:
             raise ValueError("--exporter dynamo needs onnxscript (pip install onnxscript)") from None
         batch = torch.export.Dim("batch", min=1, max=4096)
-        torch.onnx.export(
-            net,
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=outputs,
-            opset_version=opset,
-            dynamo=True,
-            dynamic_shapes=({0: batch},),
-            verbose=False,
-        )
+        torch.onnx.export(net, (example,), str(path), **names, dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
     else:
         raise ValueError(f"unknown exporter {exporter!r}; choose torchscript or dynamo")
 
