@@ -32,8 +32,8 @@ def make_bundle(folder: Path) -> Path:
         for name, p in net.named_parameters():
             if ".adapter_pre_" in name:
                 p.normal_(std=0.02)
-    recipe = {"dataset": "k400", "num_frames": 8, "sampling_rate": 16, "spatial_views": 1, "temporal_views": 3}
-    checkpoint = save_checkpoint(net.eval(), folder / "checkpoint", extra={"recipe": recipe})
+    # the K400 recipe's dataset and preprocessing (the exporter takes them from the checkpoint's meta)
+    checkpoint = save_checkpoint(net.eval(), folder / "checkpoint", extra={"dataset": "k400"})
     options = ExportOptions(progress=False, verify=False)
     return export_bundle(load_source(checkpoint=checkpoint), folder / "bundle", options).path
 

@@ -172,6 +172,7 @@ def build_demo(classifier: Classifier, title: str = DEFAULT_TITLE, subtitle: str
         )
         why.click(explain, inputs=video, outputs=[heatmaps, why_caption], api_name="explain")
         timeline_tab(classifier, make_handler)
+    demo.vibe_mode = False  # GRADIO_VIBE_MODE would let visitors rewrite this page's code on the server
     ready_to_mount(demo)
     return demo
 

@@ -273,3 +273,13 @@ def test_a_webcam_recording_is_classified_like_an_upload(demo_url):
             assert "Could not classify" not in page.content()
         finally:
             browser.close()
+
+
+def test_the_page_never_lets_a_visitor_edit_its_code(tiny_bundle, monkeypatch):
+    """Gradio's 'vibe' editing (its /gradio_api/vibe-edit routes rewrite the app's source) stays off, even
+    where GRADIO_VIBE_MODE is set in the server's environment."""
+    from demo.app import build_demo
+    from demo.classifiers import LocalClassifier
+
+    monkeypatch.setenv("GRADIO_VIBE_MODE", "1")
+    assert build_demo(LocalClassifier(tiny_bundle)).vibe_mode is False
