@@ -39,7 +39,7 @@ def trained_bundle(tmp_path_factory):
     (30 seeds a class, 300 steps of 16) takes ~10 s on a quiet one, ~40 s on a busy one.
     """
     import torch
-    from helpers import SYNTHETIC_RECIPE
+    from helpers import synthetic_meta
 
     from stadapter_deploy import build_model
     from stadapter_deploy.export.exporter import ExportOptions, export_bundle, load_source
@@ -72,7 +72,7 @@ def trained_bundle(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     root = tmp_path_factory.mktemp("trained")
-    extra = {"recipe": dict(SYNTHETIC_RECIPE), "class_names": CLASS_NAMES}
+    extra = {**synthetic_meta(), "class_names": CLASS_NAMES}
     checkpoint = save_checkpoint(model.eval(), root / "checkpoint", extra=extra)
     options = ExportOptions(verify=True, progress=False, check_videos=2, check_random=2)
     return export_bundle(load_source(checkpoint=checkpoint), root / "bundle", options).path
