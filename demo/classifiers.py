@@ -213,6 +213,8 @@ class ServiceClassifier(Classifier):
         """The page's line about the model, as the service is now (a page loaded later shows the model of a
         service that came up meanwhile)."""
         if (problem := self.probe()) is not None:
+            if problem.code == "unauthorized":
+                return f"The service at {self.url} refuses this page: {problem}"
             return f"Classified by the service at {self.url}, which does not answer yet ({problem})"
         return f"Model `{self.model_name}`, classified by the service at {self.url}"
 
