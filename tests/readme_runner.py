@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
 import shlex
@@ -39,7 +38,9 @@ SUBSTITUTIONS = """\
 - task ids: `task_id=9f1c...` is the id the submit before it answered.
 - `stadapter-export` and `python -m train` run in this process, through the function their command calls
   (the same parsing and the same code), so each does not pay for importing torch again; the rest are
-  subprocesses.
+  subprocesses (the list checker and stadapter-predict too: in this process their decode workers would come
+  from a fork server started in another folder, where the README's relative paths do not resolve).
+- `export VAR=...` holds for the rest of the section, as in a shell.
 """
 
 
@@ -400,7 +401,3 @@ class Shell:
         finally:
             os.chdir(saved)
         return namespace
-
-    def json(self, result: Result):
-        assert result.code == 0, result.text[-2000:]
-        return json.loads(result.out)
