@@ -22,7 +22,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bundle", help="model bundle directory from stadapter-export (needed unless --service)")
     p.add_argument(
         "--backend",
-        default="auto",
         help="predictor backend for --bundle: auto, torch, onnxruntime, tensorrt (default: auto)",
     )
     p.add_argument(
@@ -48,10 +47,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     p.add_argument("--share", action="store_true", help="also make a public gradio.live link (default: off)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def options_problem(args: argparse.Namespace) -> str | None:
+    """Why these options do not go together, in one line; None when they do."""
     if not args.bundle and not args.service:
-        p.error("give --bundle BUNDLE (classify in this process) or --service URL (through a service)")
-    return args
+        return "give --bundle BUNDLE (classify in this process) or --service URL (through a running service)"
+    model_options = [f"--{name}" for name in ("bundle", "backend", "views") if getattr(args, name) is not None]
+    if args.service and model_options:
+        return (
+            f"--service classifies with the service's own model, so {', '.join(model_options)} would be ignored: "
+            "drop them, or drop --service to classify in this process"
+        )
+    if args.token and not args.service:
+        return "--token is the token of a service: it goes with --service URL"
+    return None
 
 
 def port_problem(host: str, port: int) -> str | None:
@@ -86,6 +97,9 @@ def page_login(args: argparse.Namespace, settings: DemoSettings):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if problem := options_problem(args):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if problem := port_problem(args.host, args.port):
         print(f"error: cannot listen on {args.host}:{args.port} ({problem}); pick another with --port", file=sys.stderr)
         return 2
@@ -97,9 +111,20 @@ def main(argv: list[str] | None = None) -> int:
         auth = page_login(args, settings)
         if args.service:
             classifier = ServiceClassifier(args.service, token=args.token or settings.api_token)
-            subtitle = f"Model `{classifier.model_name}`, classified by the service at {args.service}"
+            if (refused := classifier.probe()) is not None:
+                if refused.code == "unauthorized":  # nothing will classify: say so now, in one line
+                    print(f"error: {refused}", file=sys.stderr)
+                    return 2
+                print(
+                    f"warning: {refused} The page starts anyway; it classifies, and names the model, once the "
+                    "service answers.",
+                    file=sys.stderr,
+                )
+            subtitle = classifier.describe()
         else:
-            classifier = LocalClassifier(args.bundle, backend=args.backend, views=args.views, limits=settings.decode)
+            classifier = LocalClassifier(
+                args.bundle, backend=args.backend or "auto", views=args.views, limits=settings.decode
+            )
             predictor = classifier.predictor  # load now: a bad bundle fails here, with its reason
             predictor.view_layout(args.views)  # and so does a --views this model cannot use
             for example in example_videos()[:1]:

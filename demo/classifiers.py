@@ -57,6 +57,10 @@ class Classifier:
         pre = self.preprocessing.with_views(self.views)
         return pre.views * pre.num_frames
 
+    def describe(self) -> str:
+        """The page's line about the model, as it is now (the page may ask again on every load)."""
+        return f"Model `{self.model_name}`"
+
     async def classify(self, video: str | Path, top_k: int) -> DemoResult:
         raise NotImplementedError
 
@@ -132,6 +136,9 @@ class LocalClassifier(Classifier):
     def preprocessing(self) -> Preprocessing:
         return self.predictor.preprocessing
 
+    def describe(self) -> str:
+        return f"Model `{self.model_name}` on `{self.predictor.backend}`, in this process"
+
     def warm_up(self, video: str | Path) -> None:
         """Classify one video (a bundled example) so the first visitor does not pay for lazy imports and first runs."""
         asyncio.run(self.classify(video, 1))
@@ -197,17 +204,30 @@ class ServiceClassifier(Classifier):
         self.timeout_s = timeout_s
         self._metadata: dict | None = None
 
-    def metadata(self) -> dict:
-        """The service's /metadata ({} if it cannot be read): model name, preprocessing, limits."""
-        if self._metadata is None:
-            import httpx
+    def probe(self) -> RequestError | None:
+        """None when the service answers /metadata, else why not, as the RequestError a classification
+        would get (unreachable: 503 `service_unreachable`; a token it wants: 401). Kept once it answers."""
+        if self._metadata is not None:
+            return None
+        import httpx
 
-            try:
-                response = httpx.get(f"{self.url}/metadata", headers=self.headers, timeout=self.timeout_s)
-                self._metadata = response.json() if response.status_code == 200 else {}
-            except (httpx.HTTPError, ValueError):
-                return {}
-        return self._metadata
+        try:
+            response = httpx.get(f"{self.url}/metadata", headers=self.headers, timeout=min(self.timeout_s, 10.0))
+        except httpx.HTTPError as e:
+            return unreachable(self.url, e)
+        try:
+            self._metadata = answer(response, self.url, bool(self.headers))
+        except RequestError as e:
+            return e
+        except ValueError:
+            return RequestError(502, f"{self.url} answered /metadata with something else than JSON", "error")
+        return None
+
+    def metadata(self) -> dict:
+        """The service's /metadata ({} while it cannot be read: asked again next time): model name,
+        preprocessing, limits."""
+        self.probe()
+        return self._metadata or {}
 
     @property
     def model_name(self) -> str:
@@ -218,10 +238,14 @@ class ServiceClassifier(Classifier):
         known = self.metadata().get("preprocessing")
         return Preprocessing.from_dict(known) if known else Preprocessing()
 
-    @property
-    def frames_shown(self) -> int:
-        """The sampled frames, uncropped: temporal views x frames per clip."""
-        return self.preprocessing.temporal_views * self.preprocessing.num_frames
+    def describe(self) -> str:
+        """The page's line about the model, as the service is now (a page loaded later shows the model of a
+        service that came up meanwhile)."""
+        if (problem := self.probe()) is not None:
+            if problem.code == "unauthorized":
+                return f"The service at {self.url} refuses this page: {problem}"
+            return f"Classified by the service at {self.url}, which does not answer yet ({problem})"
+        return f"Model `{self.model_name}`, classified by the service at {self.url}"
 
     async def classify(self, video: str | Path, top_k: int) -> DemoResult:
         from stadapter_deploy.video import decode_frames
@@ -233,15 +257,30 @@ class ServiceClassifier(Classifier):
         timings["round trip"] = (time.perf_counter() - start) * 1000.0
         indices = [int(i) for i in body.get("frames", [])]
         frames = await asyncio.to_thread(decode_frames, path, indices) if indices else np.zeros((0, 1, 1, 3), np.uint8)
+        per_view, frame_indices = self.views_of(frames, indices)
         return DemoResult(
             labels=body["labels"],
-            frames=frames[None],  # [1, K, H, W, 3]: the sampled frames, uncropped
-            frame_indices=[indices],
+            frames=per_view,
+            frame_indices=frame_indices,
             model_name=self.model_name,
             backend=f"{body.get('backend', '?')} via {self.url}",
             precision=body.get("precision", "?"),
             timings_ms=timings,
         )
+
+    def views_of(self, frames: np.ndarray, indices: list[int]) -> tuple[np.ndarray, list[list[int]]]:
+        """The service's sampled frames [K, H, W, 3] laid out as the model's views [V, T, H, W, 3], as
+        in-process (each spatial crop with every temporal view; the service sends no crops, so a crop shows
+        its frames uncropped): the page counts views and frames the same way in both."""
+        pre = self.preprocessing
+        per_clip = pre.num_frames
+        if not indices or len(indices) % per_clip:
+            return frames[None], [indices]  # not the service's own layout: one strip
+        temporal = [indices[i : i + per_clip] for i in range(0, len(indices), per_clip)]
+        frame_indices = indices_per_view(temporal, pre.spatial_views * len(temporal))
+        by_view = frames.reshape(len(temporal), per_clip, *frames.shape[1:])  # [temporal, T, H, W, 3]
+        order = [v % len(temporal) for v in range(len(frame_indices))]
+        return by_view[order], frame_indices
 
     async def timeline(self, video: str | Path, window_s: float | None, progress: Progress | None = None) -> list:
         """POST /classify_timeline; a video over the service's synchronous limit goes through its task
@@ -279,8 +318,8 @@ class ServiceClassifier(Classifier):
                     files = {"video": (path.name, f.read(), "application/octet-stream")}
                 response = await client.post(f"{self.url}{endpoint}", files=files, data=data)
             except httpx.HTTPError as e:
-                raise RequestError(503, f"{self.url} did not answer ({e}).", "service_unreachable") from e
-        return answer(response, self.url)
+                raise unreachable(self.url, e) from e
+        return answer(response, self.url, bool(self.headers))
 
     async def _get(self, endpoint: str, task_id: str, missing_ok: bool = False) -> dict:
         import httpx
@@ -289,14 +328,27 @@ class ServiceClassifier(Classifier):
             try:
                 response = await client.get(f"{self.url}{endpoint}", params={"task_id": task_id})
             except httpx.HTTPError as e:
-                raise RequestError(503, f"{self.url} did not answer ({e}).", "service_unreachable") from e
+                raise unreachable(self.url, e) from e
         if missing_ok and response.status_code == 404:
             return {}
-        return answer(response, self.url)
+        return answer(response, self.url, bool(self.headers))
 
 
-def answer(response, url: str) -> dict:
-    """A service's JSON answer, or its refusal as a RequestError with the same status and code."""
+def unreachable(url: str, error: Exception) -> RequestError:
+    return RequestError(503, f"{url} did not answer ({error}).", "service_unreachable")
+
+
+def answer(response, url: str, token_given: bool = False) -> dict:
+    """A service's JSON answer, or its refusal as a RequestError with the same status and code. A 401 says
+    what the page's user does about it (--token), not what a client sends."""
+    if response.status_code == 401:
+        told = "the token given is not its token" if token_given else "none was given"
+        raise RequestError(
+            401,
+            f"the service at {url} needs its API token ({told}): start the page with --token TOKEN, or set "
+            "STADAPTER_API_TOKEN, to the token the service was started with",
+            "unauthorized",
+        )
     if response.status_code >= 400:
         prefix = "" if response.status_code < 500 else f"{url} failed: "
         text, code = error_of(response)

@@ -15,7 +15,7 @@ def bench_parser() -> argparse.ArgumentParser:
         prog="stadapter-export bench",
         description="Measure each available backend on BUNDLE at several batch sizes: clips/s, p50/p99 latency "
         "and the share of the FLOP floor (the machine's fp32 matmul rate, measured in the same run). Prints a "
-        "markdown table and writes a PNG plot.",
+        "markdown table; --png also draws it.",
     )
     p.add_argument("bundle", type=Path, help="model bundle directory made by stadapter-export")
     p.add_argument(
@@ -37,9 +37,7 @@ def bench_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repeats", type=int, default=1, help="sweeps over all backends, interleaved; medians reported")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch and ONNX Runtime")
-    p.add_argument(
-        "--png", type=Path, default=Path("bench_backends.png"), help="plot file (default bench_backends.png)"
-    )
+    p.add_argument("--png", type=Path, default=None, help="also draw the rows as a plot in this PNG file")
     p.add_argument(
         "--matmul-seconds",
         type=float,

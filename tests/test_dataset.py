@@ -149,7 +149,7 @@ def test_list_checker_cli(synthetic_data, tmp_path):
     reasons = {row.split("\t")[1]: row.split("\t")[2] for row in report[1:]}
     assert "not a readable video" in reasons["videos/broken.mp4"]
     assert "not found" in reasons["videos/missing.mp4"]
-    assert "label '9'" in reasons["videos/train_00000.mp4"]
+    assert "label 9 is outside [0, 6)" in reasons["videos/train_00000.mp4"]
     bad = subprocess.run(
         cmd[:4] + ["--root", str(tmp_path / "nope"), "--num-classes", "6", "--out", str(out)],
         capture_output=True,

@@ -62,6 +62,7 @@ def test_inputs_from_folders_lists_and_files(videos, tmp_path):
     assert [Path(v.video).name for v in found] == ["broken.mp4", "c0.mp4", "c1.mp4", "c2.mp4", "c3.mp4"]
     listed = collect_inputs([f"@{root / 'val.txt'}", str(paths[0])], num_classes=6)
     assert [(Path(v.video), v.label) for v in listed] == [(p, i) for i, p in enumerate(paths[:3])]  # deduplicated
+    (tmp_path / "a video.mp4").write_bytes(b"")  # an unlabelled path with a space names an existing file
     (tmp_path / "nolabels.txt").write_text("a video.mp4\nb.mp4\n")
     assert [(Path(v.video).name, v.label) for v in collect_inputs([f"@{tmp_path / 'nolabels.txt'}"], 6)] == [
         ("a video.mp4", None),
@@ -142,7 +143,7 @@ def test_bad_input_gives_a_message_and_an_exit_code(tiny_bundle, videos, tmp_pat
     (tmp_path / "bad.txt").write_text("clips/c0.mp4 0\nclips/c1.mp4 one two 1.5\n")
     cases = [
         ([str(tmp_path / "empty")], "no video files in"),
-        ([f"@{tmp_path / 'bad.txt'}"], "bad.txt:2: the label must be an integer"),
+        ([f"@{tmp_path / 'bad.txt'}"], "bad.txt:2: label '1.5' is not an integer"),
         (["--timeline", "--window", "0", str(root / "clips")], "the window must be a positive number of seconds"),
         (["--timeline", "--stride", "-1", str(root / "clips")], "the stride must be a positive number of seconds"),
         ([str(root / "clips"), "--out", str(tmp_path / "nowhere" / "r.jsonl")], "does not exist"),

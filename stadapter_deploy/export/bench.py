@@ -213,7 +213,7 @@ class BenchConfig:
     budget_s: float = 60.0
     repeats: int = 1
     threads: int = 1
-    png: Path = Path("bench_backends.png")
+    png: Path | None = None  # where to draw the plot; None: no plot
     matmul_seconds: float = 1.0
     json: Path | None = None
 
@@ -341,6 +341,7 @@ def report(cfg: BenchConfig, bundle, info: dict, rates: dict, gflop: float, rows
     )
     print(markdown_table(rows) + "\n")
     print(ratios(rows))
-    title = f"{bundle.model_name} - {info['cpu']} ({info['cpu_kind']}), {cfg.threads} threads"
-    plot(rows, cfg.png, title)
-    print(f"\nplot: {cfg.png}")
+    if cfg.png is not None:
+        title = f"{bundle.model_name} - {info['cpu']} ({info['cpu_kind']}), {cfg.threads} threads"
+        plot(rows, cfg.png, title)
+        print(f"\nplot: {cfg.png}")

@@ -319,13 +319,32 @@ class Checkpoint(NamedTuple):
     meta: dict  # the whole config.json: format, config, and what training wrote (preprocessing, class_names, ...)
 
 
+def is_own_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is our format (its directory, its config.json or its model.safetensors), by the
+    format its config.json names; a Hugging Face model folder, which also holds these two names, is not."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    meta = _read_json(folder / CONFIG_FILE)
+    return isinstance(meta, dict) and meta.get("format") == CHECKPOINT_FORMAT and (folder / WEIGHTS_FILE).is_file()
+
+
 def read_checkpoint(path: str | Path) -> Checkpoint:
     """Read our format from its directory, its config.json, or its model.safetensors."""
     path = _existing(path)
     folder = path if path.is_dir() else path.parent
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.exists() or not weights_path.exists():
-        raise WeightsError(f"{folder} is not a stadapter-deploy checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+        final = folder / "final"  # a training run's folder, or one of its checkpoint-N.pth
+        if is_own_checkpoint(final) or (folder / "run.json").is_file():
+            what = "a training checkpoint (for resuming)" if path.is_file() else "a training run's folder"
+            where = f"is {final}" if is_own_checkpoint(final) else f"will be {final}, written when the run ends"
+            raise WeightsError(f"{path} is {what}, not a trained model: the run's model {where}")
+        if path.is_file() and path.suffix == ".pth":
+            raise WeightsError(
+                f"{path} is a .pth file, not a stadapter-deploy model folder: a reference ST-Adapter checkpoint "
+                "loads with the CLIP weights it was trained on (--clip CLIP --adapter FILE)"
+            )
+        raise WeightsError(f"{path} is not a stadapter-deploy model: its folder needs {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
         meta = json.loads(config_path.read_text())
         cfg = ModelConfig.from_dict(meta["config"])

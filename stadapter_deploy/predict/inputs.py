@@ -1,22 +1,22 @@
 """What to predict on: video files, folders searched recursively, `@list.txt` files, and stream URLs.
 
 A list file is the training list format (`<path> <integer label>` per line, paths relative to the list
-file's folder), with the label optional. Blank lines and `#` comments are skipped. Every entry of a list
-is a file: a stream URL or a capture device is opened only where the command line names it.
+file's folder), with the label optional, read by the one list parser (video/listfile.py states the rule
+for paths with spaces). Every entry of a list is a file: a stream URL or a capture device is opened only
+where the command line names it.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..video.listfile import read_list_entries
 from ..video.source import is_stream
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
-NUMBER = re.compile(r"[-+]?\d+(\.\d*)?")
 
 
 @dataclass(frozen=True)
@@ -37,38 +37,11 @@ def videos_in_folder(folder: Path) -> list[VideoInput]:
     return [VideoInput(str(p)) for p in videos]
 
 
-def parse_entry(line: str, num_classes: int) -> tuple[str, int | None] | None:
-    """'<path>' or '<path> <label>' -> (path, label or None); None for blank lines and comments."""
-    line = line.strip()
-    if not line or line.startswith("#"):
-        return None
-    parts = line.rsplit(maxsplit=1)
-    if len(parts) == 1 or not NUMBER.fullmatch(parts[1]):
-        return line, None  # no label; a path may hold spaces
-    if not parts[1].lstrip("+-").isdigit():
-        raise ValueError(f"the label must be an integer, got {parts[1]!r}")
-    label = int(parts[1])
-    if not 0 <= label < num_classes:
-        raise ValueError(f"label {label} is outside [0, {num_classes})")
-    return parts[0], label
-
-
 def read_list(list_file: Path, num_classes: int) -> list[VideoInput]:
-    """Entries of a list file; a bad line fails naming the file and the line."""
-    if not list_file.is_file():
-        raise ConfigError(f"list file not found: {list_file}")
-    entries = []
-    for number, line in enumerate(list_file.read_text(errors="replace").splitlines(), start=1):
-        try:
-            entry = parse_entry(line, num_classes)
-        except ValueError as e:
-            raise ConfigError(f"{list_file}:{number}: {e}: {line.strip()!r}") from None
-        if entry is not None:
-            path, label = entry
-            entries.append(VideoInput(os.path.normpath(list_file.parent / path), label))
-    if not entries:
-        raise ConfigError(f"list file has no entries: {list_file}")
-    return entries
+    """Entries of a list file (labels optional; paths relative to the list's folder), read by the one list
+    parser (video/listfile.py); a bad line fails naming the file and the line."""
+    entries = read_list_entries(list_file, num_classes, labels_required=False, root=list_file.parent)
+    return [VideoInput(os.path.normpath(list_file.parent / e.path), e.label) for e in entries]
 
 
 def collect_inputs(args: list[str], num_classes: int, streams: bool = False) -> list[VideoInput]:

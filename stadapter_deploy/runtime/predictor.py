@@ -233,10 +233,35 @@ def plan_predictor(
     bundle: Bundle, backend: str = "auto", device: str | None = None, precision: str | None = None
 ) -> Plan:
     """Check once that `backend` (e.g. "auto", "torch", "onnxruntime-cuda") can run `bundle` here in
-    `precision` (None: the runner's default); ValueError saying why not. `load_predictor` runs the plan."""
+    `precision` (None: the runner's default); ValueError saying why not. `load_predictor` runs the plan.
+    "auto" with a precision takes the first backend by AUTO_ORDER that runs that precision here."""
+    if backend == "auto" and precision is not None:
+        return plan_auto_precision(bundle, precision)
     name, device, selection = plan_backend(bundle, backend, device)
     precision, why = plan_precision(bundle, name, device, precision)
     return Plan(name, device, precision, selection + (f"; {precision}: {why}" if why else ""))
+
+
+def plan_auto_precision(bundle: Bundle, precision: str) -> Plan:
+    """ "auto" asked for a precision (e.g. bf16, which only torch runs on a CPU): the fastest backend that
+    runs the bundle here in it; the selection says which were passed over and why."""
+    skipped = []
+    for backend in AUTO_ORDER:
+        name, device = parse_backend(backend, RUNNERS)
+        device = device or RUNNERS[name].devices[0]
+        reason = runnable(bundle, backend)
+        if reason is None and precision not in RUNNERS[name].precisions:
+            reason = f"does not run {precision}"
+        if reason is None:
+            try:
+                plan_precision(bundle, name, device, precision)
+            except ValueError as e:
+                reason = str(e)
+        if reason is None:
+            passed = f" (passed over: {'; '.join(skipped)})" if skipped else ""
+            return Plan(name, device, precision, f"auto chose {backend} for {precision}{passed}")
+        skipped.append(f"{backend}: {reason}")
+    raise ValueError(f"no backend runs {bundle.path} in {precision} here: " + "; ".join(skipped))
 
 
 def plan_backend(bundle: Bundle, backend: str = "auto", device: str | None = None) -> tuple[str, str, str]:

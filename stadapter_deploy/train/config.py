@@ -347,7 +347,8 @@ def build_config(
         values.setdefault("val_root", root)
         values.setdefault("train_list", root / "train.txt")
         values.setdefault("val_list", root / "val.txt")
-        values.setdefault("class_names", root / "classes.txt")
+        if {values["train_list"], values["val_list"]} <= {root / "train.txt", root / "val.txt"}:
+            values.setdefault("class_names", root / "classes.txt")  # else the shipped synthetic names
     pre = {k: values.pop(k) for k in PREPROCESSING_FLAGS if k in values}
     recipe_keys = set(RECIPE_FLAGS) - set(PREPROCESSING_FLAGS)
     changes = {k: values.pop(k) for k in recipe_keys if k in values}
@@ -373,6 +374,14 @@ def check_paths(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and not value.exists():
             problems.append(f"{key} {value} does not exist")
+    from ..model.weights import is_own_checkpoint  # torch: not for --help
+
+    if cfg.clip is not None and cfg.clip.exists() and is_own_checkpoint(cfg.clip):
+        model = cfg.clip if cfg.clip.is_dir() else cfg.clip.parent
+        problems.append(
+            f"--clip {cfg.clip} is a model trained with this project, not CLIP weights: start from its adapters "
+            f"with --pretrain {model}, or export it with stadapter-export --checkpoint {model}"
+        )
     refuse(problems)
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..labels import placeholder_labels, read_labels
 from ..preprocessing import Preprocessing
 from ..recipes import class_names as shipped_class_names
@@ -21,9 +22,12 @@ from .config import TrainConfig
 
 
 def ensure_synthetic_dataset(cfg: TrainConfig, dist: D.DistInfo) -> None:
-    """Generate the synthetic motion dataset at cfg.data_root unless its lists are already there."""
+    """Generate the synthetic motion dataset at cfg.data_root unless its lists are already there, or the
+    run reads other lists (--train-list/--val-list or a data config name them)."""
     root = Path(cfg.data_root)
-    if dist.is_main and not ((root / "train.txt").is_file() and (root / "val.txt").is_file()):
+    reads_root = {Path(cfg.train_list), Path(cfg.val_list)} <= {root / "train.txt", root / "val.txt"}
+    missing = not ((root / "train.txt").is_file() and (root / "val.txt").is_file())
+    if dist.is_main and reads_root and missing:
         from ..video.synthetic import make_synthetic_dataset
 
         print(f"generating the synthetic motion dataset in {root} ...", flush=True)
@@ -47,12 +51,28 @@ def class_names(cfg: TrainConfig) -> list[str]:
 SKIP_LOGGER = "stadapter_deploy.video.dataset"  # where VideoClipDataset logs each broken video
 
 
+ROOT_SAMPLE = 20  # entries of each list looked up before training: none there means a wrong root
+
+
+def check_root(entries: list[tuple[Path, int]], list_file: Path, root: Path, flag: str) -> None:
+    """Refuse, in one line, a root under which none of a sample of the list's videos exists: training would
+    otherwise skip every video until the DataLoader gives up. Some missing is fine (they are skipped)."""
+    sample = entries[:: max(1, len(entries) // ROOT_SAMPLE)][:ROOT_SAMPLE]
+    if sample and not any(path.is_file() for path, _ in sample):
+        raise ConfigError(
+            f"none of {len(sample)} videos of {list_file} looked up is under {root} (the first: {sample[0][0]} "
+            f"does not exist); the list's paths are relative to {flag}: is it right?"
+        )
+
+
 def build_datasets(
     cfg: TrainConfig, pre: Preprocessing, limits: DecodeLimits | None = None
 ) -> tuple[VideoClipDataset, VideoClipDataset]:
     """Training (random clips, the recipe's augmentation) and evaluation (all views) datasets."""
     train = read_video_list(cfg.train_list, cfg.train_root, cfg.recipe.num_classes)
     val = read_video_list(cfg.val_list, cfg.val_root, cfg.recipe.num_classes)
+    check_root(train, cfg.train_list, cfg.train_root, "--train-root (or train_root in the data config)")
+    check_root(val, cfg.val_list, cfg.val_root, "--val-root (or val_root in the data config)")
     train_set = VideoClipDataset(train, pre, True, cfg.recipe.train_augment, cfg.seed, limits=limits)
     val_set = VideoClipDataset(val, pre, train=False, seed=cfg.seed, limits=limits)
     return train_set, val_set

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..errors import ConfigError, STAdapterError, WeightsError
+from ..errors import ConfigError, STAdapterError, VideoError, WeightsError
 from ..model import build_model, load_strict, trainable_state_dict
 from ..model.config import backbone_name
 from ..model.vit import LayerNorm, STAdapterViT, is_trainable_name
@@ -301,9 +301,10 @@ class Trainer:
             seed_everything(cfg.seed + 1000 * epoch + self.dist.rank)
             self.train_loader.sampler.set_epoch(epoch)
             self.train_set.set_epoch(epoch)
-            record = {"epoch": epoch, **self.train_one_epoch(epoch)}
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs:
-                record |= self.validate()
+            with self.reading_videos():
+                record = {"epoch": epoch, **self.train_one_epoch(epoch)}
+                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == epochs:
+                    record |= self.validate()
             record["max_mem_mb"] = round(peak_memory_mb(self.device), 1)
             self.records.append(record)
             self.end_epoch(epoch, record)
@@ -443,9 +444,13 @@ class Trainer:
             f"videos, {r.num_classes} classes; model {self.model_summary()}; "
             f"batch {r.total_batch} = {self.dist.world_size} x {self.batch_size} x {self.accum_steps} accumulation, "
             f"lr {self.lr:.2e}, {r.epochs} epochs x {self.steps_per_epoch} steps, "
-            f"{self.precision} on {self.device}",
+            f"{self.precision} on {self.device}{self.threads_note()}",
             flush=True,
         )
+
+    def threads_note(self) -> str:
+        """On a CPU, its compute threads: runs are bit-identical only at the same count (and the same data)."""
+        return f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else ""
 
     def save_final(self) -> Path:
         extra = {
@@ -464,8 +469,25 @@ class Trainer:
         print(f"final model: {path} (export: stadapter-export --checkpoint {path} --out BUNDLE)", flush=True)
         return path
 
+    @contextlib.contextmanager
+    def reading_videos(self):
+        """Videos failing one after another past the dataset's patience (a DataLoader worker's VideoError
+        arrives wrapped in that worker's traceback) stop the run with one line: the last failure, and the
+        file that lists every skipped video."""
+        try:
+            yield
+        except VideoError:
+            skipped = data.read_skipped(self.skip_log)
+            path, _, why = skipped[-1].partition("\t") if skipped else ("", "", "")
+            last = f" (the last: {why if path in why else f'{path}: {why}'})" if skipped else ""
+            raise VideoError(
+                f"{self.train_set.max_attempts} videos in a row failed to decode{last}; every skipped video is "
+                f"listed in {self.skip_log}"
+            ) from None
+
     def eval_only(self) -> dict:
-        result = self.validate()
+        with self.reading_videos():
+            result = self.validate()
         if self.dist.is_main:
             (self.save_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
             print(

@@ -22,7 +22,7 @@ from ..progress import progress_bar
 from ..settings import read_settings
 from .decode import count_decodable_frames
 from .limits import DecodeLimits
-from .listfile import parse_list_line
+from .listfile import ListLineError, is_entry, parse_list_line
 from .pool import DecodeFailure, DecodePool
 
 CHECK_TIMEOUT_S = 600.0  # one video's full decode
@@ -64,16 +64,11 @@ def check_worker(limits: DecodeLimits):
 
 
 def check_entry(job: CheckJob, limits: DecodeLimits) -> Checked:
+    """A line the list parser refuses is dropped with the parser's words (the same training would stop with)."""
     try:
-        path, label = parse_list_line(job.line)
-    except ValueError:
-        return Checked(job.number, job.line, "malformed line (expected '<video path> <label>')")
-    try:
-        label_ok = 0 <= int(label) < job.num_classes
-    except ValueError:
-        label_ok = False
-    if not label_ok:
-        return Checked(job.number, path, f"label {label!r} is not an integer in [0, {job.num_classes})")
+        path, _ = parse_list_line(job.line, job.num_classes)
+    except ListLineError as e:
+        return Checked(job.number, e.path, str(e))
     return Checked(job.number, path, check_video(str(job.root / path), limits))
 
 
@@ -88,8 +83,8 @@ def check_list(
     limits: DecodeLimits | None = None,
 ) -> tuple[int, int, Path]:
     """Write the kept lines to `out` and the dropped ones to `report`; returns (kept, dropped, report)."""
-    lines = list_file.read_text().splitlines()
-    jobs = [CheckJob(n, line, root, num_classes) for n, line in enumerate(lines, 1) if _is_entry(line)]
+    lines = list_file.read_text(errors="surrogateescape").splitlines()  # as the one list reader reads it
+    jobs = [CheckJob(n, line, root, num_classes) for n, line in enumerate(lines, 1) if is_entry(line)]
     report = report or out.with_name(out.name + ".dropped.tsv")
     results: dict[int, Checked] = {}
     setup = (limits or DecodeLimits(),)
@@ -102,21 +97,16 @@ def check_list(
             try:
                 checked = future.result()
             except DecodeFailure as e:  # the decoder hung or crashed on this file (the line parsed: it got there)
-                checked = Checked(job.number, parse_list_line(job.line)[0], f"its decode {e}")
+                checked = Checked(job.number, parse_list_line(job.line, job.num_classes)[0], f"its decode {e}")
             results[checked.number] = checked
             bar.update()
         bar.close()
     kept = [lines[n - 1].strip() + "\n" for n, c in sorted(results.items()) if c.reason is None]
     dropped = [c for _, c in sorted(results.items()) if c.reason is not None]
-    out.write_text("".join(kept))
+    out.write_text("".join(kept), errors="surrogateescape")
     rows = ["line\tpath\treason\n"] + [f"{c.number}\t{c.path}\t{c.reason.replace(chr(9), ' ')}\n" for c in dropped]
-    report.write_text("".join(rows))
+    report.write_text("".join(rows), errors="surrogateescape")
     return len(kept), len(dropped), report
-
-
-def _is_entry(line: str) -> bool:
-    """True for lines that hold an entry (blank lines and # comments are not entries)."""
-    return bool(line.strip()) and not line.strip().startswith("#")
 
 
 def main(argv: list[str] | None = None) -> int:
