@@ -180,6 +180,14 @@ PLANS: dict[str, Plan] = {
         codes=(2,),
         says="cannot reach the Ray cluster at node0:6379",
     ),
+    "stadapter-predict --bundle bundles/synthetic runs/synthetic-data/videos --out results.jsonl "
+    "--features-out archive.npy": Plan(files=("results.jsonl", "archive.npy", "archive.json")),
+    "stadapter-predict --bundle bundles/synthetic --similar query.mp4 --index archive.npy --top-k 5": Plan(
+        json='{"query": "query.mp4", "video": "runs/synthetic-data/videos/val_00017.mp4", "score": 0.9981}'
+    ),
+    "stadapter-predict --bundle bundles/synthetic runs/synthetic-data/videos --explain heatmaps/": Plan(
+        json='{"video", "labels", "explanation"}'
+    ),
     # ---- serve
     "STADAPTER_BUNDLE=bundles/synthetic bentoml serve": Plan(how="server"),
     "curl -F video=@clip.mp4 -F top_k=3 http://localhost:3000/classify": Plan(
@@ -192,6 +200,12 @@ PLANS: dict[str, Plan] = {
     ),
     "curl -F video=@long.mp4 -F window_s=2 http://localhost:3000/classify_timeline": Plan(
         json='{"segments": [{"start_s", "end_s", "labels", "frames"}, ...]}'
+    ),
+    "curl -F video=@clip.mp4 http://localhost:3000/embed": Plan(
+        json='{"embedding": [...], "dim": 768, "model": {...}}'
+    ),
+    "curl -F video=@clip.mp4 -F target=3 http://localhost:3000/explain": Plan(
+        json='{"label", "score", "frames", "heatmaps": {...}, "png": "<base64>"}'
     ),
     "curl http://localhost:3000/metadata": Plan(says='"model_name"'),
     "curl http://localhost:3000/readyz": Plan(),
