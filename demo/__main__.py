@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     "service answers.",
                     file=sys.stderr,
                 )
-            subtitle = classifier.describe()
+            subtitle = classifier.describe  # asked again on each page load: the service may come up later
         else:
             classifier = LocalClassifier(
                 args.bundle, backend=args.backend or "auto", views=args.views, limits=settings.decode

@@ -8,6 +8,7 @@ BentoML service mounts the same Blocks at `/ui` with `bentoml.gradio.mount_gradi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 # Set before gradio is imported anywhere: its analytics are read from the environment at import time.
@@ -106,8 +107,9 @@ def example_videos() -> list[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.glob("*.mp4"))
 
 
-def build_demo(classifier: Classifier, title: str = DEFAULT_TITLE, subtitle: str = "") -> gr.Blocks:
-    """The page over any Classifier."""
+def build_demo(classifier: Classifier, title: str = DEFAULT_TITLE, subtitle: str | Callable[[], str] = "") -> gr.Blocks:
+    """The page over any Classifier. `subtitle` may be a function: it is asked again each time the page
+    loads (a service that came up after the page started is then named)."""
     classify = make_handler(lambda video: classifier.classify(video, TOP_K), result_outputs)
     explain = make_handler(classifier.explain, explained_outputs)
 
@@ -119,10 +121,11 @@ def build_demo(classifier: Classifier, title: str = DEFAULT_TITLE, subtitle: str
     strip_height = gallery_height(classifier.frames_shown)
     # Gradio keeps uploads and the frames it shows in its cache; every hour it drops what is over an hour old.
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(
-            f"# {title}\n{subtitle}\n\nUpload a short video (mp4, webm, avi, mkv, mov) or pick an example. "
-            "The page shows the top-5 classes, the frames the model looked at, and how long each stage took."
+        intro = (
+            "Upload a short video (mp4, webm, avi, mkv, mov), record one, or pick an example. The page shows the "
+            "top-5 classes, the frames the model looked at, how long each stage took, and where it looked."
         )
+        gr.Markdown(lambda: f"# {title}\n{subtitle() if callable(subtitle) else subtitle}\n\n{intro}", elem_id="header")
         # Outputs are made first (unrendered) so the examples, placed under the upload, can name them.
         label = gr.Label(num_top_classes=TOP_K, label="Top-5", elem_id="top5", render=False)
         details = gr.Markdown(elem_id="details", render=False)

@@ -231,7 +231,7 @@ def test_the_page_and_a_service_that_comes_up_late_or_wants_a_token(three_view_b
     counts views and frames as in-process."""
     import os
 
-    from demo.app import details_markdown
+    from demo.app import build_demo, details_markdown
     from demo.classifiers import LocalClassifier, ServiceClassifier
     from serve.local import start_server, stop_server, wait_ready
     from stadapter_deploy.errors import RequestError
@@ -252,6 +252,10 @@ def test_the_page_and_a_service_that_comes_up_late_or_wants_a_token(three_view_b
         demo.wait(timeout=30)
     late = ServiceClassifier(url)
     assert "does not answer yet" in late.describe()
+    page = build_demo(late, subtitle=late.describe)  # as `python -m demo --service` builds it
+    (header,) = [b for b in page.blocks.values() if getattr(b, "elem_id", None) == "header"]
+    on_load = header.load_event_to_attach[0]  # what Gradio runs each time a browser loads the page
+    assert "does not answer yet" in on_load()
 
     server_env = {  # the system's TMPDIR: socket paths under this test's long folder name outgrow their limit
         "STADAPTER_BUNDLE": str(three_view_bundle),
@@ -262,6 +266,7 @@ def test_the_page_and_a_service_that_comes_up_late_or_wants_a_token(three_view_b
     try:
         wait_ready(process, url, tmp_path / "server.log")
         assert "needs its API token" in late.describe()  # it answers now: what it wants
+        assert "needs its API token" in on_load()  # and the page, loaded again, says so
         from demo.__main__ import main as demo_main
 
         capsys.readouterr()
