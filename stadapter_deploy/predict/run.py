@@ -101,6 +101,7 @@ def predict_locally(
             matches = early is not None and early.options == options  # never wrong on a CPU-only machine
             decoding = early if matches else Decoding(decode_pool(bundle.preprocessing, options), options, {})
         predictor = load_predictor(bundle, plan=plan, threads=threads, limits=config.limits)
+        say(f"stadapter-predict: {predictor.backend} {predictor.precision} ({plan.selection})")
         if options.features:
             predictor.check_features()  # a bundle exported before embeddings: one line, before any work
         results = (
