@@ -151,7 +151,8 @@ def main() -> int:
         extra = ["--features-out", str(tmp / "out.npy")] if args.features else []
         for r in range(args.rounds):
             if args.engine == "ray" or args.features:
-                seconds, chose[0], _ = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", args.engine)
+                base_engine = args.engine if args.features else "local"  # --features: the same engine both ways
+                seconds, chose[0], _ = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", base_engine)
                 base.append(seconds)
             else:
                 base.append(run_loop(bundle, paths))
