@@ -46,6 +46,7 @@ ERROR_CODES = {
     "decode_timeout": "422: decoding took longer than `STADAPTER_DECODE_TIMEOUT_S`",
     "too_many_tasks": "429: `STADAPTER_MAX_TASKS` tasks are pending or running; retry after `Retry-After`",
     "internal_error": "500: a fault of this deployment (logged); retrying will not help",
+    "embeddings_unavailable": "501: the served bundle was exported before embeddings (`/embed`): export it again",
     "model_failed": "500: the model failed on a well-formed input: a fault of the deployment",
     "worker_crashed": "503: the decode process died twice on this request (it is replaced); retry",
     "busy": "503: no decode worker is running right now; retry after `Retry-After`",
