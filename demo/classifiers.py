@@ -188,7 +188,7 @@ class InProcessClassifier(Classifier):
             if e.code != "video_too_long_use_task":
                 raise
             told = (lambda w, s: progress(f"{w} windows, {s:.0f} s in")) if progress else None
-            segments = await self.service.timeline_video(Path(video), window_s=window_s, long=True, progress=told)
+            return await self.service.timeline_as_task(Path(video), window_s, told)  # capped and private as a task
         return [s.to_dict() for s in segments]
 
     async def explain(self, video: str | Path) -> Explained:

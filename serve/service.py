@@ -454,13 +454,28 @@ class STAdapter:
         self.running[task.task_id] = asyncio.create_task(run)
         return task.status_json()
 
-    async def run_task(self, task: Task, options: dict) -> None:
+    async def timeline_as_task(self, video: Path, window_s: float | None = None, told=None) -> list[dict]:
+        """The /ui page's timeline of a video over the synchronous limit: a task like /timeline_task's (counted
+        against STADAPTER_MAX_TASKS, cancellable, private), awaited; `told(windows, seconds)` as it runs.
+        RequestError with the answer /timeline_task/get would give when it did not complete."""
+        task = self.tasks.create(video)
+        await self.run_task(task, dict(window_s=window_s), told)
+        if asyncio.current_task().cancelling():  # the page's request itself went away
+            raise asyncio.CancelledError
+        task = self.tasks.read(task.task_id)
+        if task.status != "completed":
+            raise RequestError(task.http_status, task.result["error"], task.result["code"])
+        return task.result["segments"]
+
+    async def run_task(self, task: Task, options: dict, told=None) -> None:
         """Run a task to its end in this worker, watching for a cancel; its record says how it ended."""
         store, last_saved = self.tasks, 0.0
 
         def progress(windows: int, seconds: float) -> None:
             nonlocal last_saved
             task.windows, task.seconds = windows, seconds
+            if told is not None:
+                told(windows, seconds)
             if time.monotonic() - last_saved > CANCEL_POLL_S:
                 store.save(task)
                 last_saved = time.monotonic()

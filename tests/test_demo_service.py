@@ -106,3 +106,24 @@ def test_the_service_classifier_explains_as_the_predictor_does(service_url, tiny
     got = asyncio.run(ServiceClassifier(service_url).explain(video))
     assert got.label == expected.label and got.score == pytest.approx(expected.score, abs=1e-5)
     assert got.png.startswith(b"\x89PNG")
+
+
+def test_the_mounted_page_takes_a_long_video_through_a_task(service_url, tiny_bundle, tmp_path):
+    """Past the service's synchronous window limit (8 here) the page at /ui runs the video as a task like
+    /timeline_task's (counted against the task limit, private), and shows every window."""
+    import subprocess
+
+    from gradio_client import Client, handle_file
+
+    from stadapter_deploy import load_predictor
+
+    video = tmp_path / "twelve_seconds.mp4"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=8", "-t", "12"]
+        + ["-c:v", "libx264", "-preset", "ultrafast", str(video)],
+        check=True,
+    )
+    expected = load_predictor(tiny_bundle).timeline(video)
+    assert len(expected) > 8  # over the session server's STADAPTER_MAX_TIMELINE_WINDOWS
+    _, table = Client(f"{service_url}/ui/", verbose=False).predict(handle_file(str(video)), 0, api_name="/timeline")
+    assert [row[2] for row in table["data"]] == [s.labels[0]["label"] for s in expected]
