@@ -125,7 +125,10 @@ def build_demo(classifier: Classifier, title: str = DEFAULT_TITLE, subtitle: str
             "Upload a short video (mp4, webm, avi, mkv, mov), record one, or pick an example. The page shows the "
             "top-5 classes, the frames the model looked at, how long each stage took, and where it looked."
         )
-        gr.Markdown(lambda: f"# {title}\n{subtitle() if callable(subtitle) else subtitle}\n\n{intro}", elem_id="header")
+        header = lambda: f"# {title}\n{subtitle() if callable(subtitle) else subtitle}\n\n{intro}"
+        top = gr.Markdown(header(), elem_id="header")
+        if callable(subtitle):  # asked again on each page load, and kept out of the page's public API
+            demo.load(header, outputs=top, api_visibility="private")
         # Outputs are made first (unrendered) so the examples, placed under the upload, can name them.
         label = gr.Label(num_top_classes=TOP_K, label="Top-5", elem_id="top5", render=False)
         details = gr.Markdown(elem_id="details", render=False)

@@ -254,7 +254,7 @@ def test_the_page_and_a_service_that_comes_up_late_or_wants_a_token(three_view_b
     assert "does not answer yet" in late.describe()
     page = build_demo(late, subtitle=late.describe)  # as `python -m demo --service` builds it
     (header,) = [b for b in page.blocks.values() if getattr(b, "elem_id", None) == "header"]
-    on_load = header.load_event_to_attach[0]  # what Gradio runs each time a browser loads the page
+    (on_load,) = [f.fn for f in page.fns.values() if header in f.outputs]  # run each time a browser loads the page
     assert "does not answer yet" in on_load()
 
     server_env = {  # the system's TMPDIR: socket paths under this test's long folder name outgrow their limit
