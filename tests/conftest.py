@@ -124,8 +124,6 @@ def server(tiny_bundle, tmp_path_factory):
             wait_ready(process, url, log_path)
         except ServerFailed as e:
             pytest.fail(str(e))
-        files = sorted(p for p in server_tmp.rglob("*") if p.is_file())
-        (root / "baseline.txt").write_text("\n".join(map(str, files)))
         SERVER_PROCESSES[url] = process
         yield url, server_tmp
     finally:
