@@ -11,6 +11,7 @@ the engine prints (cluster start, first line, the rest).
 
     python benchmarks/bench_predict.py --model tiny [--videos 60] [--rounds 3]
     python benchmarks/bench_predict.py --model tiny --engine ray [--videos 120] [--rounds 3]
+    python benchmarks/bench_predict.py --model tiny --engine ray --ray-address 127.0.0.1:6379  # a running cluster
     python benchmarks/bench_predict.py --model b16 [--videos 8] [--rounds 2]
     python benchmarks/bench_predict.py --bundle BUNDLE ...
     python benchmarks/bench_predict.py --model tiny --features   # --features-out against the same command without
@@ -135,6 +136,11 @@ def main() -> int:
     p.add_argument("--videos", type=int, help="videos (default: 60 for tiny, 8 otherwise)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: the Ray engine against the local")
+    p.add_argument(
+        "--ray-address",
+        help="with --engine ray: join this running cluster (`ray start --head --port 6379 --num-cpus N`) "
+        "instead of starting a local one each round",
+    )
     p.add_argument("--features", action="store_true", help="the command with --features-out against it without")
     args = p.parse_args()
     count = args.videos or ((120 if args.engine == "ray" else 60) if args.model == "tiny" and not args.bundle else 8)
@@ -149,6 +155,7 @@ def main() -> int:
         if args.features:
             base_name, name = "stadapter-predict", "stadapter-predict --features-out"
         extra = ["--features-out", str(tmp / "out.npy")] if args.features else []
+        extra += ["--ray-address", args.ray_address] if args.ray_address and args.engine == "ray" else []
         for r in range(args.rounds):
             if args.engine == "ray" or args.features:
                 base_engine = args.engine if args.features else "local"  # --features: the same engine both ways
