@@ -179,8 +179,8 @@ def test_not_a_bundle(tmp_path):
 
 def test_import_is_lazy():
     code = (
-        "import sys, stadapter_deploy, stadapter_deploy.runtime\n"
-        "heavy = [m for m in ('onnxruntime', 'onnx', 'tensorrt') if m in sys.modules]\n"
+        "import sys, stadapter_deploy, stadapter_deploy.runtime, stadapter_deploy.runtime.bundle\n"
+        "heavy = [m for m in ('torch', 'onnxruntime', 'onnx', 'tensorrt') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

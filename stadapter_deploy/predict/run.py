@@ -1,5 +1,9 @@
 """A whole `stadapter-predict` run: inputs -> resume -> classify (the local or the Ray engine) or timeline ->
-lines -> summary."""
+lines -> summary.
+
+What runs the model (the batch loop, timelines, the Predictor) is imported where it is used: the Ray
+engine's driver only writes lines, and never loads torch (~1.5 s before its cluster starts, on 2 cores).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,16 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..progress import progress_bar
-from ..runtime.timeline import iter_timeline
-from ..video.windows import WindowSpec
-from .batch import classify_videos, error_record
 from .inputs import VideoInput, collect_inputs
 from .options import BatchOptions, Decoding, PredictConfig, decode_pool, early_pool, machine_defaults, say
 from .output import FeatureRows, ResultWriter, check_out_path, read_results
+
+if TYPE_CHECKING:
+    from ..video.windows import WindowSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 ENGINES = ("local", "ray")
@@ -29,7 +34,7 @@ def run_predict(config: PredictConfig, early: Decoding | None = None) -> int:
     """Run as the command line asks; returns the exit code. `early`: what `early_pool(config)` started
     (the command line starts it before importing this module); None: started here."""
     try:
-        spec = WindowSpec(config.window_s, config.stride_s)
+        spec = window_spec(config)
         if config.engine not in ENGINES:
             raise ConfigError(f"unknown --engine {config.engine!r}; choose one of {', '.join(ENGINES)}")
         if config.engine == "ray" and config.timeline:
@@ -43,7 +48,16 @@ def run_predict(config: PredictConfig, early: Decoding | None = None) -> int:
             early.pool.close()  # closing a pool twice is harmless: the run may have closed it already
 
 
-def run_loaded(config: PredictConfig, spec: WindowSpec, early: Decoding | None) -> int:
+def window_spec(config: PredictConfig) -> WindowSpec | None:
+    """--window and --stride, checked; None where neither a timeline nor either of them was asked for."""
+    if not config.timeline and config.window_s is None and config.stride_s is None:
+        return None
+    from ..video.windows import WindowSpec
+
+    return WindowSpec(config.window_s, config.stride_s)
+
+
+def run_loaded(config: PredictConfig, spec: WindowSpec | None, early: Decoding | None) -> int:
     from ..runtime.bundle import load_bundle
 
     bundle = load_bundle(config.bundle)
@@ -88,7 +102,7 @@ def predict_on_ray(bundle, videos: list[VideoInput], config: PredictConfig, line
 
 
 def predict_locally(
-    bundle, videos: list[VideoInput], config: PredictConfig, spec: WindowSpec, early, lines: Lines
+    bundle, videos: list[VideoInput], config: PredictConfig, spec: WindowSpec | None, early, lines: Lines
 ) -> list[dict]:
     """The local engine: this process runs the model, its decode pool the decoding."""
     from ..runtime.predictor import load_predictor, plan_predictor
@@ -183,6 +197,8 @@ def write_records(results, config: PredictConfig, total: int, lines: Lines | Non
 
 
 def classify_records(predictor, videos: list[VideoInput], options: BatchOptions, decoding: Decoding | None):
+    from .batch import classify_videos
+
     if not videos:  # all done already: no pool was started
         return
     for record in classify_videos(predictor, videos, options, decoding.pool, decoding.prefetched):
@@ -192,6 +208,9 @@ def classify_records(predictor, videos: list[VideoInput], options: BatchOptions,
 def timeline_records(predictor, videos: list[VideoInput], config: PredictConfig, spec: WindowSpec):
     """A file's window lines all at once (each with `windows`, so resume can tell a whole video); a
     stream's line by line as each window completes, until the stream ends or Ctrl+C."""
+    from ..runtime.timeline import iter_timeline
+    from .batch import error_record
+
     args = (spec, config.top_k, config.views)
     live_args = (*args, None, config.live_policy)
     for video in videos:
@@ -211,6 +230,8 @@ def timeline_records(predictor, videos: list[VideoInput], config: PredictConfig,
 def stream_records(predictor, url: str, args: tuple):
     """A stream's lines as its windows are labelled, then one line of what the stream cost: windows
     labelled and skipped, how far behind the live edge they were (lag_s) and the model's time."""
+    from ..runtime.timeline import iter_timeline
+
     lags, latencies, skipped = [], [], 0
     try:
         for segment in iter_timeline(predictor, url, *args):
