@@ -7,7 +7,8 @@ Python process that loads the Predictor and classifies each video in turn; the o
 and stops its local cluster). Rounds alternate (A, B, A, ...) so both sides see the same machine load;
 medians are reported. The bounds each figure is measured against come first: one video's decode alone
 (one core) and its model time alone. With --engine ray, where Ray's time went is taken from the line
-the engine prints (cluster start, first line, the rest).
+the engine prints (cluster start, first line, the rest). Each side's cost in CPU seconds is the whole
+machine's (every process a command starts, a Ray cluster's included): run it where nothing else does.
 
     python benchmarks/bench_predict.py --model tiny [--videos 60] [--rounds 3]
     python benchmarks/bench_predict.py --model tiny --engine ray [--videos 120] [--rounds 3]
@@ -20,6 +21,7 @@ the engine prints (cluster start, first line, the rest).
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -93,28 +95,40 @@ def bounds(bundle: Path, video: Path) -> tuple[float, float]:
     return decode_ms / 1e3, model_ms / 1e3
 
 
-def run_loop(bundle: Path, paths: list[Path]) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", LOOP, str(bundle), *map(str, paths)], check=True)
-    return time.perf_counter() - start
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent (user, system, interrupts), from /proc/stat: a command's cost
+    with every process it starts (a Ray cluster's too), on a machine where nothing else runs."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    except (OSError, ValueError):
+        return float("nan")  # not Linux
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def run_predict(bundle: Path, folder: Path, out: Path, engine: str = "local", extra=()) -> tuple[float, str, str]:
-    """(seconds, what the command chose, where the Ray engine's time went)."""
+def timed(command: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(seconds, machine CPU seconds, the finished command)."""
+    start, cpu = time.perf_counter(), machine_cpu_s()
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return time.perf_counter() - start, machine_cpu_s() - cpu, done
+
+
+def run_loop(bundle: Path, paths: list[Path]) -> tuple[float, float]:
+    seconds, cpu_s, _ = timed([sys.executable, "-c", LOOP, str(bundle), *map(str, paths)])
+    return seconds, cpu_s
+
+
+def run_predict(bundle: Path, folder: Path, out: Path, engine="local", extra=()) -> tuple[float, float, str, str]:
+    """(seconds, machine CPU seconds, what the command chose, where the Ray engine's time went)."""
     for old in (out, out.with_suffix(".npy"), out.with_suffix(".json")):
         old.unlink(missing_ok=True)
-    start = time.perf_counter()
-    done = subprocess.run(
+    seconds, cpu_s, done = timed(
         [str(BIN / "stadapter-predict"), "--bundle", str(bundle), str(folder), "--out", str(out), "--no-progress"]
-        + ["--engine", engine, *extra],
-        capture_output=True,
-        text=True,
-        check=True,
+        + ["--engine", engine, *extra]
     )
-    seconds = time.perf_counter() - start
     chose = next((line for line in done.stderr.splitlines() if "decode worker" in line or "ray:" in line), "")
     spent = next((line for line in done.stderr.splitlines() if line.startswith("ray: the cluster took")), "")
-    return seconds, chose, spent
+    return seconds, cpu_s, chose, spent
 
 
 def cpu_cores() -> int:
@@ -149,7 +163,7 @@ def main() -> int:
         bundle = args.bundle or make_bundle(tmp, args.model)
         paths = make_videos(tmp / "videos", count)
         decode_s, model_s = bounds(bundle, paths[0])
-        base, predict, chose, spent = [], [], ["", ""], []
+        base, predict, chose, spent = [], [], ["", ""], []  # base and predict: (seconds, machine CPU s) a round
         base_name = "stadapter-predict (local engine)" if args.engine == "ray" else "Predictor.classify loop"
         name = "stadapter-predict --engine ray" if args.engine == "ray" else "stadapter-predict (defaults)"
         if args.features:
@@ -159,14 +173,14 @@ def main() -> int:
         for r in range(args.rounds):
             if args.engine == "ray" or args.features:
                 base_engine = args.engine if args.features else "local"  # --features: the same engine both ways
-                seconds, chose[0], _ = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", base_engine)
-                base.append(seconds)
+                *cost, chose[0], _ = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", base_engine)
+                base.append(tuple(cost))
             else:
                 base.append(run_loop(bundle, paths))
-            seconds, chose[1], where = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", args.engine, extra)
-            predict.append(seconds)
+            *cost, chose[1], where = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", args.engine, extra)
+            predict.append(tuple(cost))
             spent.append(where)
-            print(f"round {r + 1}: {base_name} {base[-1]:.1f} s, {name} {predict[-1]:.1f} s", flush=True)
+            print(f"round {r + 1}: {base_name} {base[-1][0]:.1f} s, {name} {predict[-1][0]:.1f} s", flush=True)
             if where:
                 print(f"  {where}", flush=True)
     print(f"\nCPU: {cpu_flags()}; {cpu_cores()} cores; bundle {bundle.name if args.bundle else args.model}; ", end="")
@@ -174,10 +188,11 @@ def main() -> int:
     print(f"one video alone: decode + preprocess {decode_s * 1e3:.0f} ms (one core), model {model_s * 1e3:.0f} ms")
     for line in filter(None, chose):
         print(f"stadapter-predict chose: {line.removeprefix('stadapter-predict: ')}")
-    print("\n| side | median s | videos/s |\n|---|---:|---:|")
-    for side, values in ((base_name, base), (name, predict)):
-        print(f"| {side} | {statistics.median(values):.1f} | {count / statistics.median(values):.2f} |")
-    ratios = [a / b for a, b in zip(base, predict, strict=True)]
+    print("\n| side | median s | videos/s | machine CPU s (median) |\n|---|---:|---:|---:|")
+    for side, rounds in ((base_name, base), (name, predict)):
+        seconds, cpu_s = (statistics.median(x) for x in zip(*rounds, strict=True))
+        print(f"| {side} | {seconds:.1f} | {count / seconds:.2f} | {cpu_s:.1f} |")
+    ratios = [a / b for (a, _), (b, _) in zip(base, predict, strict=True)]
     what = "ray / local throughput" if args.engine == "ray" else "speed-up"
     what = "throughput with / without --features-out" if args.features else what
     print(f"\n{what}: {statistics.median(ratios):.2f}x (median of rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
