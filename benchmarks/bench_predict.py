@@ -173,12 +173,12 @@ def main() -> int:
         for r in range(args.rounds):
             if args.engine == "ray" or args.features:
                 base_engine = args.engine if args.features else "local"  # --features: the same engine both ways
-                *cost, chose[0], _ = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", base_engine)
-                base.append(tuple(cost))
+                seconds, cpu_s, chose[0], _ = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", base_engine)
+                base.append((seconds, cpu_s))
             else:
                 base.append(run_loop(bundle, paths))
-            *cost, chose[1], where = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", args.engine, extra)
-            predict.append(tuple(cost))
+            seconds, cpu_s, chose[1], where = run_predict(bundle, tmp / "videos", tmp / "out.jsonl", args.engine, extra)
+            predict.append((seconds, cpu_s))
             spent.append(where)
             print(f"round {r + 1}: {base_name} {base[-1][0]:.1f} s, {name} {predict[-1][0]:.1f} s", flush=True)
             if where:
